@@ -1,0 +1,71 @@
+//! The sink the layer-streamed forward pushes per-head Q/K/V (and attention maps) into.
+
+pub mod recorder;
+
+use clap::ValueEnum;
+use serde::Serialize;
+use tch::Tensor;
+
+/// Where in attention the per-head vectors are taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CapturePoint {
+    /// The raw projections `x·Wᵀ` split into heads.
+    Proj,
+    /// After QK-norm (OLMo-2); the same as `proj` for models without QK-norm.
+    Normed,
+    /// After QK-norm and RoPE: what the attention scores are computed from (default).
+    Rope,
+}
+
+impl CapturePoint {
+    pub const ALL: [CapturePoint; 3] =
+        [CapturePoint::Proj, CapturePoint::Normed, CapturePoint::Rope];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CapturePoint::Proj => "proj",
+            CapturePoint::Normed => "normed",
+            CapturePoint::Rope => "rope",
+        }
+    }
+}
+
+/// Per-head activations of one layer for one token batch, at one capture point.
+///
+/// Shapes: `queries` `[batch, num_attention_heads, seq, head_dim]`; `keys` and `values`
+/// `[batch, num_key_value_heads, seq, head_dim]` (for GQA a K/V head is a KV head); `attention`
+/// `[batch, num_attention_heads, seq, seq]` (rows are query positions) when the sink asked for it.
+/// Values are always the raw `v_proj` output: V has neither norm nor RoPE.
+pub struct LayerCapture<'a> {
+    pub layer: i64,
+    pub batch_index: usize,
+    pub point: CapturePoint,
+    pub queries: &'a Tensor,
+    pub keys: &'a Tensor,
+    pub values: &'a Tensor,
+    pub attention: Option<&'a Tensor>,
+}
+
+/// Receives captures from the forward pass; implementations accumulate statistics or store them.
+pub trait CaptureSink {
+    /// Capture points this sink wants; empty means it wants nothing from this layer.
+    fn points(&self, layer: i64) -> Vec<CapturePoint>;
+    /// Whether the forward should compute attention probabilities for this layer (costs s² memory).
+    fn wants_attention(&self, _layer: i64) -> bool {
+        false
+    }
+    fn capture(&mut self, capture: &LayerCapture) -> anyhow::Result<()>;
+}
+
+/// A sink that wants nothing: a plain forward.
+pub struct NoCapture;
+
+impl CaptureSink for NoCapture {
+    fn points(&self, _layer: i64) -> Vec<CapturePoint> {
+        Vec::new()
+    }
+    fn capture(&mut self, _capture: &LayerCapture) -> anyhow::Result<()> {
+        Ok(())
+    }
+}

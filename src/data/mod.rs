@@ -1,0 +1,4 @@
+//! Text and tokens: tokenizers, packaged data locations, corpora.
+
+pub mod paths;
+pub mod tokenizer;

@@ -1,0 +1,29 @@
+//! ckpt-scan: how attention heads form during LLM training.
+//!
+//! The library is the product; `main.rs` is a shell around [`run`].
+
+pub mod capture;
+pub mod cli;
+pub mod commands;
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod printer;
+pub mod report;
+pub mod settings;
+pub mod source;
+
+use anyhow::Result;
+
+use cli::{Cli, Command};
+use settings::Settings;
+
+/// Resolves settings and runs one subcommand.
+pub fn run(cli: Cli) -> Result<()> {
+    let settings = Settings::resolve(&cli.global)?;
+    match &cli.command {
+        Command::Inspect(args) => commands::inspect::run(args, &settings),
+        Command::Forward(args) => commands::forward::run(args, &settings),
+        Command::Refs(_) => anyhow::bail!("refs: not wired in yet"),
+    }
+}

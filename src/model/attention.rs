@@ -1,0 +1,183 @@
+//! Multi-head self-attention with optional full-width QK-norm (OLMo-2) and GQA (Llama, OLMo-2-32B).
+//!
+//! OLMo-2's q_norm/k_norm normalise the whole projected vector before the split into heads, so a
+//! head's normed query depends on every head's raw projection (research/olmo2.md §1.2).
+
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+use crate::capture::{CapturePoint, CaptureSink, LayerCapture};
+use crate::model::config::{Architecture, ModelConfig};
+use crate::model::norm::RmsNorm;
+use crate::model::rope::Rope;
+use crate::model::weights::LayerWeights;
+
+pub struct Attention {
+    pub q_proj: Tensor,
+    pub k_proj: Tensor,
+    pub v_proj: Tensor,
+    pub o_proj: Tensor,
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    pub num_attention_heads: i64,
+    pub num_key_value_heads: i64,
+    pub head_dim: i64,
+}
+
+/// Where the forward is in the model, for the capture sink.
+pub struct CaptureContext<'a> {
+    pub layer: i64,
+    pub batch_index: usize,
+    pub sink: &'a mut dyn CaptureSink,
+}
+
+impl Attention {
+    pub fn load(w: &mut LayerWeights, config: &ModelConfig) -> Result<Self> {
+        let (qn, kvn) = (
+            config.num_attention_heads * config.head_dim,
+            config.num_key_value_heads * config.head_dim,
+        );
+        let h = config.hidden_size;
+        let with_qk_norm = config.architecture == Architecture::Olmo2;
+        let mut norm = |name: &str, n: i64| -> Result<Option<RmsNorm>> {
+            Ok(if with_qk_norm {
+                Some(RmsNorm::new(
+                    w.norm(name, n)?,
+                    config.rms_norm_eps,
+                    config.architecture,
+                ))
+            } else {
+                None
+            })
+        };
+        let q_norm = norm("self_attn.q_norm.weight", qn)?;
+        let k_norm = norm("self_attn.k_norm.weight", kvn)?;
+        Ok(Attention {
+            q_proj: w.linear("self_attn.q_proj.weight", qn, h)?,
+            k_proj: w.linear("self_attn.k_proj.weight", kvn, h)?,
+            v_proj: w.linear("self_attn.v_proj.weight", kvn, h)?,
+            o_proj: w.linear("self_attn.o_proj.weight", h, qn)?,
+            q_norm,
+            k_norm,
+            num_attention_heads: config.num_attention_heads,
+            num_key_value_heads: config.num_key_value_heads,
+            head_dim: config.head_dim,
+        })
+    }
+
+    /// `x`: `[batch, seq, hidden]` at positions `offset..offset+seq` → `[batch, seq, hidden]`.
+    pub fn forward(&self, x: &Tensor, rope: &Rope, ctx: &mut CaptureContext) -> Result<Tensor> {
+        let (b, s) = (x.size()[0], x.size()[1]);
+        let q_raw = x.linear::<Tensor>(&self.q_proj, None);
+        let k_raw = x.linear::<Tensor>(&self.k_proj, None);
+        let v_raw = x.linear::<Tensor>(&self.v_proj, None);
+        let heads = |t: &Tensor, n: i64| t.view([b, s, n, self.head_dim]).transpose(1, 2);
+        let (nq, nkv) = (self.num_attention_heads, self.num_key_value_heads);
+        let v = heads(&v_raw, nkv);
+        let q_normed = self
+            .q_norm
+            .as_ref()
+            .map_or_else(|| q_raw.shallow_clone(), |n| n.forward(&q_raw));
+        let k_normed = self
+            .k_norm
+            .as_ref()
+            .map_or_else(|| k_raw.shallow_clone(), |n| n.forward(&k_raw));
+        let q = rope.apply(&heads(&q_normed, nq), 0);
+        let k = rope.apply(&heads(&k_normed, nkv), 0);
+
+        let wants_attention = ctx.sink.wants_attention(ctx.layer);
+        let points = ctx.sink.points(ctx.layer);
+        let (out, probabilities) = if wants_attention {
+            let (out, p) = eager_attention(&q, &k, &v, nq / nkv);
+            (out, Some(p))
+        } else {
+            (sdpa(&q, &k, &v, nq / nkv), None)
+        };
+        for point in points {
+            let (queries, keys) = match point {
+                CapturePoint::Proj => (heads(&q_raw, nq), heads(&k_raw, nkv)),
+                CapturePoint::Normed => (heads(&q_normed, nq), heads(&k_normed, nkv)),
+                CapturePoint::Rope => (q.shallow_clone(), k.shallow_clone()),
+            };
+            ctx.sink.capture(&LayerCapture {
+                layer: ctx.layer,
+                batch_index: ctx.batch_index,
+                point,
+                queries: &queries,
+                keys: &keys,
+                values: &v,
+                attention: probabilities.as_ref(),
+            })?;
+        }
+        let merged = out.transpose(1, 2).reshape([b, s, nq * self.head_dim]);
+        Ok(merged.linear::<Tensor>(&self.o_proj, None))
+    }
+}
+
+/// Repeats each KV head `group` times so query head h reads KV head h / group (HF `repeat_kv`).
+pub fn repeat_kv(x: &Tensor, group: i64) -> Tensor {
+    if group == 1 {
+        x.shallow_clone()
+    } else {
+        x.repeat_interleave_self_int(group, 1, None)
+    }
+}
+
+/// Causal attention through libtorch's fused kernel (no probabilities).
+fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, group: i64) -> Tensor {
+    Tensor::scaled_dot_product_attention(
+        q,
+        &repeat_kv(k, group),
+        &repeat_kv(v, group),
+        None::<Tensor>,
+        0.0,
+        true,
+        None,
+        false,
+    )
+}
+
+/// Causal attention written out, returning `(output, probabilities)`; softmax in f32 as HF's eager path.
+pub fn eager_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: i64) -> (Tensor, Tensor) {
+    let d = q.size()[3];
+    let s = q.size()[2];
+    let k = repeat_kv(k, group);
+    let v = repeat_kv(v, group);
+    let scores = q.matmul(&k.transpose(-2, -1)) * (d as f64).powf(-0.5);
+    let scores = scores + causal_mask(s, q.device());
+    let probabilities = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+    (probabilities.matmul(&v), probabilities)
+}
+
+/// `[seq, seq]` f32 mask: 0 on and below the diagonal, −∞ above.
+pub fn causal_mask(seq: i64, device: Device) -> Tensor {
+    Tensor::full([seq, seq], f64::NEG_INFINITY, (Kind::Float, device)).triu(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eager_and_fused_attention_agree_and_rows_sum_to_one() {
+        tch::manual_seed(1);
+        let opts = (Kind::Float, Device::Cpu);
+        let q = Tensor::randn([2, 6, 5, 8], opts);
+        let k = Tensor::randn([2, 3, 5, 8], opts);
+        let v = Tensor::randn([2, 3, 5, 8], opts);
+        let (out, p) = eager_attention(&q, &k, &v, 2);
+        let fused = sdpa(&q, &k, &v, 2);
+        let diff = f64::try_from((&out - fused).abs().max()).unwrap();
+        assert!(diff < 1e-5, "eager vs fused {diff}");
+        let row_err = f64::try_from(
+            (p.sum_dim_intlist(-1, false, Kind::Float) - 1.0)
+                .abs()
+                .max(),
+        )
+        .unwrap();
+        assert!(row_err < 1e-6);
+        // Causality: the first query sees only the first key.
+        let first = f64::try_from(p.get(0).get(0).get(0).get(0)).unwrap();
+        assert!((first - 1.0).abs() < 1e-6);
+    }
+}

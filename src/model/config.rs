@@ -1,0 +1,286 @@
+//! Model configuration read from a Hugging Face `config.json` (OLMo-2 or Llama) or built in code.
+//!
+//! Traps (research/olmo2.md §1.1): OLMo-2's class defaults differ from its checkpoints (eps 1e-5 vs
+//! 1e-6, vocab 50304 vs 100352), and `rope_theta` lives either at the top level (v4 files) or
+//! inside `rope_parameters` (transformers v5). Always read the file; never trust class defaults.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{SourceError, SourceResult};
+
+/// The block layouts ckpt-scan can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Architecture {
+    /// OLMo-2: no input norm, post-attention and post-feedforward RMSNorm, full-width QK-norm.
+    Olmo2,
+    /// Llama: pre-norm (input_layernorm, post_attention_layernorm before the MLP), GQA, no QK-norm.
+    Llama,
+}
+
+impl Architecture {
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Architecture::Olmo2 => "Olmo2ForCausalLM",
+            Architecture::Llama => "LlamaForCausalLM",
+        }
+    }
+}
+
+/// Everything the forward pass needs to know about a model's shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub num_key_value_heads: i64,
+    pub head_dim: i64,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: i64,
+    pub tie_word_embeddings: bool,
+    pub pad_token_id: Option<i64>,
+    pub bos_token_id: Option<i64>,
+    pub eos_token_id: Option<i64>,
+}
+
+impl ModelConfig {
+    /// Reads and validates a `config.json`.
+    pub fn from_file(path: &Path) -> SourceResult<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| SourceError::io(path, e))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| SourceError::malformed(path, format!("invalid JSON: {e}")))?;
+        Self::from_json(&value, path)
+    }
+
+    /// Builds a config from parsed `config.json` contents; `path` is only used in error messages.
+    pub fn from_json(value: &Value, path: &Path) -> SourceResult<Self> {
+        let architecture = detect_architecture(value, path)?;
+        let int = |key: &str| -> SourceResult<i64> {
+            value.get(key).and_then(Value::as_i64).ok_or_else(|| {
+                SourceError::malformed(path, format!("missing or non-integer field {key:?}"))
+            })
+        };
+        let opt_int = |key: &str| value.get(key).and_then(Value::as_i64);
+        let hidden_size = int("hidden_size")?;
+        let num_attention_heads = int("num_attention_heads")?;
+        let num_key_value_heads = opt_int("num_key_value_heads").unwrap_or(num_attention_heads);
+        let head_dim = opt_int("head_dim").unwrap_or_else(|| {
+            if num_attention_heads > 0 {
+                hidden_size / num_attention_heads
+            } else {
+                0
+            }
+        });
+        let rope_theta = value
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .or_else(|| {
+                value
+                    .get("rope_parameters")
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
+            .unwrap_or(10_000.0);
+        let default_tie = architecture == Architecture::Llama;
+        let config = ModelConfig {
+            architecture,
+            vocab_size: int("vocab_size")?,
+            hidden_size,
+            intermediate_size: int("intermediate_size")?,
+            num_hidden_layers: int("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: value
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| SourceError::malformed(path, "missing field \"rms_norm_eps\""))?,
+            rope_theta,
+            max_position_embeddings: opt_int("max_position_embeddings").unwrap_or(2048),
+            tie_word_embeddings: value
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(default_tie),
+            pad_token_id: opt_int("pad_token_id"),
+            bos_token_id: opt_int("bos_token_id"),
+            eos_token_id: first_int(value.get("eos_token_id")),
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks the relations the forward pass relies on.
+    pub fn validate(&self, path: &Path) -> SourceResult<()> {
+        let bad = |message: String| Err(SourceError::malformed(path, message));
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+        ] {
+            if v <= 0 {
+                return bad(format!("{name} must be positive, got {v}"));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return bad(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
+        }
+        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+            return bad("rms_norm_eps and rope_theta must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Query heads that share one KV head (GQA group size).
+    pub fn kv_group_size(&self) -> i64 {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+
+    /// The `config.json` a Hugging Face loader accepts for this config.
+    pub fn to_hf_json(&self) -> Value {
+        let model_type = match self.architecture {
+            Architecture::Olmo2 => "olmo2",
+            Architecture::Llama => "llama",
+        };
+        serde_json::json!({
+            "architectures": [self.architecture.hf_class()],
+            "model_type": model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "pad_token_id": self.pad_token_id,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "hidden_act": "silu",
+            "attention_bias": false,
+        })
+    }
+}
+
+fn first_int(value: Option<&Value>) -> Option<i64> {
+    match value? {
+        Value::Array(items) => items.first().and_then(Value::as_i64),
+        other => other.as_i64(),
+    }
+}
+
+fn detect_architecture(value: &Value, path: &Path) -> SourceResult<Architecture> {
+    let class = value
+        .get("architectures")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_str);
+    let model_type = value.get("model_type").and_then(Value::as_str);
+    match (class, model_type) {
+        (Some("Olmo2ForCausalLM"), _) | (None, Some("olmo2")) => Ok(Architecture::Olmo2),
+        (Some("LlamaForCausalLM"), _) | (None, Some("llama")) => Ok(Architecture::Llama),
+        (class, model_type) => Err(SourceError::UnsupportedArchitecture {
+            path: path.to_path_buf(),
+            architecture: class.or(model_type).unwrap_or("<none given>").to_string(),
+        }),
+    }
+}
+
+/// Released OLMo-2 dimensions (research/olmo2.md §2), for `init:olmo2-*` sources.
+pub fn olmo2_preset(name: &str) -> Option<ModelConfig> {
+    let (layers, hidden, heads, kv_heads, intermediate) = match name {
+        "olmo2-1b" => (16, 2048, 16, 16, 8192),
+        "olmo2-7b" => (32, 4096, 32, 32, 11008),
+        "olmo2-13b" => (40, 5120, 40, 40, 13824),
+        "olmo2-32b" => (64, 5120, 40, 8, 27648),
+        _ => return None,
+    };
+    Some(ModelConfig {
+        architecture: Architecture::Olmo2,
+        vocab_size: 100_352,
+        hidden_size: hidden,
+        intermediate_size: intermediate,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        head_dim: 128,
+        rms_norm_eps: 1e-6,
+        rope_theta: 500_000.0,
+        max_position_embeddings: 4096,
+        tie_word_embeddings: false,
+        pad_token_id: Some(100_277),
+        bos_token_id: None,
+        eos_token_id: Some(100_257),
+    })
+}
+
+pub const OLMO2_PRESETS: [&str; 4] = ["olmo2-1b", "olmo2-7b", "olmo2-13b", "olmo2-32b"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn olmo_json() -> Value {
+        serde_json::json!({
+            "architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2",
+            "vocab_size": 100352, "hidden_size": 4096, "intermediate_size": 11008,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+            "rms_norm_eps": 1e-6, "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+            "max_position_embeddings": 4096, "tie_word_embeddings": false
+        })
+    }
+
+    #[test]
+    fn rope_theta_is_read_from_rope_parameters_when_not_top_level() {
+        let c = ModelConfig::from_json(&olmo_json(), Path::new("config.json")).unwrap();
+        assert_eq!(c.rope_theta, 500_000.0);
+        assert_eq!(c.head_dim, 128);
+        assert_eq!(
+            c,
+            olmo2_preset("olmo2-7b")
+                .map(|p| ModelConfig {
+                    pad_token_id: None,
+                    eos_token_id: None,
+                    ..p
+                })
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn unknown_architecture_is_named_in_the_error() {
+        let mut v = olmo_json();
+        v["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
+        let e = ModelConfig::from_json(&v, Path::new("x/config.json")).unwrap_err();
+        assert!(e.to_string().contains("GPTNeoXForCausalLM"), "{e}");
+        assert!(e.to_string().contains("x/config.json"), "{e}");
+    }
+
+    #[test]
+    fn gqa_heads_must_divide() {
+        let mut v = olmo_json();
+        v["num_key_value_heads"] = serde_json::json!(5);
+        assert!(ModelConfig::from_json(&v, Path::new("c.json")).is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! The layer-streamed forward pass: every token batch goes through layer l before layer l+1 is
+//! read, so one layer's weights are in memory at a time and each is read once.
+
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+use crate::capture::CaptureSink;
+use crate::model::attention::CaptureContext;
+use crate::model::config::ModelConfig;
+use crate::model::layer::DecoderLayer;
+use crate::model::norm::RmsNorm;
+use crate::model::rope::Rope;
+use crate::model::weights::{load_tensor, LoadOptions};
+use crate::source::WeightSource;
+
+/// What the forward returns per batch after the last layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputHead {
+    /// Nothing: the forward runs only for its captures.
+    None,
+    /// f32 logits `[batch, seq, vocab]` for every position.
+    Logits,
+    /// f32 logits `[batch, vocab]` of the last position only.
+    LastLogits,
+}
+
+/// Called after each layer with `(layer, num_layers)`, for progress bars.
+pub type LayerProgress<'a> = &'a mut dyn FnMut(i64, i64);
+
+/// Runs `batches` (each `[batch, seq]` int64 token ids) through the model, layer-major.
+pub fn forward_streamed(
+    source: &dyn WeightSource,
+    batches: &[Tensor],
+    sink: &mut dyn CaptureSink,
+    options: &LoadOptions,
+    head: OutputHead,
+    progress: Option<LayerProgress>,
+) -> Result<Vec<Tensor>> {
+    let config = source.config().clone();
+    check_token_ids(batches, &config)?;
+    let max_seq = batches.iter().map(|b| b.size()[1]).max().unwrap_or(0);
+    let rope = Rope::new(
+        config.head_dim,
+        config.rope_theta,
+        max_seq.max(1),
+        options.device,
+    );
+    let _no_grad = tch::no_grad_guard();
+
+    let embed = load_tensor(
+        source,
+        "model.embed_tokens.weight",
+        &[config.vocab_size, config.hidden_size],
+        options,
+    )?;
+    let mut hidden: Vec<Tensor> = batches
+        .iter()
+        .map(|ids| Tensor::embedding(&embed, &ids.to_device(options.device), -1, false, false))
+        .collect();
+    // Keep the embedding only when it doubles as the output head.
+    let embed = config.tie_word_embeddings.then_some(embed);
+
+    let mut progress = progress;
+    for layer_index in 0..config.num_hidden_layers {
+        let layer = DecoderLayer::load(source, layer_index, &config, options)?;
+        for (batch_index, x) in hidden.iter_mut().enumerate() {
+            let mut ctx = CaptureContext {
+                layer: layer_index,
+                batch_index,
+                sink: &mut *sink,
+            };
+            *x = layer.forward(x, &rope, &mut ctx)?;
+        }
+        if let Some(p) = progress.as_mut() {
+            p(layer_index + 1, config.num_hidden_layers);
+        }
+    }
+    if head == OutputHead::None {
+        return Ok(Vec::new());
+    }
+    let final_norm = RmsNorm::new(
+        load_tensor(source, "model.norm.weight", &[config.hidden_size], options)?,
+        config.rms_norm_eps,
+        config.architecture,
+    );
+    let lm_head = match embed {
+        Some(e) => e,
+        None => load_tensor(
+            source,
+            "lm_head.weight",
+            &[config.vocab_size, config.hidden_size],
+            options,
+        )?,
+    };
+    Ok(hidden
+        .iter()
+        .map(|x| {
+            let x = match head {
+                OutputHead::LastLogits => x.select(1, x.size()[1] - 1),
+                _ => x.shallow_clone(),
+            };
+            final_norm
+                .forward(&x)
+                .linear::<Tensor>(&lm_head, None)
+                .to_kind(Kind::Float)
+        })
+        .collect())
+}
+
+fn check_token_ids(batches: &[Tensor], config: &ModelConfig) -> Result<()> {
+    for (i, ids) in batches.iter().enumerate() {
+        if ids.dim() != 2 || ids.kind() != Kind::Int64 {
+            bail!(
+                "token batch {i}: expected a [batch, seq] int64 tensor, got {:?} {:?}",
+                ids.size(),
+                ids.kind()
+            );
+        }
+        if ids.numel() == 0 {
+            bail!("token batch {i} is empty");
+        }
+        let (lo, hi) = (i64::try_from(ids.min())?, i64::try_from(ids.max())?);
+        if lo < 0 || hi >= config.vocab_size {
+            bail!(
+                "token batch {i}: token id {} is outside the vocabulary (0..{})",
+                if lo < 0 { lo } else { hi },
+                config.vocab_size
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! One decoder block, in the two layouts ckpt-scan supports.
+//!
+//! The checkpoints' norm names mean different things: in OLMo-2 `post_attention_layernorm` normalises
+//! the attention *output* before the residual add; in Llama it normalises the residual stream
+//! *before* the MLP. The struct keeps the checkpoint names and `forward` applies each layout.
+
+use anyhow::Result;
+use tch::Tensor;
+
+use crate::model::attention::{Attention, CaptureContext};
+use crate::model::config::{Architecture, ModelConfig};
+use crate::model::mlp::Mlp;
+use crate::model::norm::RmsNorm;
+use crate::model::rope::Rope;
+use crate::model::weights::{LayerWeights, LoadOptions};
+use crate::source::WeightSource;
+
+pub struct DecoderLayer {
+    pub architecture: Architecture,
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    /// Llama only.
+    pub input_layernorm: Option<RmsNorm>,
+    pub post_attention_layernorm: RmsNorm,
+    /// OLMo-2 only.
+    pub post_feedforward_layernorm: Option<RmsNorm>,
+}
+
+impl DecoderLayer {
+    /// Reads `model.layers.{layer}.*` from the source.
+    pub fn load(
+        source: &dyn WeightSource,
+        layer: i64,
+        config: &ModelConfig,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let mut w = LayerWeights {
+            source,
+            prefix: format!("model.layers.{layer}"),
+            options: *options,
+        };
+        let h = config.hidden_size;
+        let arch = config.architecture;
+        let eps = config.rms_norm_eps;
+        let norm = |w: &mut LayerWeights, name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm::new(w.norm(name, h)?, eps, arch))
+        };
+        let self_attn = Attention::load(&mut w, config)?;
+        let mlp = Mlp::load(&mut w, config)?;
+        let post_attention_layernorm = norm(&mut w, "post_attention_layernorm.weight")?;
+        let (input_layernorm, post_feedforward_layernorm) = match arch {
+            Architecture::Olmo2 => (
+                None,
+                Some(norm(&mut w, "post_feedforward_layernorm.weight")?),
+            ),
+            Architecture::Llama => (Some(norm(&mut w, "input_layernorm.weight")?), None),
+        };
+        Ok(DecoderLayer {
+            architecture: arch,
+            self_attn,
+            mlp,
+            input_layernorm,
+            post_attention_layernorm,
+            post_feedforward_layernorm,
+        })
+    }
+
+    /// `x`: `[batch, seq, hidden]` residual stream → the next layer's residual stream.
+    pub fn forward(&self, x: &Tensor, rope: &Rope, ctx: &mut CaptureContext) -> Result<Tensor> {
+        match self.architecture {
+            Architecture::Olmo2 => {
+                // The attention input is the raw residual stream: OLMo-2 has no input norm.
+                let attn = self.self_attn.forward(x, rope, ctx)?;
+                let h = x + self.post_attention_layernorm.forward(&attn);
+                let ff = self.mlp.forward(&h);
+                let post_ff = self
+                    .post_feedforward_layernorm
+                    .as_ref()
+                    .expect("olmo2 layer");
+                Ok(&h + post_ff.forward(&ff))
+            }
+            Architecture::Llama => {
+                let input_norm = self.input_layernorm.as_ref().expect("llama layer");
+                let attn = self.self_attn.forward(&input_norm.forward(x), rope, ctx)?;
+                let h = x + attn;
+                let ff = self.mlp.forward(&self.post_attention_layernorm.forward(&h));
+                Ok(&h + ff)
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The transformer: config, building blocks, and the layer-streamed forward pass.
+
+pub mod attention;
+pub mod config;
+pub mod forward;
+pub mod layer;
+pub mod mlp;
+pub mod norm;
+pub mod resident;
+pub mod rope;
+pub mod weights;

@@ -1,0 +1,59 @@
+//! RMSNorm as Hugging Face transformers computes it, including where the cast back happens.
+
+use tch::{Kind, Tensor};
+
+use crate::model::config::Architecture;
+
+/// `weight * x / sqrt(mean(x²) + eps)` over the last dimension, with the mean taken in f32.
+///
+/// OLMo-2 multiplies by the weight *before* casting back to the input dtype (transformers
+/// PR #38131); Llama casts first. The two orders agree in f32 and differ in bf16.
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+    pub multiply_before_cast: bool,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f64, architecture: Architecture) -> Self {
+        RmsNorm {
+            weight,
+            eps,
+            multiply_before_cast: architecture == Architecture::Olmo2,
+        }
+    }
+
+    /// `x`: `[..., n]` of any float kind; result has `x`'s kind and shape.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x32 = x.to_kind(Kind::Float);
+        let variance = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let normed = x32 * (variance + self.eps).rsqrt();
+        if self.multiply_before_cast {
+            (self.weight.to_kind(Kind::Float) * normed).to_kind(kind)
+        } else {
+            self.weight.to_kind(kind) * normed.to_kind(kind)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_weight_gives_unit_rms() {
+        let x = Tensor::from_slice(&[3.0f32, -4.0, 0.0, 5.0]).reshape([1, 4]);
+        let norm = RmsNorm::new(
+            Tensor::ones([4], (Kind::Float, tch::Device::Cpu)),
+            0.0,
+            Architecture::Olmo2,
+        );
+        let y = norm.forward(&x);
+        let rms = f64::try_from(y.pow_tensor_scalar(2).mean(Kind::Float).sqrt()).unwrap();
+        assert!((rms - 1.0).abs() < 1e-6, "rms {rms}");
+        // mean(x²) = 50/4 = 12.5, so y0 = 3 / sqrt(12.5).
+        let y0 = f64::try_from(y.get(0).get(0)).unwrap();
+        assert!((y0 - 3.0 / 12.5f64.sqrt()).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,100 @@
+//! A model held whole in memory, for generation and repeated forwards on small models.
+//! (Analyses use the layer-streamed forward instead, which holds one layer at a time.)
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use crate::capture::NoCapture;
+use crate::model::attention::CaptureContext;
+use crate::model::config::ModelConfig;
+use crate::model::layer::DecoderLayer;
+use crate::model::norm::RmsNorm;
+use crate::model::rope::Rope;
+use crate::model::weights::{load_tensor, LoadOptions};
+use crate::source::WeightSource;
+
+pub struct ResidentModel {
+    pub config: ModelConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    pub lm_head: Tensor,
+    options: LoadOptions,
+}
+
+impl ResidentModel {
+    pub fn load(source: &dyn WeightSource, options: &LoadOptions) -> Result<Self> {
+        let config = source.config().clone();
+        let (v, h) = (config.vocab_size, config.hidden_size);
+        let embed_tokens = load_tensor(source, "model.embed_tokens.weight", &[v, h], options)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::load(source, i, &config, options))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(
+            load_tensor(source, "model.norm.weight", &[h], options)?,
+            config.rms_norm_eps,
+            config.architecture,
+        );
+        let lm_head = if config.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else {
+            load_tensor(source, "lm_head.weight", &[v, h], options)?
+        };
+        Ok(ResidentModel {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            options: *options,
+        })
+    }
+
+    /// `ids`: `[batch, seq]` int64 → f32 logits `[batch, seq, vocab]`.
+    pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        let _no_grad = tch::no_grad_guard();
+        let seq = ids.size()[1];
+        let rope = Rope::new(
+            self.config.head_dim,
+            self.config.rope_theta,
+            seq,
+            self.options.device,
+        );
+        let mut x = Tensor::embedding(
+            &self.embed_tokens,
+            &ids.to_device(self.options.device),
+            -1,
+            false,
+            false,
+        );
+        let mut sink = NoCapture;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut ctx = CaptureContext {
+                layer: i as i64,
+                batch_index: 0,
+                sink: &mut sink,
+            };
+            x = layer.forward(&x, &rope, &mut ctx)?;
+        }
+        Ok(self
+            .norm
+            .forward(&x)
+            .linear::<Tensor>(&self.lm_head, None)
+            .to_kind(Kind::Float))
+    }
+
+    /// Greedy continuation of one prompt (recomputes the prefix each step; no KV cache yet).
+    pub fn greedy(&self, prompt: &[i64], new_tokens: usize, stop: Option<i64>) -> Result<Vec<i64>> {
+        let mut ids = prompt.to_vec();
+        for _ in 0..new_tokens {
+            let input = Tensor::from_slice(&ids).unsqueeze(0);
+            let logits = self.logits(&input)?;
+            let next = i64::try_from(logits.get(0).get(ids.len() as i64 - 1).argmax(-1, false))?;
+            ids.push(next);
+            if Some(next) == stop {
+                break;
+            }
+        }
+        Ok(ids[prompt.len()..].to_vec())
+    }
+}

@@ -1,0 +1,80 @@
+//! Reading one layer's tensors from a source: shape-checked against the config, refused when they
+//! hold NaN/Inf (unless allowed), and moved to the compute device and dtype.
+
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::SourceError;
+use crate::source::WeightSource;
+
+/// Device, dtype and integrity policy for loaded weights.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Compute dtype: f32 on CPU, bf16 on CUDA by default.
+    pub kind: Kind,
+    /// Run even when a tensor holds NaN/Inf (inspect reports them either way).
+    pub allow_nan: bool,
+}
+
+impl LoadOptions {
+    pub fn cpu_f32() -> Self {
+        LoadOptions {
+            device: Device::Cpu,
+            kind: Kind::Float,
+            allow_nan: false,
+        }
+    }
+}
+
+/// Reads a named tensor with its expected shape and prepares it for compute.
+pub fn load_tensor(
+    source: &dyn WeightSource,
+    name: &str,
+    shape: &[i64],
+    options: &LoadOptions,
+) -> Result<Tensor> {
+    let tensor = source.read_shaped(name, shape)?;
+    if !options.allow_nan {
+        let non_finite = count_non_finite(&tensor);
+        if non_finite > 0 {
+            return Err(SourceError::NonFinite {
+                name: name.to_string(),
+                count: non_finite,
+            }
+            .into());
+        }
+    }
+    Ok(tensor.to_device(options.device).to_kind(options.kind))
+}
+
+/// Number of NaN or ±Inf entries.
+pub fn count_non_finite(tensor: &Tensor) -> i64 {
+    i64::try_from(tensor.isfinite().logical_not().sum(Kind::Int64)).unwrap_or(0)
+}
+
+/// The tensors of one decoder layer, named relative to `model.layers.{i}.`.
+pub struct LayerWeights<'a> {
+    pub source: &'a dyn WeightSource,
+    pub prefix: String,
+    pub options: LoadOptions,
+}
+
+impl LayerWeights<'_> {
+    /// A `[out_features, in_features]` linear weight.
+    pub fn linear(&mut self, suffix: &str, out_features: i64, in_features: i64) -> Result<Tensor> {
+        let name = format!("{}.{suffix}", self.prefix);
+        load_tensor(
+            self.source,
+            &name,
+            &[out_features, in_features],
+            &self.options,
+        )
+    }
+
+    /// A `[size]` norm weight.
+    pub fn norm(&mut self, suffix: &str, size: i64) -> Result<Tensor> {
+        let name = format!("{}.{suffix}", self.prefix);
+        load_tensor(self.source, &name, &[size], &self.options)
+    }
+}

@@ -1,0 +1,23 @@
+//! All user-facing output goes through here: progress and notes on stderr, data on stdout.
+
+/// Prints notes to stderr unless quiet; results always go to stdout.
+#[derive(Clone, Copy, Debug)]
+pub struct Printer {
+    pub quiet: bool,
+}
+
+impl Printer {
+    pub fn note(&self, message: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", message.as_ref());
+        }
+    }
+
+    pub fn warn(&self, message: impl AsRef<str>) {
+        eprintln!("warning: {}", message.as_ref());
+    }
+
+    pub fn result(&self, message: impl AsRef<str>) {
+        println!("{}", message.as_ref());
+    }
+}

@@ -1,0 +1,67 @@
+//! Resolved settings: the CLI's choices checked and turned into what commands run with.
+
+use anyhow::{bail, Result};
+use tch::{Device, Kind};
+
+use crate::cli::{DeviceArg, DtypeArg, GlobalArgs};
+use crate::model::weights::LoadOptions;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub load: LoadOptions,
+    pub quiet: bool,
+}
+
+impl Settings {
+    pub fn resolve(global: &GlobalArgs) -> Result<Self> {
+        if let Some(threads) = global.threads {
+            if threads < 1 {
+                bail!("--threads must be at least 1, got {threads}");
+            }
+            tch::set_num_threads(threads);
+        }
+        let device = resolve_device(global.device)?;
+        let kind = match (global.dtype, device) {
+            (DtypeArg::F32, _) | (DtypeArg::Auto, Device::Cpu) => Kind::Float,
+            (DtypeArg::Bf16, _) | (DtypeArg::Auto, _) => Kind::BFloat16,
+        };
+        Ok(Settings {
+            load: LoadOptions {
+                device,
+                kind,
+                allow_nan: global.allow_nan,
+            },
+            quiet: global.quiet,
+        })
+    }
+}
+
+/// `auto` picks CUDA when libtorch sees a GPU; `cuda` without one is an error, not a fallback.
+pub fn resolve_device(arg: DeviceArg) -> Result<Device> {
+    match arg {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Auto => Ok(Device::cuda_if_available()),
+        DeviceArg::Cuda => {
+            if tch::Cuda::is_available() {
+                Ok(Device::Cuda(0))
+            } else {
+                bail!("--device cuda: libtorch sees no CUDA device (tch::Cuda::is_available() is false)\nhint: use --device cpu or auto")
+            }
+        }
+    }
+}
+
+/// A short human name for a device and dtype, for reports.
+pub fn describe(load: &LoadOptions) -> String {
+    let device = match load.device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}"),
+    };
+    let kind = match load.kind {
+        Kind::Float => "f32",
+        Kind::BFloat16 => "bf16",
+        _ => "other",
+    };
+    format!("{device} {kind}")
+}

@@ -1,0 +1,190 @@
+//! Random initialisation as a weight source: tensors are generated on demand, each seeded by
+//! (seed, tensor name), so reading order and streaming do not change the weights.
+//!
+//! Schemes (research/olmo2.md §4): `olmo` is what OLMo-2 trained from (every linear weight and the
+//! embedding ~ truncated normal, std 0.02, cut at ±3σ; norms 1). `hf` is transformers'
+//! `_init_weights` (plain normal std 0.02, pad row of the embedding zeroed; norms 1).
+
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
+
+use super::{expected_tensors, Provenance, TensorInfo, WeightSource};
+use crate::error::{SourceError, SourceResult};
+use crate::model::config::ModelConfig;
+
+/// Standard deviation of every initialised weight matrix in both schemes.
+pub const INIT_STD: f64 = 0.02;
+/// OLMo-2 truncates its normal at this many standard deviations.
+pub const TRUNCATION_SIGMAS: f64 = 3.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitScheme {
+    Olmo,
+    Hf,
+}
+
+impl InitScheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            InitScheme::Olmo => "olmo",
+            InitScheme::Hf => "hf",
+        }
+    }
+}
+
+/// A model at initialisation.
+pub struct InitSource {
+    config: ModelConfig,
+    seed: u64,
+    scheme: InitScheme,
+    shapes: Vec<(String, Vec<i64>)>,
+    provenance: Provenance,
+}
+
+impl InitSource {
+    pub fn new(config: ModelConfig, seed: u64, scheme: InitScheme, spec: &str) -> Self {
+        let shapes = expected_tensors(&config);
+        let provenance = Provenance {
+            spec: spec.to_string(),
+            kind: "init".into(),
+            init: Some(format!("scheme={} seed={seed}", scheme.name())),
+            ..Default::default()
+        };
+        InitSource {
+            config,
+            seed,
+            scheme,
+            shapes,
+            provenance,
+        }
+    }
+
+    fn shape_of(&self, name: &str) -> Option<&[i64]> {
+        self.shapes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_slice())
+    }
+}
+
+/// The libtorch seed for one tensor: a hash of the master seed and the tensor's name.
+pub fn tensor_seed(seed: u64, name: &str) -> i64 {
+    let mut hasher = Sha256::new();
+    hasher.update(seed.to_le_bytes());
+    hasher.update(name.as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    // libtorch seeds are taken as u64; keep the value positive for an i64 round trip.
+    (u64::from_le_bytes(bytes) >> 1) as i64
+}
+
+/// Samples `N(0, std²)` truncated to `[-cut·std, cut·std]` by inverse-CDF sampling, which is how
+/// `torch.nn.init.trunc_normal_` does it: uniform on `[erf(-c/√2), erf(c/√2)]`, then `erfinv`.
+pub fn truncated_normal(shape: &[i64], std: f64, cut_sigmas: f64) -> Tensor {
+    let edge = f64::try_from(Tensor::from(cut_sigmas / std::f64::consts::SQRT_2).erf())
+        .expect("scalar erf");
+    let u = Tensor::empty(shape, (Kind::Float, Device::Cpu)).uniform_(-edge, edge);
+    (u.erfinv() * (std * std::f64::consts::SQRT_2)).clamp(-cut_sigmas * std, cut_sigmas * std)
+}
+
+/// The standard deviation of a normal with standard deviation `std` truncated at `±cut·std`.
+pub fn truncated_normal_std(std: f64, cut_sigmas: f64) -> f64 {
+    let c = cut_sigmas;
+    let pdf = (-c * c / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let mass = f64::try_from(Tensor::from(c / std::f64::consts::SQRT_2).erf()).expect("scalar erf");
+    std * (1.0 - 2.0 * c * pdf / mass).sqrt()
+}
+
+impl WeightSource for InitSource {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+
+    fn tensor_infos(&self) -> Vec<TensorInfo> {
+        self.shapes
+            .iter()
+            .map(|(name, shape)| TensorInfo {
+                name: name.clone(),
+                shape: shape.clone(),
+                dtype: "F32".into(),
+                bytes: 4 * shape.iter().product::<i64>() as u64,
+            })
+            .collect()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.shape_of(name).is_some()
+    }
+
+    fn read(&self, name: &str) -> SourceResult<Tensor> {
+        let shape = self
+            .shape_of(name)
+            .ok_or_else(|| SourceError::MissingTensor {
+                name: name.to_string(),
+                location: self.provenance.spec.clone(),
+            })?
+            .to_vec();
+        if shape.len() == 1 {
+            // Every 1-D tensor of these models is an RMSNorm weight, initialised to one.
+            return Ok(Tensor::ones(shape.as_slice(), (Kind::Float, Device::Cpu)));
+        }
+        tch::manual_seed(tensor_seed(self.seed, name));
+        let tensor = match self.scheme {
+            InitScheme::Olmo => truncated_normal(&shape, INIT_STD, TRUNCATION_SIGMAS),
+            InitScheme::Hf => {
+                let t = Tensor::empty(shape.as_slice(), (Kind::Float, Device::Cpu))
+                    .normal_(0.0, INIT_STD);
+                if name == "model.embed_tokens.weight" {
+                    if let Some(pad) = self.config.pad_token_id.filter(|&p| p >= 0 && p < shape[0])
+                    {
+                        let _ = t.get(pad).fill_(0.0);
+                    }
+                }
+                t
+            }
+        };
+        Ok(tensor)
+    }
+
+    fn tokenizer_path(&self) -> Option<PathBuf> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::olmo2_preset;
+
+    #[test]
+    fn truncated_std_matches_the_textbook_value() {
+        // σ·sqrt(1 − 2·3·φ(3)/(2Φ(3)−1)) with φ(3) = 0.00443185, 2Φ(3)−1 = 0.99730020.
+        let expected =
+            0.02 * (1.0 - 6.0 * 0.004_431_848_411_938_008 / 0.997_300_203_936_739_8f64).sqrt();
+        assert!((truncated_normal_std(0.02, 3.0) - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn same_seed_same_tensor_and_names_decorrelate() {
+        let c = olmo2_preset("olmo2-1b").unwrap();
+        let a = InitSource::new(c.clone(), 7, InitScheme::Olmo, "init:olmo2-1b");
+        let b = InitSource::new(c, 7, InitScheme::Olmo, "init:olmo2-1b");
+        let name = "model.layers.3.self_attn.k_proj.weight";
+        let other = "model.layers.3.self_attn.q_proj.weight";
+        assert!(a.read(name).unwrap().equal(&b.read(name).unwrap()));
+        // Reading another tensor in between does not change it (seeded per name).
+        let _ = b.read(other).unwrap();
+        assert!(a.read(name).unwrap().equal(&b.read(name).unwrap()));
+        assert!(!a.read(name).unwrap().equal(&a.read(other).unwrap()));
+    }
+}

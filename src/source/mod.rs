@@ -1,0 +1,121 @@
+//! Where weights come from, behind one narrow trait: a config plus lazily read named tensors.
+//!
+//! Implementations: safetensors directories and files (memory-mapped, sharded or not), Hugging Face
+//! Hub revisions and the local HF cache, GGUF files (dequantised to f32), and random initialisation
+//! generated on the fly. Tensor names are always the Hugging Face ones (see `names`).
+
+pub mod hub;
+pub mod init;
+pub mod safetensors;
+pub mod spec;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use tch::Tensor;
+
+use crate::error::{SourceError, SourceResult};
+use crate::model::config::ModelConfig;
+
+pub use spec::{open_source, SourceSpec};
+
+/// What a tensor is, known without reading its data.
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorInfo {
+    /// Hugging Face name, e.g. `model.layers.3.self_attn.k_proj.weight`.
+    pub name: String,
+    /// Shape in PyTorch order (`[out_features, in_features]` for linear weights).
+    pub shape: Vec<i64>,
+    /// Storage dtype as the file names it (`F32`, `BF16`, `Q4_1`, …).
+    pub dtype: String,
+    /// Bytes the tensor occupies in storage.
+    pub bytes: u64,
+}
+
+/// Where a source's weights were resolved from, recorded with every result.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Provenance {
+    /// The source string as the user wrote it.
+    pub spec: String,
+    /// `safetensors`, `hub`, `hf-cache`, `gguf` or `init`.
+    pub kind: String,
+    /// Local files the tensors are read from (empty for random init).
+    pub files: Vec<PathBuf>,
+    /// Resolved commit sha for Hub revisions.
+    pub revision_sha: Option<String>,
+    /// Seed and scheme for random init.
+    pub init: Option<String>,
+}
+
+/// A checkpoint: its config and its tensors, read one at a time.
+///
+/// `read` returns an owned f32 CPU tensor in Hugging Face layout; implementations never read more
+/// of the file than that tensor.
+pub trait WeightSource {
+    fn config(&self) -> &ModelConfig;
+    fn provenance(&self) -> &Provenance;
+    /// All tensors, in a stable order, without reading their data.
+    fn tensor_infos(&self) -> Vec<TensorInfo>;
+    fn contains(&self, name: &str) -> bool;
+    /// Reads one tensor as f32 on the CPU.
+    fn read(&self, name: &str) -> SourceResult<Tensor>;
+    /// The tokenizer that belongs to this checkpoint, when the source carries one.
+    fn tokenizer_path(&self) -> Option<PathBuf> {
+        None
+    }
+    /// A tokenizer built from the source itself (GGUF metadata) rather than a tokenizer.json file.
+    fn embedded_tokenizer(&self) -> Option<SourceResult<tokenizers::Tokenizer>> {
+        None
+    }
+
+    /// Reads one tensor and checks its shape against what the config implies.
+    fn read_shaped(&self, name: &str, expected: &[i64]) -> SourceResult<Tensor> {
+        let tensor = self.read(name)?;
+        if tensor.size() != expected {
+            return Err(SourceError::ShapeMismatch {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                actual: tensor.size(),
+            });
+        }
+        Ok(tensor)
+    }
+}
+
+/// Expected shape of every tensor a model of this config needs, in Hugging Face names.
+pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<i64>)> {
+    use crate::model::config::Architecture;
+    let (h, i, v) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+    );
+    let q = config.num_attention_heads * config.head_dim;
+    let kv = config.num_key_value_heads * config.head_dim;
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+    for layer in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{layer}");
+        let mut push = |suffix: &str, shape: Vec<i64>| out.push((format!("{p}.{suffix}"), shape));
+        push("self_attn.q_proj.weight", vec![q, h]);
+        push("self_attn.k_proj.weight", vec![kv, h]);
+        push("self_attn.v_proj.weight", vec![kv, h]);
+        push("self_attn.o_proj.weight", vec![h, q]);
+        push("mlp.gate_proj.weight", vec![i, h]);
+        push("mlp.up_proj.weight", vec![i, h]);
+        push("mlp.down_proj.weight", vec![h, i]);
+        push("post_attention_layernorm.weight", vec![h]);
+        match config.architecture {
+            Architecture::Olmo2 => {
+                push("self_attn.q_norm.weight", vec![q]);
+                push("self_attn.k_norm.weight", vec![kv]);
+                push("post_feedforward_layernorm.weight", vec![h]);
+            }
+            Architecture::Llama => push("input_layernorm.weight", vec![h]),
+        }
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !config.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![v, h]));
+    }
+    out
+}

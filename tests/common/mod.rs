@@ -1,0 +1,70 @@
+//! Shared helpers for integration tests: fixture locations and tensor comparisons.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use tch::Tensor;
+
+/// Golden fixtures written by tests/fixtures/make_golden.py (`make fixtures`).
+///
+/// Missing fixtures fail the test when `CKPT_SCAN_REQUIRE_FIXTURES=1` (set by `make test`), and
+/// skip it otherwise so a bare `cargo test` still runs everything else.
+pub fn golden_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("CKPT_SCAN_GOLDEN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ckpt_scan::data::paths::cache_root().join("golden"));
+    require(dir.join("versions.json").exists(), &dir).then_some(dir)
+}
+
+/// A packaged data file (scripts/fetch-data.sh), under the same policy as the golden fixtures.
+pub fn data_file(path: PathBuf) -> Option<PathBuf> {
+    require(path.exists(), &path).then_some(path)
+}
+
+fn require(present: bool, what: &std::path::Path) -> bool {
+    if !present {
+        if std::env::var("CKPT_SCAN_REQUIRE_FIXTURES").as_deref() == Ok("1") {
+            panic!("{} is missing; run `make fixtures data`", what.display());
+        }
+        eprintln!(
+            "skipping: {} is missing (run `make fixtures data`)",
+            what.display()
+        );
+    }
+    present
+}
+
+/// Reads a safetensors file written by Python into name → tensor.
+pub fn read_golden(path: &std::path::Path) -> std::collections::HashMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect()
+}
+
+/// Largest absolute difference; panics with the location of the first mismatches if above `tol`.
+pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f64) -> f64 {
+    assert_eq!(actual.size(), expected.size(), "{what}: shape");
+    let actual = actual.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu);
+    let expected = expected.to_kind(tch::Kind::Float);
+    let diff = (&actual - &expected).abs();
+    let max = f64::try_from(diff.max()).unwrap();
+    if max > tol {
+        let flat = diff.view(-1);
+        let (values, idx) = flat.topk(3, 0, true, true);
+        let a = actual.view(-1);
+        let e = expected.view(-1);
+        let mut lines = Vec::new();
+        for i in 0..3 {
+            let j = i64::try_from(idx.get(i)).unwrap();
+            lines.push(format!(
+                "  flat index {j}: actual {} expected {} (|diff| {})",
+                f64::try_from(a.get(j)).unwrap(),
+                f64::try_from(e.get(j)).unwrap(),
+                f64::try_from(values.get(i)).unwrap()
+            ));
+        }
+        panic!("{what}: max |diff| {max:e} > {tol:e}\n{}", lines.join("\n"));
+    }
+    max
+}

@@ -1,0 +1,83 @@
+//! ckpt-scan's forward pass against HF transformers (tests/fixtures/make_golden.py): logits,
+//! per-head Q/K/V at every capture point, and attention probabilities, for OLMo-2 and Llama-GQA,
+//! from single-file and sharded safetensors.
+
+mod common;
+
+use ckpt_scan::capture::recorder::Recorder;
+use ckpt_scan::capture::CapturePoint;
+use ckpt_scan::model::forward::{forward_streamed, OutputHead};
+use ckpt_scan::model::resident::ResidentModel;
+use ckpt_scan::model::weights::LoadOptions;
+use ckpt_scan::source::open_source;
+use common::{assert_close, golden_dir, read_golden};
+
+/// f32 agreement demanded of every golden comparison (the bar).
+const GOLDEN_TOLERANCE: f64 = 1e-4;
+
+fn check_model(kind: &str, folder: &str) {
+    let Some(dir) = golden_dir() else { return };
+    let golden = read_golden(&dir.join(format!("{kind}-golden.safetensors")));
+    let source = open_source(dir.join(folder).to_str().unwrap()).unwrap();
+    let ids = &golden["input_ids"];
+    let mut recorder = Recorder::new(&CapturePoint::ALL, true);
+    let logits = forward_streamed(
+        source.as_ref(),
+        &[ids.shallow_clone()],
+        &mut recorder,
+        &LoadOptions::cpu_f32(),
+        OutputHead::Logits,
+        None,
+    )
+    .unwrap()
+    .remove(0);
+    let worst = assert_close(
+        &format!("{folder} logits"),
+        &logits,
+        &golden["logits"],
+        GOLDEN_TOLERANCE,
+    );
+    eprintln!("{folder}: logits max |diff| {worst:e}");
+    let layers = source.config().num_hidden_layers;
+    for layer in 0..layers {
+        for point in CapturePoint::ALL {
+            let (q, k, v) = recorder.get(layer, point).unwrap();
+            let key = |x: &str| format!("layers.{layer}.{}.{x}", point.name());
+            assert_close(&key("q"), &q, &golden[&key("q")], GOLDEN_TOLERANCE);
+            assert_close(&key("k"), &k, &golden[&key("k")], GOLDEN_TOLERANCE);
+            assert_close(&key("v"), &v, &golden[&key("v")], GOLDEN_TOLERANCE);
+        }
+        let attention =
+            tch::Tensor::cat(&recorder.layers[&(layer, CapturePoint::Rope)].attention, 0);
+        let name = format!("layers.{layer}.attention");
+        assert_close(&name, &attention, &golden[&name], GOLDEN_TOLERANCE);
+    }
+    // The resident model (used for generation) computes the same logits.
+    let resident = ResidentModel::load(source.as_ref(), &LoadOptions::cpu_f32()).unwrap();
+    assert_close(
+        &format!("{folder} resident logits"),
+        &resident.logits(ids).unwrap(),
+        &golden["logits"],
+        GOLDEN_TOLERANCE,
+    );
+}
+
+#[test]
+fn olmo2_matches_transformers() {
+    check_model("olmo2", "olmo2");
+}
+
+#[test]
+fn olmo2_sharded_matches_transformers() {
+    check_model("olmo2", "olmo2-sharded");
+}
+
+#[test]
+fn llama_gqa_tied_matches_transformers() {
+    check_model("llama", "llama");
+}
+
+#[test]
+fn llama_sharded_matches_transformers() {
+    check_model("llama", "llama-sharded");
+}
