@@ -1,5 +1,7 @@
 //! All user-facing output goes through here: progress and notes on stderr, data on stdout.
 
+use std::io::Write;
+
 /// Prints notes to stderr unless quiet; results always go to stdout.
 #[derive(Clone, Copy, Debug)]
 pub struct Printer {
@@ -18,6 +20,12 @@ impl Printer {
     }
 
     pub fn result(&self, message: impl AsRef<str>) {
-        println!("{}", message.as_ref());
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "{}", message.as_ref()) {
+            // A closed pipe (`| head`) means the reader has what it wants: stop quietly.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
     }
 }

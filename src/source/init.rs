@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 
 use clap::ValueEnum;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
@@ -72,25 +74,62 @@ impl InitSource {
     }
 }
 
-/// The libtorch seed for one tensor: a hash of the master seed and the tensor's name.
-pub fn tensor_seed(seed: u64, name: &str) -> i64 {
+/// The random stream of one generation chunk of one tensor: ChaCha8 keyed by
+/// sha256(seed, tensor name, chunk index). Independent of libtorch's global generator, so results
+/// do not depend on threads or on what else the process draws.
+fn chunk_rng(seed: u64, name: &str, chunk: u64) -> ChaCha8Rng {
     let mut hasher = Sha256::new();
     hasher.update(seed.to_le_bytes());
     hasher.update(name.as_bytes());
-    let digest = hasher.finalize();
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    // libtorch seeds are taken as u64; keep the value positive for an i64 round trip.
-    (u64::from_le_bytes(bytes) >> 1) as i64
+    hasher.update(chunk.to_le_bytes());
+    ChaCha8Rng::from_seed(hasher.finalize().into())
 }
 
-/// Samples `N(0, std²)` truncated to `[-cut·std, cut·std]` by inverse-CDF sampling, which is how
-/// `torch.nn.init.trunc_normal_` does it: uniform on `[erf(-c/√2), erf(c/√2)]`, then `erfinv`.
-pub fn truncated_normal(shape: &[i64], std: f64, cut_sigmas: f64) -> Tensor {
-    let edge = f64::try_from(Tensor::from(cut_sigmas / std::f64::consts::SQRT_2).erf())
-        .expect("scalar erf");
-    let u = Tensor::empty(shape, (Kind::Float, Device::Cpu)).uniform_(-edge, edge);
-    (u.erfinv() * (std * std::f64::consts::SQRT_2)).clamp(-cut_sigmas * std, cut_sigmas * std)
+/// `n` draws uniform on the open interval (−edge, edge), at 24-bit resolution.
+fn uniform_symmetric(rng: &mut ChaCha8Rng, n: usize, edge: f64) -> Vec<f32> {
+    const SCALE: f64 = 1.0 / (1u64 << 24) as f64;
+    (0..n)
+        .map(|_| {
+            let u = ((rng.next_u32() >> 8) as f64 + 0.5) * SCALE; // in (0, 1)
+            (edge * (2.0 * u - 1.0)) as f32
+        })
+        .collect()
+}
+
+/// Rows are generated in chunks of about this many elements, so scratch memory stays one chunk
+/// whatever the tensor's size.
+const GENERATION_CHUNK: i64 = 1 << 22;
+
+/// Inverse-CDF sampling of a normal: `x = std·√2·erfinv(v)` for `v` uniform on (−edge, edge),
+/// where `edge = erf(cut/√2)` truncates at ±cut·σ (as `torch.nn.init.trunc_normal_` does), and
+/// `cut = ∞` (edge 1) gives a plain normal. Returns `[rows, cols...]` filled chunk by chunk.
+fn sample_normal(shape: &[i64], seed: u64, name: &str, std: f64, cut_sigmas: f64) -> Tensor {
+    let edge = if cut_sigmas.is_finite() {
+        f64::try_from(Tensor::from(cut_sigmas / std::f64::consts::SQRT_2).erf())
+            .expect("scalar erf")
+    } else {
+        1.0
+    };
+    let t = Tensor::empty(shape, (Kind::Float, Device::Cpu));
+    let row_elements: i64 = shape[1..].iter().product();
+    let rows_per_chunk = (GENERATION_CHUNK / row_elements.max(1)).max(1);
+    let (mut start, mut chunk) = (0, 0u64);
+    while start < shape[0] {
+        let rows = rows_per_chunk.min(shape[0] - start);
+        let mut rng = chunk_rng(seed, name, chunk);
+        let values = uniform_symmetric(&mut rng, (rows * row_elements) as usize, edge);
+        let mut view = t.narrow(0, start, rows);
+        view.copy_(&Tensor::from_slice(&values).view_(view.size()));
+        let _ = view.erfinv_();
+        let _ = view.g_mul_scalar_(std * std::f64::consts::SQRT_2);
+        if cut_sigmas.is_finite() {
+            // erfinv of an f32 just inside ±edge can round a hair past the cut.
+            let _ = view.clamp_(-cut_sigmas * std, cut_sigmas * std);
+        }
+        start += rows;
+        chunk += 1;
+    }
+    t
 }
 
 /// The standard deviation of a normal with standard deviation `std` truncated at `±cut·std`.
@@ -138,12 +177,10 @@ impl WeightSource for InitSource {
             // Every 1-D tensor of these models is an RMSNorm weight, initialised to one.
             return Ok(Tensor::ones(shape.as_slice(), (Kind::Float, Device::Cpu)));
         }
-        tch::manual_seed(tensor_seed(self.seed, name));
         let tensor = match self.scheme {
-            InitScheme::Olmo => truncated_normal(&shape, INIT_STD, TRUNCATION_SIGMAS),
+            InitScheme::Olmo => sample_normal(&shape, self.seed, name, INIT_STD, TRUNCATION_SIGMAS),
             InitScheme::Hf => {
-                let t = Tensor::empty(shape.as_slice(), (Kind::Float, Device::Cpu))
-                    .normal_(0.0, INIT_STD);
+                let t = sample_normal(&shape, self.seed, name, INIT_STD, f64::INFINITY);
                 if name == "model.embed_tokens.weight" {
                     if let Some(pad) = self.config.pad_token_id.filter(|&p| p >= 0 && p < shape[0])
                     {

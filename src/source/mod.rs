@@ -4,6 +4,7 @@
 //! Hub revisions and the local HF cache, GGUF files (dequantised to f32), and random initialisation
 //! generated on the fly. Tensor names are always the Hugging Face ones (see `names`).
 
+pub mod export;
 pub mod hub;
 pub mod init;
 pub mod safetensors;

@@ -68,3 +68,43 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f64) ->
     }
     max
 }
+
+/// A tiny config of the given architecture (2 layers, hidden 32, 4 heads, 2 KV heads for Llama).
+pub fn tiny_config(
+    architecture: ckpt_scan::model::config::Architecture,
+) -> ckpt_scan::model::config::ModelConfig {
+    use ckpt_scan::model::config::{Architecture, ModelConfig};
+    ModelConfig {
+        architecture,
+        vocab_size: 64,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: if architecture == Architecture::Llama {
+            2
+        } else {
+            4
+        },
+        head_dim: 8,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 64,
+        tie_word_embeddings: architecture == Architecture::Llama,
+        pad_token_id: Some(1),
+        bos_token_id: None,
+        eos_token_id: Some(2),
+    }
+}
+
+/// Writes a randomly initialised tiny model to a fresh temp folder as safetensors.
+pub fn tiny_model_dir(
+    architecture: ckpt_scan::model::config::Architecture,
+    max_shard_bytes: u64,
+) -> tempfile::TempDir {
+    use ckpt_scan::source::init::{InitScheme, InitSource};
+    let dir = tempfile::tempdir().unwrap();
+    let source = InitSource::new(tiny_config(architecture), 5, InitScheme::Olmo, "init:tiny");
+    ckpt_scan::source::export::export_safetensors(&source, dir.path(), max_shard_bytes).unwrap();
+    dir
+}
