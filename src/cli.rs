@@ -28,6 +28,10 @@ pub struct GlobalArgs {
     /// Run even when weights hold NaN/Inf.
     #[arg(long, global = true)]
     pub allow_nan: bool,
+    /// Memory (GiB) the residual stream of all token batches may take before it spills to a
+    /// memory-mapped scratch file.
+    #[arg(long, default_value_t = 4.0, global = true)]
+    pub hidden_budget_gb: f64,
     /// CPU threads for libtorch (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<i32>,

@@ -4,11 +4,13 @@ use anyhow::{bail, Result};
 use tch::{Device, Kind};
 
 use crate::cli::{DeviceArg, DtypeArg, GlobalArgs};
+use crate::model::forward::HiddenBudget;
 use crate::model::weights::LoadOptions;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub load: LoadOptions,
+    pub hidden_budget: HiddenBudget,
     pub quiet: bool,
 }
 
@@ -25,7 +27,18 @@ impl Settings {
             (DtypeArg::F32, _) | (DtypeArg::Auto, Device::Cpu) => Kind::Float,
             (DtypeArg::Bf16, _) | (DtypeArg::Auto, _) => Kind::BFloat16,
         };
+        if global.hidden_budget_gb.is_nan() || global.hidden_budget_gb < 0.0 {
+            bail!(
+                "--hidden-budget-gb must be a non-negative number, got {}",
+                global.hidden_budget_gb
+            );
+        }
+        let hidden_budget = HiddenBudget {
+            bytes: (global.hidden_budget_gb * (1u64 << 30) as f64) as u64,
+            ..HiddenBudget::default()
+        };
         Ok(Settings {
+            hidden_budget,
             load: LoadOptions {
                 device,
                 kind,

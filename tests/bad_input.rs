@@ -9,7 +9,7 @@ use ckpt_scan::capture::NoCapture;
 use ckpt_scan::commands::inspect::inspect_source;
 use ckpt_scan::error::SourceResult;
 use ckpt_scan::model::config::{Architecture, ModelConfig};
-use ckpt_scan::model::forward::{forward_streamed, OutputHead};
+use ckpt_scan::model::forward::{forward_streamed, HiddenBudget, OutputHead};
 use ckpt_scan::model::weights::LoadOptions;
 use ckpt_scan::source::init::{InitScheme, InitSource};
 use ckpt_scan::source::{open_source, Provenance, TensorInfo, WeightSource};
@@ -34,6 +34,7 @@ fn forward_err(source: &dyn WeightSource, options: &LoadOptions) -> String {
         &mut NoCapture,
         options,
         OutputHead::Logits,
+        &HiddenBudget::default(),
         None,
     ) {
         Ok(_) => panic!("forward succeeded"),
@@ -199,7 +200,8 @@ fn nan_weights_are_reported_by_inspect_and_refused_by_forward_unless_allowed() {
         &mut NoCapture,
         &allowed,
         OutputHead::Logits,
-        None
+        &HiddenBudget::default(),
+        None,
     )
     .is_ok());
 }
@@ -219,6 +221,7 @@ fn token_ids_outside_the_vocabulary() {
         &mut NoCapture,
         &LoadOptions::cpu_f32(),
         OutputHead::Logits,
+        &HiddenBudget::default(),
         None,
     )
     .unwrap_err()

@@ -6,7 +6,7 @@ mod common;
 
 use ckpt_scan::capture::recorder::Recorder;
 use ckpt_scan::capture::CapturePoint;
-use ckpt_scan::model::forward::{forward_streamed, OutputHead};
+use ckpt_scan::model::forward::{forward_streamed, HiddenBudget, OutputHead};
 use ckpt_scan::model::resident::ResidentModel;
 use ckpt_scan::model::weights::LoadOptions;
 use ckpt_scan::source::open_source;
@@ -16,6 +16,10 @@ use common::{assert_close, golden_dir, read_golden};
 const GOLDEN_TOLERANCE: f64 = 1e-4;
 
 fn check_model(kind: &str, folder: &str) {
+    check_model_with(kind, folder, &HiddenBudget::default());
+}
+
+fn check_model_with(kind: &str, folder: &str, budget: &HiddenBudget) {
     let Some(dir) = golden_dir() else { return };
     let golden = read_golden(&dir.join(format!("{kind}-golden.safetensors")));
     let source = open_source(dir.join(folder).to_str().unwrap()).unwrap();
@@ -27,6 +31,7 @@ fn check_model(kind: &str, folder: &str) {
         &mut recorder,
         &LoadOptions::cpu_f32(),
         OutputHead::Logits,
+        budget,
         None,
     )
     .unwrap()
@@ -80,4 +85,16 @@ fn llama_gqa_tied_matches_transformers() {
 #[test]
 fn llama_sharded_matches_transformers() {
     check_model("llama", "llama-sharded");
+}
+
+#[test]
+fn olmo2_matches_transformers_with_hidden_states_spilled_to_disk() {
+    let spill = tempfile::tempdir().unwrap();
+    let budget = HiddenBudget {
+        bytes: 0,
+        spill_dir: spill.path().to_path_buf(),
+    };
+    check_model_with("olmo2", "olmo2", &budget);
+    // The scratch file is gone once the forward returns.
+    assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
 }

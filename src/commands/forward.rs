@@ -48,6 +48,7 @@ pub fn run(args: &ForwardArgs, settings: &Settings) -> Result<()> {
         &mut NoCapture,
         &settings.load,
         OutputHead::Logits,
+        &settings.hidden_budget,
         None,
     )?
     .remove(0);

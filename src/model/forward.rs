@@ -1,12 +1,15 @@
 //! The layer-streamed forward pass: every token batch goes through layer l before layer l+1 is
 //! read, so one layer's weights are in memory at a time and each is read once.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 use crate::capture::CaptureSink;
 use crate::model::attention::CaptureContext;
 use crate::model::config::ModelConfig;
+use crate::model::hidden_store::HiddenStore;
 use crate::model::layer::DecoderLayer;
 use crate::model::norm::RmsNorm;
 use crate::model::rope::Rope;
@@ -24,6 +27,23 @@ pub enum OutputHead {
     LastLogits,
 }
 
+/// How much memory the residual stream of all batches may take before it spills to disk.
+#[derive(Clone, Debug)]
+pub struct HiddenBudget {
+    pub bytes: u64,
+    pub spill_dir: PathBuf,
+}
+
+impl Default for HiddenBudget {
+    /// 4 GiB in memory, spilling to the system temp folder beyond that.
+    fn default() -> Self {
+        HiddenBudget {
+            bytes: 4 << 30,
+            spill_dir: std::env::temp_dir(),
+        }
+    }
+}
+
 /// Called after each layer with `(layer, num_layers)`, for progress bars.
 pub type LayerProgress<'a> = &'a mut dyn FnMut(i64, i64);
 
@@ -34,6 +54,7 @@ pub fn forward_streamed(
     sink: &mut dyn CaptureSink,
     options: &LoadOptions,
     head: OutputHead,
+    hidden_budget: &HiddenBudget,
     progress: Option<LayerProgress>,
 ) -> Result<Vec<Tensor>> {
     let config = source.config().clone();
@@ -53,23 +74,30 @@ pub fn forward_streamed(
         &[config.vocab_size, config.hidden_size],
         options,
     )?;
-    let mut hidden: Vec<Tensor> = batches
+    let embedded: Vec<Tensor> = batches
         .iter()
         .map(|ids| Tensor::embedding(&embed, &ids.to_device(options.device), -1, false, false))
         .collect();
+    let mut hidden = HiddenStore::new(
+        embedded,
+        options.device,
+        hidden_budget.bytes,
+        &hidden_budget.spill_dir,
+    )?;
     // Keep the embedding only when it doubles as the output head.
     let embed = config.tie_word_embeddings.then_some(embed);
 
     let mut progress = progress;
     for layer_index in 0..config.num_hidden_layers {
         let layer = DecoderLayer::load(source, layer_index, &config, options)?;
-        for (batch_index, x) in hidden.iter_mut().enumerate() {
+        for batch_index in 0..hidden.len() {
             let mut ctx = CaptureContext {
                 layer: layer_index,
                 batch_index,
                 sink: &mut *sink,
             };
-            *x = layer.forward(x, &rope, &mut ctx)?;
+            let x = layer.forward(&hidden.get(batch_index), &rope, &mut ctx)?;
+            hidden.set(batch_index, x);
         }
         if let Some(p) = progress.as_mut() {
             p(layer_index + 1, config.num_hidden_layers);
@@ -92,9 +120,9 @@ pub fn forward_streamed(
             options,
         )?,
     };
-    Ok(hidden
-        .iter()
-        .map(|x| {
+    Ok((0..hidden.len())
+        .map(|i| {
+            let x = hidden.get(i);
             let x = match head {
                 OutputHead::LastLogits => x.select(1, x.size()[1] - 1),
                 _ => x.shallow_clone(),

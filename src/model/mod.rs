@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod config;
 pub mod forward;
+pub mod hidden_store;
 pub mod layer;
 pub mod mlp;
 pub mod norm;

@@ -1,0 +1,86 @@
+//! Peak memory and wall time of one layer-streamed forward: `cargo bench --bench forward_memory --
+//! SOURCE [TOKENS] [SEQ_LEN]`. Token ids are seeded-random (memory does not depend on them).
+//! With `--export DIR` it first writes SOURCE to DIR as sharded safetensors (5 GB shards) and then
+//! measures the forward from DIR, the path real checkpoints take.
+
+use std::time::Instant;
+
+use ckpt_scan::capture::NoCapture;
+use ckpt_scan::model::forward::{forward_streamed, HiddenBudget, OutputHead};
+use ckpt_scan::model::weights::LoadOptions;
+use ckpt_scan::source::export::export_safetensors;
+use ckpt_scan::source::open_source;
+use tch::{Kind, Tensor};
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let export = args
+        .iter()
+        .position(|a| a == "--export")
+        .map(|i| args[i + 1].clone());
+    let positional: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--export"))
+        .map(|(_, a)| a)
+        .collect();
+    let spec = positional.first().map_or("init:olmo2-7b", |s| s.as_str());
+    let tokens: i64 = positional.get(1).map_or(Ok(2048), |s| s.parse())?;
+    let seq_len: i64 = positional
+        .get(2)
+        .map_or(Ok(tokens.min(2048)), |s| s.parse())?;
+    let mut source = open_source(spec)?;
+    if let Some(dir) = &export {
+        let start = Instant::now();
+        export_safetensors(source.as_ref(), std::path::Path::new(dir), 5_000_000_000)?;
+        println!(
+            "exported {spec} to {dir} in {:.1} s (peak RSS so far {:.0} MB)",
+            start.elapsed().as_secs_f64(),
+            peak_rss_mb()
+        );
+        source = open_source(dir)?;
+    }
+    let vocab = source.config().vocab_size;
+    tch::manual_seed(0);
+    let batches: Vec<Tensor> = (0..tokens / seq_len)
+        .map(|_| Tensor::randint(vocab, [1, seq_len], (Kind::Int64, tch::Device::Cpu)))
+        .collect();
+    let before = peak_rss_mb();
+    let start = Instant::now();
+    let logits = forward_streamed(
+        source.as_ref(),
+        &batches,
+        &mut NoCapture,
+        &LoadOptions::cpu_f32(),
+        OutputHead::LastLogits,
+        &HiddenBudget::default(),
+        None,
+    )?;
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "forward_memory source={} tokens={} seq_len={} threads={} wall_s={:.1} tokens_per_s={:.1} peak_rss_mb={:.0} (before forward {:.0}) logits_finite={}",
+        if export.is_some() { "sharded-safetensors" } else { spec },
+        tokens,
+        seq_len,
+        tch::get_num_threads(),
+        seconds,
+        tokens as f64 / seconds,
+        peak_rss_mb(),
+        before,
+        logits.iter().all(|l| l.isfinite().all().int64_value(&[]) == 1)
+    );
+    Ok(())
+}
