@@ -12,6 +12,7 @@ pub mod printer;
 pub mod report;
 pub mod settings;
 pub mod source;
+pub mod stats;
 
 use anyhow::Result;
 

@@ -29,7 +29,10 @@ fn check_model_with(kind: &str, folder: &str, budget: &HiddenBudget) {
         source.as_ref(),
         &[ids.shallow_clone()],
         &mut recorder,
-        &LoadOptions::cpu_f32(),
+        &LoadOptions {
+            device: common::test_device(),
+            ..LoadOptions::cpu_f32()
+        },
         OutputHead::Logits,
         budget,
         None,
@@ -58,7 +61,14 @@ fn check_model_with(kind: &str, folder: &str, budget: &HiddenBudget) {
         assert_close(&name, &attention, &golden[&name], GOLDEN_TOLERANCE);
     }
     // The resident model (used for generation) computes the same logits.
-    let resident = ResidentModel::load(source.as_ref(), &LoadOptions::cpu_f32()).unwrap();
+    let resident = ResidentModel::load(
+        source.as_ref(),
+        &LoadOptions {
+            device: common::test_device(),
+            ..LoadOptions::cpu_f32()
+        },
+    )
+    .unwrap();
     assert_close(
         &format!("{folder} resident logits"),
         &resident.logits(ids).unwrap(),

@@ -34,6 +34,14 @@ fn require(present: bool, what: &std::path::Path) -> bool {
     present
 }
 
+/// The device golden tests run on: `CKPT_SCAN_TEST_DEVICE=cuda` (scripts/gpu-check.sh), else the CPU.
+pub fn test_device() -> tch::Device {
+    match std::env::var("CKPT_SCAN_TEST_DEVICE").as_deref() {
+        Ok("cuda") => tch::Device::Cuda(0),
+        _ => tch::Device::Cpu,
+    }
+}
+
 /// Reads a safetensors file written by Python into name → tensor.
 pub fn read_golden(path: &std::path::Path) -> std::collections::HashMap<String, Tensor> {
     Tensor::read_safetensors(path)

@@ -1,0 +1,4 @@
+//! Pure math on tensors: streaming Gram accumulators and regression from them.
+
+pub mod gram;
+pub mod regression;

@@ -1,0 +1,237 @@
+//! Ordinary least squares with intercept, fitted and scored from Gram statistics alone
+//! (DESIGN.md "Key algorithm"): a fit is a small solve on sub-blocks of the fit split's scatter
+//! matrix; its error on any split follows from that split's Gram, without the rows.
+//!
+//! Legend: F = feature columns (p of them), T = target columns (d), S = scatter `XᵀX − nμμᵀ`.
+
+use tch::{Kind, Tensor};
+
+use crate::stats::gram::Gram;
+
+/// Why a fit or score has no number.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RegressionError {
+    #[error("rank-deficient fit: {rows} rows for {features} features (+ intercept)")]
+    RankDeficient { rows: i64, features: i64 },
+    #[error("too few rows to score: {rows} rows")]
+    TooFewRows { rows: i64 },
+}
+
+/// `targets ≈ coefficientsᵀ·features + intercept`.
+pub struct Fit {
+    /// `[p, d]`
+    pub coefficients: Tensor,
+    /// `[d]`
+    pub intercept: Tensor,
+    pub features: Vec<i64>,
+    pub targets: Vec<i64>,
+}
+
+/// Residual and total sums of squares per target column on one split.
+pub struct Score {
+    /// `[d]` Σ (y − ŷ)²
+    pub sse: Tensor,
+    /// `[d]` Σ (y − ȳ)² about this split's own mean
+    pub sst: Tensor,
+    pub rows: i64,
+}
+
+/// Rows ÷ features below which a fit is refused as numerically meaningless.
+const MIN_ROWS_PER_FIT: i64 = 1;
+
+fn select(m: &Tensor, rows: &[i64], cols: &[i64]) -> Tensor {
+    let device = m.device();
+    let r = Tensor::from_slice(rows).to_device(device);
+    let c = Tensor::from_slice(cols).to_device(device);
+    m.index_select(0, &r).index_select(1, &c)
+}
+
+/// Fits OLS with intercept of `targets` on `features` from the fit split's Gram.
+pub fn fit(gram: &Gram, features: &[i64], targets: &[i64]) -> Result<Fit, RegressionError> {
+    let p = features.len() as i64;
+    if gram.rows < MIN_ROWS_PER_FIT * (p + 1) + 1 {
+        return Err(RegressionError::RankDeficient {
+            rows: gram.rows,
+            features: p,
+        });
+    }
+    let scatter = gram.scatter();
+    let s_ff = select(&scatter, features, features);
+    let s_ft = select(&scatter, features, targets);
+    let (chol, info) = s_ff.linalg_cholesky_ex(false, false);
+    if i64::try_from(info.max()).unwrap_or(1) != 0 || !pivots_are_sound(&chol, &s_ff) {
+        return Err(RegressionError::RankDeficient {
+            rows: gram.rows,
+            features: p,
+        });
+    }
+    let coefficients = s_ft.cholesky_solve(&chol, false);
+    let means = gram.means();
+    let device = means.device();
+    let mu_f = means.index_select(0, &Tensor::from_slice(features).to_device(device));
+    let mu_t = means.index_select(0, &Tensor::from_slice(targets).to_device(device));
+    let intercept = mu_t - coefficients.transpose(0, 1).matmul(&mu_f);
+    Ok(Fit {
+        coefficients,
+        intercept,
+        features: features.to_vec(),
+        targets: targets.to_vec(),
+    })
+}
+
+/// Relative size below which a Cholesky pivot means a (numerically) dependent feature.
+const PIVOT_TOLERANCE: f64 = 1e-10;
+
+/// Cholesky succeeds on matrices that are singular up to rounding; reject pivots that are tiny
+/// relative to the feature's own scatter, i.e. features explained by the others to ~1e-10.
+fn pivots_are_sound(chol: &Tensor, s_ff: &Tensor) -> bool {
+    let pivots = chol.diagonal(0, 0, 1).pow_tensor_scalar(2);
+    let scale = s_ff.diagonal(0, 0, 1).clamp_min(f64::MIN_POSITIVE);
+    f64::try_from((pivots / scale).min()).map_or(false, |r| r > PIVOT_TOLERANCE)
+}
+
+/// Sums of squares of `fit` on the split summarised by `gram` (the fit split gives in-sample).
+pub fn score(fit: &Fit, gram: &Gram) -> Result<Score, RegressionError> {
+    if gram.rows < 2 {
+        return Err(RegressionError::TooFewRows { rows: gram.rows });
+    }
+    let scatter = gram.scatter();
+    let s_ff = select(&scatter, &fit.features, &fit.features);
+    let s_ft = select(&scatter, &fit.features, &fit.targets);
+    let s_tt = select(&scatter, &fit.targets, &fit.targets).diagonal(0, 0, 1);
+    let beta = &fit.coefficients;
+    // Σ over rows of the centred residual², per target: S_tt − 2βᵀS_ft + βᵀS_ffβ (diagonals).
+    let centred_sse = &s_tt - (beta * &s_ft).sum_dim_intlist(0, false, Kind::Double) * 2.0
+        + (beta * s_ff.matmul(beta)).sum_dim_intlist(0, false, Kind::Double);
+    // Plus n × (mean residual)², the part of the error the split's mean shift adds.
+    let means = gram.means();
+    let device = means.device();
+    let mu_f = means.index_select(0, &Tensor::from_slice(&fit.features).to_device(device));
+    let mu_t = means.index_select(0, &Tensor::from_slice(&fit.targets).to_device(device));
+    let mean_residual = mu_t - beta.transpose(0, 1).matmul(&mu_f) - &fit.intercept;
+    let sse = (centred_sse + mean_residual.pow_tensor_scalar(2) * gram.rows as f64).clamp_min(0.0);
+    Ok(Score {
+        sse,
+        sst: s_tt.clamp_min(0.0),
+        rows: gram.rows,
+    })
+}
+
+impl Score {
+    /// R² per target column averaged uniformly (sklearn's `r2_score` default, as the paper's code).
+    /// A constant column scores 1 if predicted exactly, else 0 (sklearn's `force_finite`).
+    pub fn r2_uniform(&self) -> f64 {
+        let ratio = (&self.sse / self.sst.clamp_min(f64::MIN_POSITIVE))
+            .where_self(&self.sst.gt(0.0), &self.sse.gt(0.0).to_kind(Kind::Double));
+        f64::try_from((ratio.neg() + 1.0).mean(Kind::Double)).unwrap_or(f64::NAN)
+    }
+
+    /// Pooled R²: 1 − ΣSSE / ΣSST over all target columns.
+    pub fn r2_pooled(&self) -> f64 {
+        let sse = f64::try_from(self.sse.sum(Kind::Double)).unwrap_or(f64::NAN);
+        let sst = f64::try_from(self.sst.sum(Kind::Double)).unwrap_or(f64::NAN);
+        if sst > 0.0 {
+            1.0 - sse / sst
+        } else if sse > 0.0 {
+            0.0
+        } else {
+            1.0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// Direct OLS with intercept through LAPACK's least squares on the rows, and sklearn-style R².
+    fn direct(x: &Tensor, y: &Tensor, xe: &Tensor, ye: &Tensor) -> (f64, f64, f64, f64) {
+        let ones = Tensor::ones([x.size()[0], 1], (Kind::Double, Device::Cpu));
+        let design = Tensor::cat(&[x, &ones], 1);
+        let (solution, _, _, _) = design.linalg_lstsq(y, None, "gelsd");
+        let r2 = |xx: &Tensor, yy: &Tensor| {
+            let ones = Tensor::ones([xx.size()[0], 1], (Kind::Double, Device::Cpu));
+            let pred = Tensor::cat(&[xx, &ones], 1).matmul(&solution);
+            let sse = (yy - pred)
+                .pow_tensor_scalar(2)
+                .sum_dim_intlist(0, false, Kind::Double);
+            let sst = (yy - yy.mean_dim(0, true, Kind::Double))
+                .pow_tensor_scalar(2)
+                .sum_dim_intlist(0, false, Kind::Double);
+            let uniform = f64::try_from(((&sse / &sst).neg() + 1.0).mean(Kind::Double)).unwrap();
+            let pooled = 1.0
+                - f64::try_from(sse.sum(Kind::Double)).unwrap()
+                    / f64::try_from(sst.sum(Kind::Double)).unwrap();
+            (uniform, pooled)
+        };
+        let (a, b) = r2(x, y);
+        let (c, d) = r2(xe, ye);
+        (a, b, c, d)
+    }
+
+    #[test]
+    fn gram_ols_equals_direct_lstsq_in_and_out_of_sample() {
+        tch::manual_seed(3);
+        let opts = (Kind::Double, Device::Cpu);
+        let mixing = Tensor::randn([10, 10], opts);
+        let data = Tensor::randn([400, 10], opts).matmul(&mixing) + Tensor::randn([10], opts) * 2.0;
+        let (train, test) = (data.narrow(0, 0, 300), data.narrow(0, 300, 100));
+        let features = [0i64, 2, 3, 7];
+        let targets = [1i64, 4, 5];
+        let pick = |m: &Tensor, c: &[i64]| m.index_select(1, &Tensor::from_slice(c));
+        let mut g_train = Gram::new(10, Device::Cpu);
+        g_train.add(&train);
+        let mut g_test = Gram::new(10, Device::Cpu);
+        g_test.add(&test);
+        let f = fit(&g_train, &features, &targets).unwrap();
+        let ins = score(&f, &g_train).unwrap();
+        let out = score(&f, &g_test).unwrap();
+        let (iu, ip, ou, op) = direct(
+            &pick(&train, &features),
+            &pick(&train, &targets),
+            &pick(&test, &features),
+            &pick(&test, &targets),
+        );
+        for (got, want) in [
+            (ins.r2_uniform(), iu),
+            (ins.r2_pooled(), ip),
+            (out.r2_uniform(), ou),
+            (out.r2_pooled(), op),
+        ] {
+            assert!((got - want).abs() < 1e-10, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn a_column_predicts_itself_perfectly() {
+        tch::manual_seed(4);
+        let x = Tensor::randn([100, 3], (Kind::Double, Device::Cpu));
+        let mut g = Gram::new(3, Device::Cpu);
+        g.add(&x);
+        let f = fit(&g, &[0, 1], &[1]).unwrap();
+        let s = score(&f, &g).unwrap();
+        assert!((s.r2_uniform() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn duplicate_features_are_rank_deficient() {
+        let x = Tensor::randn([100, 2], (Kind::Double, Device::Cpu));
+        let x = Tensor::cat(&[&x, &x.narrow(1, 0, 1)], 1);
+        let mut g = Gram::new(3, Device::Cpu);
+        g.add(&x);
+        assert!(matches!(
+            fit(&g, &[0, 2], &[1]),
+            Err(RegressionError::RankDeficient { .. })
+        ));
+        let mut few = Gram::new(3, Device::Cpu);
+        few.add(&x.narrow(0, 0, 2));
+        assert!(matches!(
+            fit(&few, &[0, 1], &[2]),
+            Err(RegressionError::RankDeficient {
+                rows: 2,
+                features: 2
+            })
+        ));
+    }
+}
