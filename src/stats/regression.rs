@@ -87,7 +87,7 @@ const PIVOT_TOLERANCE: f64 = 1e-10;
 fn pivots_are_sound(chol: &Tensor, s_ff: &Tensor) -> bool {
     let pivots = chol.diagonal(0, 0, 1).pow_tensor_scalar(2);
     let scale = s_ff.diagonal(0, 0, 1).clamp_min(f64::MIN_POSITIVE);
-    f64::try_from((pivots / scale).min()).map_or(false, |r| r > PIVOT_TOLERANCE)
+    f64::try_from((pivots / scale).min()).is_ok_and(|r| r > PIVOT_TOLERANCE)
 }
 
 /// Sums of squares of `fit` on the split summarised by `gram` (the fit split gives in-sample).
