@@ -47,12 +47,28 @@ impl Gram {
         &self.cross - mean.outer(&mean) * self.rows as f64
     }
 
+    /// The mean and scatter, computed once for all the fits and scores that follow.
+    pub fn moments(&self) -> Moments {
+        Moments {
+            rows: self.rows,
+            means: self.means(),
+            scatter: self.scatter(),
+        }
+    }
+
     /// Merges another accumulator over the same columns.
     pub fn merge(&mut self, other: &Gram) {
         self.rows += other.rows;
         self.sums += &other.sums;
         self.cross += &other.cross;
     }
+}
+
+/// Row count, column means `[D]` and scatter `[D, D]` of one split: all a regression needs.
+pub struct Moments {
+    pub rows: i64,
+    pub means: Tensor,
+    pub scatter: Tensor,
 }
 
 #[cfg(test)]

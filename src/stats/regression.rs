@@ -6,7 +6,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::stats::gram::Gram;
+use crate::stats::gram::Moments;
 
 /// Why a fit or score has no number.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -47,7 +47,7 @@ fn select(m: &Tensor, rows: &[i64], cols: &[i64]) -> Tensor {
 }
 
 /// Fits OLS with intercept of `targets` on `features` from the fit split's Gram.
-pub fn fit(gram: &Gram, features: &[i64], targets: &[i64]) -> Result<Fit, RegressionError> {
+pub fn fit(gram: &Moments, features: &[i64], targets: &[i64]) -> Result<Fit, RegressionError> {
     let p = features.len() as i64;
     if gram.rows < MIN_ROWS_PER_FIT * (p + 1) + 1 {
         return Err(RegressionError::RankDeficient {
@@ -55,9 +55,9 @@ pub fn fit(gram: &Gram, features: &[i64], targets: &[i64]) -> Result<Fit, Regres
             features: p,
         });
     }
-    let scatter = gram.scatter();
-    let s_ff = select(&scatter, features, features);
-    let s_ft = select(&scatter, features, targets);
+    let scatter = &gram.scatter;
+    let s_ff = select(scatter, features, features);
+    let s_ft = select(scatter, features, targets);
     let (chol, info) = s_ff.linalg_cholesky_ex(false, false);
     if i64::try_from(info.max()).unwrap_or(1) != 0 || !pivots_are_sound(&chol, &s_ff) {
         return Err(RegressionError::RankDeficient {
@@ -66,7 +66,7 @@ pub fn fit(gram: &Gram, features: &[i64], targets: &[i64]) -> Result<Fit, Regres
         });
     }
     let coefficients = s_ft.cholesky_solve(&chol, false);
-    let means = gram.means();
+    let means = &gram.means;
     let device = means.device();
     let mu_f = means.index_select(0, &Tensor::from_slice(features).to_device(device));
     let mu_t = means.index_select(0, &Tensor::from_slice(targets).to_device(device));
@@ -91,20 +91,20 @@ fn pivots_are_sound(chol: &Tensor, s_ff: &Tensor) -> bool {
 }
 
 /// Sums of squares of `fit` on the split summarised by `gram` (the fit split gives in-sample).
-pub fn score(fit: &Fit, gram: &Gram) -> Result<Score, RegressionError> {
+pub fn score(fit: &Fit, gram: &Moments) -> Result<Score, RegressionError> {
     if gram.rows < 2 {
         return Err(RegressionError::TooFewRows { rows: gram.rows });
     }
-    let scatter = gram.scatter();
-    let s_ff = select(&scatter, &fit.features, &fit.features);
-    let s_ft = select(&scatter, &fit.features, &fit.targets);
-    let s_tt = select(&scatter, &fit.targets, &fit.targets).diagonal(0, 0, 1);
+    let scatter = &gram.scatter;
+    let s_ff = select(scatter, &fit.features, &fit.features);
+    let s_ft = select(scatter, &fit.features, &fit.targets);
+    let s_tt = select(scatter, &fit.targets, &fit.targets).diagonal(0, 0, 1);
     let beta = &fit.coefficients;
     // Σ over rows of the centred residual², per target: S_tt − 2βᵀS_ft + βᵀS_ffβ (diagonals).
     let centred_sse = &s_tt - (beta * &s_ft).sum_dim_intlist(0, false, Kind::Double) * 2.0
         + (beta * s_ff.matmul(beta)).sum_dim_intlist(0, false, Kind::Double);
     // Plus n × (mean residual)², the part of the error the split's mean shift adds.
-    let means = gram.means();
+    let means = &gram.means;
     let device = means.device();
     let mu_f = means.index_select(0, &Tensor::from_slice(&fit.features).to_device(device));
     let mu_t = means.index_select(0, &Tensor::from_slice(&fit.targets).to_device(device));
@@ -143,6 +143,7 @@ impl Score {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::gram::Gram;
     use tch::Device;
 
     /// Direct OLS with intercept through LAPACK's least squares on the rows, and sklearn-style R².
@@ -184,9 +185,10 @@ mod tests {
         g_train.add(&train);
         let mut g_test = Gram::new(10, Device::Cpu);
         g_test.add(&test);
-        let f = fit(&g_train, &features, &targets).unwrap();
-        let ins = score(&f, &g_train).unwrap();
-        let out = score(&f, &g_test).unwrap();
+        let (m_train, m_test) = (g_train.moments(), g_test.moments());
+        let f = fit(&m_train, &features, &targets).unwrap();
+        let ins = score(&f, &m_train).unwrap();
+        let out = score(&f, &m_test).unwrap();
         let (iu, ip, ou, op) = direct(
             &pick(&train, &features),
             &pick(&train, &targets),
@@ -209,8 +211,9 @@ mod tests {
         let x = Tensor::randn([100, 3], (Kind::Double, Device::Cpu));
         let mut g = Gram::new(3, Device::Cpu);
         g.add(&x);
-        let f = fit(&g, &[0, 1], &[1]).unwrap();
-        let s = score(&f, &g).unwrap();
+        let m = g.moments();
+        let f = fit(&m, &[0, 1], &[1]).unwrap();
+        let s = score(&f, &m).unwrap();
         assert!((s.r2_uniform() - 1.0).abs() < 1e-12);
     }
 
@@ -221,13 +224,13 @@ mod tests {
         let mut g = Gram::new(3, Device::Cpu);
         g.add(&x);
         assert!(matches!(
-            fit(&g, &[0, 2], &[1]),
+            fit(&g.moments(), &[0, 2], &[1]),
             Err(RegressionError::RankDeficient { .. })
         ));
         let mut few = Gram::new(3, Device::Cpu);
         few.add(&x.narrow(0, 0, 2));
         assert!(matches!(
-            fit(&few, &[0, 1], &[2]),
+            fit(&few.moments(), &[0, 1], &[2]),
             Err(RegressionError::RankDeficient {
                 rows: 2,
                 features: 2
