@@ -56,6 +56,10 @@ pub trait CaptureSink {
         false
     }
     fn capture(&mut self, capture: &LayerCapture) -> anyhow::Result<()>;
+    /// Called once every batch has passed `layer`: streaming statistics of that layer are complete.
+    fn finish_layer(&mut self, _layer: i64) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A sink that wants nothing: a plain forward.

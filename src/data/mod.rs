@@ -1,4 +1,6 @@
 //! Text and tokens: tokenizers, packaged data locations, corpora.
 
+pub mod corpora;
 pub mod paths;
+pub mod token_set;
 pub mod tokenizer;

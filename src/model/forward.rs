@@ -99,6 +99,7 @@ pub fn forward_streamed(
             let x = layer.forward(&hidden.get(batch_index), &rope, &mut ctx)?;
             hidden.set(batch_index, x);
         }
+        sink.finish_layer(layer_index)?;
         if let Some(p) = progress.as_mut() {
             p(layer_index + 1, config.num_hidden_layers);
         }

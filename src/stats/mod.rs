@@ -2,3 +2,4 @@
 
 pub mod gram;
 pub mod regression;
+pub mod selection;
