@@ -5,11 +5,14 @@ use tch::{Device, Kind};
 
 use crate::cli::{DeviceArg, DtypeArg, GlobalArgs};
 use crate::model::weights::LoadOptions;
+use crate::source::hub::HubSettings;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub load: LoadOptions,
     pub quiet: bool,
+    /// Endpoint, token, cache and offline mode for `hf:` sources, from the environment.
+    pub hub: HubSettings,
 }
 
 impl Settings {
@@ -25,6 +28,8 @@ impl Settings {
             (DtypeArg::F32, _) | (DtypeArg::Auto, Device::Cpu) => Kind::Float,
             (DtypeArg::Bf16, _) | (DtypeArg::Auto, _) => Kind::BFloat16,
         };
+        let mut hub = HubSettings::from_env();
+        hub.quiet = global.quiet;
         Ok(Settings {
             load: LoadOptions {
                 device,
@@ -32,6 +37,7 @@ impl Settings {
                 allow_nan: global.allow_nan,
             },
             quiet: global.quiet,
+            hub,
         })
     }
 }
