@@ -260,11 +260,15 @@ impl HubSource {
                     });
                     continue;
                 }
-                (_, None) => missing.push(shard.file.clone()),
+                (_, None) => {
+                    missing.push(shard.file);
+                    continue;
+                }
             }
             shards.push(shard);
         }
         if !missing.is_empty() {
+            missing.sort();
             return Err(snapshot.not_cached(format!(
                 "{} of {} shards: {}",
                 missing.len(),
