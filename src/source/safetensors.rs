@@ -22,6 +22,7 @@ pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// A safetensors header on its own: tensor names, dtypes, shapes and data offsets, checked against
 /// the size of the file it describes. Lets a remote shard be listed from its first bytes.
+#[derive(Debug)]
 pub struct ShardHeader {
     header_len: usize,
     metadata: Metadata,
@@ -339,5 +340,53 @@ impl WeightSource for SafetensorsSource {
     fn tokenizer_path(&self) -> Option<PathBuf> {
         let path = self.root.join("tokenizer.json");
         path.exists().then_some(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use safetensors::tensor::TensorView;
+
+    use super::*;
+
+    /// A two-tensor file: `a` is 2×3 f32, `b` is 4 f32.
+    fn small_file() -> Vec<u8> {
+        let a = vec![0u8; 24];
+        let b = vec![0u8; 16];
+        let views = vec![
+            ("a", TensorView::new(Dtype::F32, vec![2, 3], &a).unwrap()),
+            ("b", TensorView::new(Dtype::F32, vec![4], &b).unwrap()),
+        ];
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    #[test]
+    fn a_header_parses_from_the_first_bytes_alone() {
+        let file = small_file();
+        let n = ShardHeader::announced_len(&file).unwrap() as usize;
+        let header = ShardHeader::parse(&file[..8 + n], file.len() as u64, Path::new("x")).unwrap();
+        let mut names = header.names();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(header.info("a").unwrap().shape, [2, 3]);
+        assert_eq!(header.info("b").unwrap().bytes, 16);
+    }
+
+    #[test]
+    fn a_header_that_disagrees_with_the_file_size_is_truncated() {
+        let file = small_file();
+        let path = Path::new("remote/x.safetensors");
+        let e = ShardHeader::parse(&file, file.len() as u64 - 1, path).unwrap_err();
+        assert!(matches!(e, SourceError::Truncated { .. }), "{e}");
+        let e = ShardHeader::parse(&file[..20], file.len() as u64, path).unwrap_err();
+        assert!(e.to_string().contains("header bytes were given"), "{e}");
+    }
+
+    #[test]
+    fn an_absurd_header_length_is_refused_before_allocating() {
+        let mut prefix = u64::MAX.to_le_bytes().to_vec();
+        prefix.extend_from_slice(b"{}");
+        let e = ShardHeader::parse(&prefix, 1 << 40, Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("points past the end"), "{e}");
     }
 }
