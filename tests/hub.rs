@@ -525,6 +525,33 @@ fn a_cut_off_download_is_discarded_and_the_next_attempt_succeeds() {
 }
 
 #[test]
+fn a_short_blob_left_in_the_cache_is_downloaded_again() {
+    let fixture = fixture();
+    let server = HubServer::start(repos(&fixture));
+    let cache = tempfile::tempdir().unwrap();
+    let settings = test_settings(&server, cache.path());
+    let shard1 = shard_digest(&fixture, 1);
+    {
+        let source = HubSource::open(REPO, BRANCH, "test", &settings).unwrap();
+        let _ = source.read(QUERY_0).unwrap();
+    }
+    // What hf-hub 0.5 leaves after a body cut short without a Content-Length.
+    let blob = cache.path().join("models--org--tiny/blobs").join(&shard1);
+    let size = std::fs::metadata(&blob).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&blob)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
+    let source = HubSource::open(REPO, BRANCH, "test", &settings).unwrap();
+    let tensor = source.read(QUERY_0).unwrap();
+    assert!(tensor.equal(&local_source(&fixture).read(QUERY_0).unwrap()));
+    assert_eq!(std::fs::metadata(&blob).unwrap().len(), size);
+    assert_eq!(server.count(&shard1, true), 2);
+}
+
+#[test]
 fn a_cut_off_transfer_resumes_from_where_it_stopped() {
     let fixture = fixture();
     let server = HubServer::start(repos(&fixture));

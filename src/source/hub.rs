@@ -9,10 +9,12 @@
 
 mod cache;
 mod client;
+mod download;
 mod settings;
+mod snapshot;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
@@ -21,12 +23,13 @@ use tch::Tensor;
 pub use cache::{is_commit_sha, Cached, RepoCache};
 pub use settings::{HubSettings, DEFAULT_ENDPOINT};
 
-use super::safetensors::{index_shard_names, Shard, ShardHeader, INDEX_FILE, SINGLE_FILE};
+use super::safetensors::{Shard, ShardHeader};
 use super::{Provenance, TensorInfo, WeightSource};
 use crate::error::{SourceError, SourceResult};
 use crate::model::config::ModelConfig;
 use crate::printer::Printer;
 use client::HubClient;
+use snapshot::{ShardAtOpen, Snapshot};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -77,71 +80,6 @@ pub fn list_refs(repo: &str, settings: &HubSettings) -> SourceResult<RefListing>
             url,
             message: format!("HTTP 404: there is no model repo {repo}"),
         }),
-    }
-}
-
-/// One commit's files: from the cache when there, otherwise (online) downloaded into it.
-struct Snapshot {
-    repo: String,
-    revision: String,
-    commit: String,
-    cache: RepoCache,
-    /// `None` when offline.
-    client: Option<HubClient>,
-    printer: Printer,
-}
-
-impl Snapshot {
-    /// The local path of `file`; `Ok(None)` when the repo has no such file. Offline, a file that
-    /// is not cached is an error unless `optional`.
-    fn fetch(&self, file: &str, optional: bool) -> SourceResult<Option<PathBuf>> {
-        match self.cache.lookup(&self.commit, file) {
-            Cached::Present(path) => return Ok(Some(path)),
-            Cached::KnownMissing => return Ok(None),
-            Cached::Absent => {}
-        }
-        let Some(client) = &self.client else {
-            return if optional {
-                Ok(None)
-            } else {
-                Err(self.not_cached(file.to_string()))
-            };
-        };
-        let Some(remote) = client.file_metadata(&self.repo, &self.commit, file)? else {
-            self.cache.mark_missing(&self.commit, file)?;
-            return Ok(None);
-        };
-        let blob = self.cache.blob_path(&remote.etag);
-        let complete = |blob: &Path| blob.metadata().is_ok_and(|m| m.len() == remote.size);
-        // Another revision (or huggingface_hub) may hold the same blob already.
-        if !complete(&blob) {
-            let _lock = self.cache.lock_blob(&remote.etag)?;
-            if !complete(&blob) {
-                self.printer.note(format!(
-                    "downloading {} ({:.1} MB)",
-                    remote.label,
-                    remote.size as f64 / 1e6
-                ));
-                client.download(&self.repo, &remote, &blob)?;
-            }
-        }
-        self.cache.link(&self.commit, file, &remote.etag).map(Some)
-    }
-
-    fn require(&self, file: &str) -> SourceResult<PathBuf> {
-        self.fetch(file, false)?
-            .ok_or_else(|| SourceError::MissingFile {
-                path: PathBuf::from(format!("{}@{}/{file}", self.repo, self.revision)),
-            })
-    }
-
-    fn not_cached(&self, missing: String) -> SourceError {
-        SourceError::NotCached {
-            repo: self.repo.clone(),
-            revision: self.revision.clone(),
-            cache_dir: self.cache.cache_dir().to_path_buf(),
-            missing,
-        }
     }
 }
 
@@ -218,54 +156,23 @@ impl HubSource {
             },
         };
         let config = ModelConfig::from_file(&snapshot.require(CONFIG_FILE)?)?;
-        let shard_files = match snapshot.fetch(INDEX_FILE, true)? {
-            Some(index) => index_shard_names(&index)?,
-            None => match snapshot.cache.lookup(&snapshot.commit, SINGLE_FILE) {
-                Cached::Absent if snapshot.client.is_none() => {
-                    return Err(
-                        snapshot.not_cached(format!("neither {INDEX_FILE} nor {SINGLE_FILE}"))
-                    )
-                }
-                _ => vec![SINGLE_FILE.to_string()],
-            },
-        };
-        let mut shards = Vec::with_capacity(shard_files.len());
+        let mut shards = Vec::new();
         let mut missing = Vec::new();
-        for file in shard_files {
-            let shard = LazyShard {
-                remote_header: None,
-                mapped: OnceLock::new(),
-                loading: Mutex::new(()),
-                file,
+        for file in snapshot.shard_files()? {
+            let (mapped, remote_header) = match snapshot.shard_at_open(&file)? {
+                ShardAtOpen::Mapped(shard) => (OnceLock::from(shard), None),
+                ShardAtOpen::Remote(header) => (OnceLock::new(), Some(header)),
+                ShardAtOpen::NotCached => {
+                    missing.push(file);
+                    continue;
+                }
             };
-            match (
-                snapshot.cache.lookup(&snapshot.commit, &shard.file),
-                &snapshot.client,
-            ) {
-                (Cached::Present(path), _) => {
-                    let _ = shard.mapped.set(Shard::open(&path)?);
-                }
-                // Small enough to need no laziness, and the tensor names live only in it.
-                (_, Some(_)) if shard.file == SINGLE_FILE => {
-                    let path = snapshot.require(SINGLE_FILE)?;
-                    let _ = shard.mapped.set(Shard::open(&path)?);
-                }
-                (_, Some(client)) => {
-                    let url = client.file_url(repo, &snapshot.commit, &shard.file);
-                    let label = format!("{repo}/{}", shard.file);
-                    let header = client.read_header(repo, &url, &label)?;
-                    shards.push(LazyShard {
-                        remote_header: Some(header),
-                        ..shard
-                    });
-                    continue;
-                }
-                (_, None) => {
-                    missing.push(shard.file);
-                    continue;
-                }
-            }
-            shards.push(shard);
+            shards.push(LazyShard {
+                file,
+                remote_header,
+                mapped,
+                loading: Mutex::new(()),
+            });
         }
         if !missing.is_empty() {
             missing.sort();
@@ -353,8 +260,7 @@ impl HubSource {
         if let Some(shard) = lazy.mapped.get() {
             return Ok(shard);
         }
-        let path = self.snapshot.require(&lazy.file)?;
-        let shard = Shard::open(&path)?;
+        let shard = self.snapshot.map_shard(&lazy.file)?;
         Ok(lazy.mapped.get_or_init(|| shard))
     }
 }

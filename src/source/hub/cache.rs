@@ -148,6 +148,16 @@ impl RepoCache {
         Ok(path)
     }
 
+    /// Removes the snapshot link of `file` (not the blob), so the next fetch asks the Hub again.
+    pub fn unlink(&self, commit: &str, file: &str) -> SourceResult<()> {
+        let path = self.snapshot_path(commit, file);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SourceError::io(&path, e)),
+        }
+    }
+
     /// Opens and exclusively locks the lock file for one blob; the lock is released when the
     /// returned file is dropped.
     pub fn lock_blob(&self, etag: &str) -> SourceResult<File> {

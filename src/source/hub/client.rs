@@ -7,19 +7,16 @@
 //! `/api/models/{repo}/revision/{rev}` that yields the commit sha.
 //!
 //! Added here, because hf-hub 0.5 does not do it: retries of metadata and API calls (it retries
-//! nothing but a body, and only when asked); timeouts (its agents have none); telling 404 and
-//! 401/403 apart from other failures; listing refs; and a download that checks the byte count and
-//! sha256 *before* the file is renamed into `blobs/` (hf-hub renames its `.part` file into place
-//! unchecked, so a body cut short without a Content-Length becomes a complete-looking blob).
+//! nothing but a body, and only when asked); timeouts on the requests made here (its own agents
+//! have none); telling 404 and 401/403 apart from other failures; listing refs; reading a
+//! safetensors header with range requests. Verified downloads are in `download.rs`.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::path::Path;
 
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use ureq::config::RedirectAuthHeaders;
 use ureq::http::Response;
 use ureq::{Agent, Body};
@@ -37,7 +34,6 @@ const USER_AGENT: &str = concat!("ckpt-scan/", env!("CARGO_PKG_VERSION"));
 const HEADER_PROBE_BYTES: u64 = 64 * 1024;
 /// Largest API response read into memory (the refs of a repo with ~1000 branches are ~200 KB).
 const MAX_API_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
-const COPY_CHUNK_BYTES: usize = 1 << 20;
 /// Branch names offered when a revision is not found.
 const NEAREST_BRANCHES: usize = 5;
 
@@ -53,12 +49,12 @@ pub struct RemoteFile {
 }
 
 /// How one attempt failed: worth another try, or not.
-enum Failure {
+pub(super) enum Failure {
     Retry(SourceError),
     Fatal(SourceError),
 }
 
-type Attempt<T> = Result<T, Failure>;
+pub(super) type Attempt<T> = Result<T, Failure>;
 
 pub struct HubClient {
     settings: HubSettings,
@@ -266,111 +262,12 @@ impl HubClient {
         })
     }
 
-    /// Downloads `remote` to `dest`. Bytes stream into a temp file beside `dest`, a cut-off
-    /// transfer resumes with a range request, and the file is renamed to `dest` only once its
-    /// size (and its sha256, when the etag is one) match; on any failure the temp file is deleted,
-    /// so nothing partial ever sits at `dest`.
-    pub fn download(&self, repo: &str, remote: &RemoteFile, dest: &Path) -> SourceResult<()> {
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| SourceError::io(dir, e))?;
-        let mut temp = tempfile::Builder::new()
-            .prefix(".ckpt-scan-")
-            .suffix(".incomplete")
-            .tempfile_in(dir)
-            .map_err(|e| SourceError::io(dir, e))?;
-        let mut progress = Progress {
-            hasher: Sha256::new(),
-            written: 0,
-        };
-        self.retrying(&remote.url, || {
-            self.transfer(repo, remote, temp.as_file_mut(), &mut progress)
-        })?;
-        if is_sha256(&remote.etag) {
-            let actual = hex(&progress.hasher.finalize());
-            if actual != remote.etag {
-                return Err(SourceError::ChecksumMismatch {
-                    path: remote.label.clone().into(),
-                    expected: remote.etag.clone(),
-                    actual,
-                });
-            }
-        }
-        temp.as_file()
-            .sync_all()
-            .map_err(|e| SourceError::io(temp.path(), e))?;
-        temp.persist(dest)
-            .map_err(|e| SourceError::io(dest, e.error))?;
-        Ok(())
-    }
-
-    /// One attempt at the rest of a download, from `progress.written` on.
-    fn transfer(
+    pub(super) fn call(
         &self,
+        url: &str,
         repo: &str,
-        remote: &RemoteFile,
-        file: &mut File,
-        progress: &mut Progress,
-    ) -> Attempt<()> {
-        let url = &remote.url;
-        let range = (progress.written > 0).then(|| format!("bytes={}-", progress.written));
-        let response = self.call(url, repo, range.as_deref())?;
-        match response.status().as_u16() {
-            206 if content_range(&response).map(|(start, _)| start) == Some(progress.written) => {}
-            // No usable range: the server sent the whole file, so start over.
-            200 => {
-                progress
-                    .restart(file)
-                    .map_err(|e| fatal_io(&remote.label, e))?;
-            }
-            206 => {
-                return Err(Failure::Fatal(SourceError::HubHttp {
-                    url: url.clone(),
-                    message: format!(
-                        "asked for bytes from {} but got Content-Range {:?}",
-                        progress.written,
-                        response.headers().get("content-range")
-                    ),
-                }))
-            }
-            404 => {
-                return Err(Failure::Fatal(SourceError::HubHttp {
-                    url: url.clone(),
-                    message: "HTTP 404 for a file whose metadata was just read".into(),
-                }))
-            }
-            status => return Err(self.status_failure(url, repo, status)),
-        }
-        let mut reader = response.into_body().into_reader();
-        let mut buffer = vec![0u8; COPY_CHUNK_BYTES];
-        loop {
-            let n = match reader.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Failure::Retry(truncated(remote, progress.written, Some(e)))),
-            };
-            if progress.written + n as u64 > remote.size {
-                return Err(Failure::Fatal(SourceError::HubHttp {
-                    url: url.clone(),
-                    message: format!(
-                        "the server sent more than the {} bytes announced",
-                        remote.size
-                    ),
-                }));
-            }
-            file.write_all(&buffer[..n])
-                .map_err(|e| fatal_io(&remote.label, e))?;
-            progress.hasher.update(&buffer[..n]);
-            progress.written += n as u64;
-        }
-        if progress.written < remote.size {
-            // A body without Content-Length that ends early looks complete to the HTTP layer.
-            return Err(Failure::Retry(truncated(remote, progress.written, None)));
-        }
-        Ok(())
-    }
-
-    fn call(&self, url: &str, repo: &str, range: Option<&str>) -> Attempt<Response<Body>> {
+        range: Option<&str>,
+    ) -> Attempt<Response<Body>> {
         let mut request = self.agent.get(url);
         if let Some(token) = &self.settings.token {
             request = request.header("Authorization", format!("Bearer {token}"));
@@ -385,7 +282,11 @@ impl HubClient {
 
     /// Runs `attempt` until it succeeds, fails for good, or has been retried
     /// `settings.retries` times, waiting `settings.backoff(n)` before retry `n`.
-    fn retrying<T>(&self, url: &str, mut attempt: impl FnMut() -> Attempt<T>) -> SourceResult<T> {
+    pub(super) fn retrying<T>(
+        &self,
+        url: &str,
+        mut attempt: impl FnMut() -> Attempt<T>,
+    ) -> SourceResult<T> {
         let printer = Printer {
             quiet: self.settings.quiet,
         };
@@ -445,7 +346,7 @@ impl HubClient {
         }
     }
 
-    fn status_failure(&self, url: &str, repo: &str, status: u16) -> Failure {
+    pub(super) fn status_failure(&self, url: &str, repo: &str, status: u16) -> Failure {
         match status {
             401 | 403 => Failure::Fatal(SourceError::HubAuth {
                 repo: repo.to_string(),
@@ -459,24 +360,6 @@ impl HubClient {
                 message: format!("HTTP {status}"),
             }),
         }
-    }
-}
-
-/// Bytes received so far and their running hash.
-struct Progress {
-    hasher: Sha256,
-    written: u64,
-}
-
-impl Progress {
-    fn restart(&mut self, file: &mut File) -> std::io::Result<()> {
-        if self.written > 0 {
-            file.set_len(0)?;
-            file.seek(SeekFrom::Start(0))?;
-            self.hasher = Sha256::new();
-            self.written = 0;
-        }
-        Ok(())
     }
 }
 
@@ -523,7 +406,7 @@ fn status_of(error: &ApiError) -> Option<u16> {
 }
 
 /// `(first byte, total size)` from `Content-Range: bytes FIRST-LAST/TOTAL`.
-fn content_range(response: &Response<Body>) -> Option<(u64, u64)> {
+pub(super) fn content_range(response: &Response<Body>) -> Option<(u64, u64)> {
     let value = response.headers().get("content-range")?.to_str().ok()?;
     let (range, total) = value.strip_prefix("bytes ")?.split_once('/')?;
     let (first, _) = range.split_once('-')?;
@@ -535,21 +418,6 @@ fn retry(url: &str, message: String) -> Failure {
         url: url.to_string(),
         message,
     })
-}
-
-fn fatal_io(label: &str, error: std::io::Error) -> Failure {
-    Failure::Fatal(SourceError::io(format!("{label} (temp file)"), error))
-}
-
-fn truncated(remote: &RemoteFile, received: u64, error: Option<std::io::Error>) -> SourceError {
-    let cause = error.map_or(String::new(), |e| format!(" ({e})"));
-    SourceError::Truncated {
-        path: remote.label.clone().into(),
-        message: format!(
-            "received {received} of {} bytes from {}{cause}; the partial download was discarded",
-            remote.size, remote.url
-        ),
-    }
 }
 
 /// Says how many attempts were made in the final error.
@@ -569,18 +437,6 @@ fn gave_up(error: SourceError, attempts: u32) -> SourceError {
         },
         other => other,
     }
-}
-
-/// An LFS etag: the file's sha256 in lowercase hex.
-fn is_sha256(etag: &str) -> bool {
-    etag.len() == 64
-        && etag
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -606,12 +462,5 @@ mod tests {
             e.contains("http://x/api/models/a/b/refs") && e.contains("not the JSON"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn only_lowercase_hex_of_the_right_length_is_a_sha256() {
-        assert!(is_sha256(&"a1".repeat(32)));
-        assert!(!is_sha256(&"A1".repeat(32)));
-        assert!(!is_sha256(&"a1".repeat(20)));
     }
 }
