@@ -120,7 +120,7 @@ impl HubClient {
             self.settings.endpoint,
             revision.replace('/', "%2F")
         );
-        let info = self.retrying(&url, || match api_repo.info() {
+        let info = self.retrying(|| match api_repo.info() {
             Ok(info) => Ok(Some(info)),
             Err(e) if status_of(&e) == Some(404) => Ok(None),
             Err(e) => Err(self.api_failure(&url, repo, e)),
@@ -166,7 +166,7 @@ impl HubClient {
     /// The repo's branches (`GET /api/models/{repo}/refs`); `None` when the repo answers 404.
     pub fn list_branches(&self, repo: &str) -> SourceResult<Option<Vec<BranchRef>>> {
         let url = self.refs_url(repo);
-        let body = self.retrying(&url, || {
+        let body = self.retrying(|| {
             let mut response = self.call(&url, repo, None)?;
             match response.status().as_u16() {
                 200 => {}
@@ -192,7 +192,7 @@ impl HubClient {
         file: &str,
     ) -> SourceResult<Option<RemoteFile>> {
         let url = self.file_url(repo, commit, file);
-        let metadata = self.retrying(&url, || match self.api.metadata(&url) {
+        let metadata = self.retrying(|| match self.api.metadata(&url) {
             Ok(m) => Ok(Some(m)),
             Err(e) if status_of(&e) == Some(404) => Ok(None),
             Err(e) => Err(self.api_failure(&url, repo, e)),
@@ -235,7 +235,7 @@ impl HubClient {
 
     /// The first `len` bytes of a file (fewer if it is shorter) and the file's full size.
     fn read_prefix(&self, repo: &str, url: &str, len: u64) -> SourceResult<(Vec<u8>, u64)> {
-        self.retrying(url, || {
+        self.retrying(|| {
             let range = format!("bytes=0-{}", len.saturating_sub(1));
             let response = self.call(url, repo, Some(&range))?;
             let file_len = match response.status().as_u16() {
@@ -282,11 +282,7 @@ impl HubClient {
 
     /// Runs `attempt` until it succeeds, fails for good, or has been retried
     /// `settings.retries` times, waiting `settings.backoff(n)` before retry `n`.
-    pub(super) fn retrying<T>(
-        &self,
-        url: &str,
-        mut attempt: impl FnMut() -> Attempt<T>,
-    ) -> SourceResult<T> {
+    pub(super) fn retrying<T>(&self, mut attempt: impl FnMut() -> Attempt<T>) -> SourceResult<T> {
         let printer = Printer {
             quiet: self.settings.quiet,
         };
@@ -301,7 +297,7 @@ impl HubClient {
                 Err(Failure::Retry(e)) => {
                     let wait = self.settings.backoff(retry);
                     printer.note(format!(
-                        "{url}: {e}; retrying in {:.1}s ({} of {})",
+                        "{e}; retrying in {:.1}s ({} of {})",
                         wait.as_secs_f64(),
                         retry + 1,
                         self.settings.retries

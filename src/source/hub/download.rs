@@ -34,9 +34,7 @@ impl HubClient {
             hasher: Sha256::new(),
             written: 0,
         };
-        self.retrying(&remote.url, || {
-            self.transfer(repo, remote, temp.as_file_mut(), &mut progress)
-        })?;
+        self.retrying(|| self.transfer(repo, remote, temp.as_file_mut(), &mut progress))?;
         if is_sha256(&remote.etag) {
             let actual = hex(&progress.hasher.finalize());
             if actual != remote.etag {
