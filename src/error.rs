@@ -42,7 +42,7 @@ pub enum SourceError {
         /// Existing branch names closest to the one asked for (may be empty).
         nearest: Vec<String>,
     },
-    #[error("{url}: HTTP {status}: {repo} does not exist, or it is private or gated and {}\nhint: check the name with `ckpt-scan refs hf:{repo}`; for a private or gated repo set HF_TOKEN (or HF_TOKEN_PATH, or run `huggingface-cli login`) to a token with access", if *.token_sent { "the token in HF_TOKEN was refused" } else { "no token was sent (HF_TOKEN is unset)" })]
+    #[error("{url}: HTTP {status}: {repo} does not exist, or it is private or gated and {}\nhint: check the name with `ckpt-scan refs hf:{repo}`; for a private or gated repo set HF_TOKEN (or HF_TOKEN_PATH, or run `huggingface-cli login`) to a token with access", if *.token_sent { "the token sent was refused" } else { "no token was sent (no HF_TOKEN, HF_TOKEN_PATH or token file)" })]
     HubAuth {
         repo: String,
         url: String,
