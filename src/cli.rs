@@ -94,4 +94,7 @@ pub struct ForwardArgs {
 pub struct RefsArgs {
     /// hf:ORG/NAME
     pub repo: String,
+    /// Write the listing as JSON to this file as well.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }

@@ -33,8 +33,36 @@ pub enum SourceError {
     NonFinite { name: String, count: i64 },
     #[error("source {spec:?}: {message}")]
     BadSpec { spec: String, message: String },
-    #[error("{0}")]
-    Hub(String),
+    #[error("{url}: {message}")]
+    HubHttp { url: String, message: String },
+    #[error("revision {revision} not found in {repo}{}\nhint: `ckpt-scan refs hf:{repo}` lists its branches", nearest_note(.nearest))]
+    RevisionNotFound {
+        repo: String,
+        revision: String,
+        /// Existing branch names closest to the one asked for (may be empty).
+        nearest: Vec<String>,
+    },
+    #[error("{url}: HTTP {status}: {repo} does not exist, or it is private or gated and {}\nhint: check the name with `ckpt-scan refs hf:{repo}`; for a private or gated repo set HF_TOKEN (or HF_TOKEN_PATH, or run `huggingface-cli login`) to a token with access", if *.token_sent { "the token sent was refused" } else { "no token was sent (no HF_TOKEN, HF_TOKEN_PATH or token file)" })]
+    HubAuth {
+        repo: String,
+        url: String,
+        status: u16,
+        token_sent: bool,
+    },
+    #[error("offline (HF_HUB_OFFLINE): {repo}@{revision} is not in the local cache {}: {missing}\nhint: unset HF_HUB_OFFLINE to download it, or point HF_HUB_CACHE (or HF_HOME) at the cache that holds it", cache_dir.display())]
+    NotCached {
+        repo: String,
+        revision: String,
+        cache_dir: PathBuf,
+        /// What was looked for and not found.
+        missing: String,
+    },
+    #[error("{path}: sha256 {actual} does not match the expected {expected}; the download was discarded")]
+    ChecksumMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -45,6 +73,14 @@ pub enum SourceError {
 }
 
 pub type SourceResult<T> = Result<T, SourceError>;
+
+fn nearest_note(nearest: &[String]) -> String {
+    if nearest.is_empty() {
+        String::new()
+    } else {
+        format!("; nearest branches: {}", nearest.join(", "))
+    }
+}
 
 impl SourceError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -25,6 +25,6 @@ pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Inspect(args) => commands::inspect::run(args, &settings),
         Command::Forward(args) => commands::forward::run(args, &settings),
-        Command::Refs(_) => anyhow::bail!("refs: not wired in yet"),
+        Command::Refs(args) => commands::refs::run(args, &settings),
     }
 }

@@ -6,12 +6,15 @@ use tch::{Device, Kind};
 use crate::cli::{DeviceArg, DtypeArg, GlobalArgs};
 use crate::model::forward::HiddenBudget;
 use crate::model::weights::LoadOptions;
+use crate::source::hub::HubSettings;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub load: LoadOptions,
     pub hidden_budget: HiddenBudget,
     pub quiet: bool,
+    /// Endpoint, token, cache and offline mode for `hf:` sources, from the environment.
+    pub hub: HubSettings,
 }
 
 impl Settings {
@@ -37,6 +40,8 @@ impl Settings {
             bytes: (global.hidden_budget_gb * (1u64 << 30) as f64) as u64,
             ..HiddenBudget::default()
         };
+        let mut hub = HubSettings::from_env();
+        hub.quiet = global.quiet;
         Ok(Settings {
             hidden_budget,
             load: LoadOptions {
@@ -45,6 +50,7 @@ impl Settings {
                 allow_nan: global.allow_nan,
             },
             quiet: global.quiet,
+            hub,
         })
     }
 }

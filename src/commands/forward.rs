@@ -10,7 +10,7 @@ use crate::model::forward::{forward_streamed, OutputHead};
 use crate::model::resident::ResidentModel;
 use crate::printer::Printer;
 use crate::settings::{describe, Settings};
-use crate::source::open_source;
+use crate::source::open_source_with;
 
 /// Mean next-token cross-entropy (nats) of `ids` under `logits` (`[1, seq, vocab]`).
 pub fn prompt_loss(logits: &Tensor, ids: &[i64]) -> f64 {
@@ -28,7 +28,7 @@ pub fn run(args: &ForwardArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
-    let source = open_source(&args.source)?;
+    let source = open_source_with(&args.source, &settings.hub)?;
     let (tokenizer, tokenizer_name) = tokenizer_for(source.as_ref(), args.tokenizer.as_deref())?;
     let ids = encode(&tokenizer, &args.text)?;
     if ids.is_empty() {

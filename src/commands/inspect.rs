@@ -13,7 +13,7 @@ use crate::model::weights::count_non_finite;
 use crate::printer::Printer;
 use crate::report::atomic::write_atomic;
 use crate::settings::Settings;
-use crate::source::{expected_tensors, open_source, Provenance, TensorInfo, WeightSource};
+use crate::source::{expected_tensors, open_source_with, Provenance, TensorInfo, WeightSource};
 
 #[derive(Serialize)]
 pub struct TensorRow {
@@ -105,7 +105,7 @@ pub fn run(args: &InspectArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
-    let source = open_source(&args.source)?;
+    let source = open_source_with(&args.source, &settings.hub)?;
     let report = inspect_source(source.as_ref(), !args.headers_only)?;
     print_report(&report, &printer);
     if let Some(path) = &args.json {

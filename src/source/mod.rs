@@ -4,6 +4,7 @@
 //! Hub revisions and the local HF cache, GGUF files (dequantised to f32), and random initialisation
 //! generated on the fly. Tensor names are always the Hugging Face ones (see `names`).
 
+pub mod branch;
 pub mod export;
 pub mod hub;
 pub mod init;
@@ -18,7 +19,7 @@ use tch::Tensor;
 use crate::error::{SourceError, SourceResult};
 use crate::model::config::ModelConfig;
 
-pub use spec::{open_source, SourceSpec};
+pub use spec::{open_source, open_source_with, SourceSpec};
 
 /// What a tensor is, known without reading its data.
 #[derive(Clone, Debug, Serialize)]

@@ -17,27 +17,66 @@ use crate::model::config::ModelConfig;
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const SINGLE_FILE: &str = "model.safetensors";
 
-/// One memory-mapped `.safetensors` file with its parsed, validated header.
-pub struct Shard {
-    path: PathBuf,
-    mmap: Mmap,
+/// The largest header a safetensors reader accepts (the `safetensors` crate's limit).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// A safetensors header on its own: tensor names, dtypes, shapes and data offsets, checked against
+/// the size of the file it describes. Lets a remote shard be listed from its first bytes.
+#[derive(Debug)]
+pub struct ShardHeader {
     header_len: usize,
     metadata: Metadata,
 }
 
-impl Shard {
-    /// Maps the file and validates its header against the file size; reads no tensor data.
-    pub fn open(path: &Path) -> SourceResult<Self> {
-        let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
-        // SAFETY: the mapping is read-only and every read copies out of it; a file changed on disk
-        // underneath us is outside what any reader of checkpoints can defend against.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| SourceError::io(path, e))?;
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| header_error(path, e, mmap.len()))?;
-        Ok(Shard {
+impl ShardHeader {
+    /// The header length a file announces in its first 8 bytes, when `prefix` holds them.
+    pub fn announced_len(prefix: &[u8]) -> Option<u64> {
+        let bytes: [u8; 8] = prefix.get(..8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(bytes))
+    }
+
+    /// Parses the header from the first bytes of a file of `file_len` bytes (`prefix` must hold
+    /// the 8-byte length and the whole JSON header; more is ignored). `path` names the file in
+    /// errors.
+    pub fn parse(prefix: &[u8], file_len: u64, path: &Path) -> SourceResult<Self> {
+        let truncated = |message: String| SourceError::Truncated {
             path: path.to_path_buf(),
-            mmap,
-            header_len,
+            message,
+        };
+        let n = Self::announced_len(prefix).ok_or_else(|| {
+            truncated(format!("{} bytes is too short for a header", prefix.len()))
+        })?;
+        if n > MAX_HEADER_BYTES || 8 + n > file_len {
+            return Err(truncated(format!(
+                "the header length field ({n}) points past the end of the file ({file_len} bytes)"
+            )));
+        }
+        let end = 8 + n as usize;
+        let json = prefix.get(8..end).ok_or_else(|| {
+            truncated(format!(
+                "only {} of {end} header bytes were given",
+                prefix.len()
+            ))
+        })?;
+        // Deserialising `Metadata` runs the crate's own checks: offsets contiguous from 0 and each
+        // tensor's byte length equal to its shape times its dtype size.
+        let metadata: Metadata = serde_json::from_slice(json).map_err(|e| {
+            SourceError::malformed(path, format!("invalid safetensors header: {e}"))
+        })?;
+        let data_len = metadata
+            .tensors()
+            .values()
+            .map(|info| info.data_offsets.1 as u64)
+            .max()
+            .unwrap_or(0);
+        if 8 + n + data_len != file_len {
+            return Err(truncated(format!(
+                "the header declares {} bytes but the file holds {file_len}",
+                8 + n + data_len
+            )));
+        }
+        Ok(ShardHeader {
+            header_len: n as usize,
             metadata,
         })
     }
@@ -55,10 +94,55 @@ impl Shard {
             bytes: (info.data_offsets.1 - info.data_offsets.0) as u64,
         })
     }
+}
+
+/// One memory-mapped `.safetensors` file with its parsed, validated header.
+pub struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    header: ShardHeader,
+}
+
+impl Shard {
+    /// Maps the file and validates its header against the file size; reads no tensor data.
+    pub fn open(path: &Path) -> SourceResult<Self> {
+        let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+        // SAFETY: the mapping is read-only and every read copies out of it; a file changed on disk
+        // underneath us is outside what any reader of checkpoints can defend against.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| SourceError::io(path, e))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| header_error(path, e, mmap.len()))?;
+        Ok(Shard {
+            path: path.to_path_buf(),
+            mmap,
+            header: ShardHeader {
+                header_len,
+                metadata,
+            },
+        })
+    }
+
+    pub fn header(&self) -> &ShardHeader {
+        &self.header
+    }
+
+    /// Unmaps the file, keeping what its header says.
+    pub fn into_header(self) -> ShardHeader {
+        self.header
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.header.names()
+    }
+
+    pub fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.header.info(name)
+    }
 
     /// Copies one tensor out of the mapping, converted to f32.
     pub fn read(&self, name: &str) -> SourceResult<Tensor> {
         let info = self
+            .header
             .metadata
             .info(name)
             .ok_or_else(|| SourceError::MissingTensor {
@@ -78,8 +162,8 @@ impl Shard {
                 })
             }
         };
-        let start = 8 + self.header_len + info.data_offsets.0;
-        let end = 8 + self.header_len + info.data_offsets.1;
+        let start = 8 + self.header.header_len + info.data_offsets.0;
+        let end = 8 + self.header.header_len + info.data_offsets.1;
         let bytes = &self.mmap[start..end];
         let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
         let tensor = Tensor::f_from_data_size(bytes, &shape, kind)?;
@@ -256,5 +340,53 @@ impl WeightSource for SafetensorsSource {
     fn tokenizer_path(&self) -> Option<PathBuf> {
         let path = self.root.join("tokenizer.json");
         path.exists().then_some(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use safetensors::tensor::TensorView;
+
+    use super::*;
+
+    /// A two-tensor file: `a` is 2×3 f32, `b` is 4 f32.
+    fn small_file() -> Vec<u8> {
+        let a = vec![0u8; 24];
+        let b = vec![0u8; 16];
+        let views = vec![
+            ("a", TensorView::new(Dtype::F32, vec![2, 3], &a).unwrap()),
+            ("b", TensorView::new(Dtype::F32, vec![4], &b).unwrap()),
+        ];
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    #[test]
+    fn a_header_parses_from_the_first_bytes_alone() {
+        let file = small_file();
+        let n = ShardHeader::announced_len(&file).unwrap() as usize;
+        let header = ShardHeader::parse(&file[..8 + n], file.len() as u64, Path::new("x")).unwrap();
+        let mut names = header.names();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(header.info("a").unwrap().shape, [2, 3]);
+        assert_eq!(header.info("b").unwrap().bytes, 16);
+    }
+
+    #[test]
+    fn a_header_that_disagrees_with_the_file_size_is_truncated() {
+        let file = small_file();
+        let path = Path::new("remote/x.safetensors");
+        let e = ShardHeader::parse(&file, file.len() as u64 - 1, path).unwrap_err();
+        assert!(matches!(e, SourceError::Truncated { .. }), "{e}");
+        let e = ShardHeader::parse(&file[..20], file.len() as u64, path).unwrap_err();
+        assert!(e.to_string().contains("header bytes were given"), "{e}");
+    }
+
+    #[test]
+    fn an_absurd_header_length_is_refused_before_allocating() {
+        let mut prefix = u64::MAX.to_le_bytes().to_vec();
+        prefix.extend_from_slice(b"{}");
+        let e = ShardHeader::parse(&prefix, 1 << 40, Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("points past the end"), "{e}");
     }
 }

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::hub::{HubSettings, HubSource};
 use super::init::{InitScheme, InitSource};
 use super::safetensors::SafetensorsSource;
 use super::WeightSource;
@@ -114,8 +115,14 @@ impl SourceSpec {
     }
 }
 
-/// Parses and opens a source; reads configs and headers, no tensor data.
+/// Parses and opens a source; reads configs and headers, no tensor data. Hub sources use the
+/// settings of the environment (`HubSettings::from_env`).
 pub fn open_source(spec: &str) -> SourceResult<Box<dyn WeightSource>> {
+    open_source_with(spec, &HubSettings::from_env())
+}
+
+/// `open_source` with explicit Hub settings.
+pub fn open_source_with(spec: &str, hub: &HubSettings) -> SourceResult<Box<dyn WeightSource>> {
     Ok(match SourceSpec::parse(spec)? {
         SourceSpec::Local(path) => Box::new(SafetensorsSource::open(&path, spec)?),
         SourceSpec::Init {
@@ -129,7 +136,10 @@ pub fn open_source(spec: &str) -> SourceResult<Box<dyn WeightSource>> {
             };
             Box::new(InitSource::new(config, seed, scheme, spec))
         }
-        SourceSpec::Hub { .. } | SourceSpec::Gguf(_) => {
+        SourceSpec::Hub { repo, revision } => {
+            Box::new(HubSource::open(&repo, &revision, spec, hub)?)
+        }
+        SourceSpec::Gguf(_) => {
             return Err(SourceError::BadSpec {
                 spec: spec.to_string(),
                 message: "this source kind is not wired in yet".into(),

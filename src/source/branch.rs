@@ -1,0 +1,254 @@
+//! Checkpoint branch names on the Hub, parsed into stage, ingredient, step and tokens.
+//!
+//! OLMo-2 publishes intermediate checkpoints as branches (research/olmo2.md §3.1):
+//! `stage1-step{N}-tokens{M}B`, `stage2-ingredient{K}-step{N}-tokens{M}B`, and `main` for the
+//! final model. Model cards write `step{N}-tokens{M}B` without the stage, and some names drop the
+//! `B`. The token count is rounded inconsistently between stages, so names are only ever parsed,
+//! never built from a step.
+
+use std::cmp::Ordering;
+
+use serde::Serialize;
+
+/// What a branch name says about the checkpoint it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BranchName {
+    /// An intermediate checkpoint.
+    Checkpoint(CheckpointName),
+    /// `main`: the released model.
+    Main,
+    /// Any other name, kept as written.
+    Other,
+}
+
+/// The fields of an intermediate-checkpoint branch name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct CheckpointName {
+    /// Training stage (1 = pretraining, 2 = mid-training); `None` for the card form `step…`.
+    pub stage: Option<u32>,
+    /// Stage-2 data mix ("ingredient"), when the name has one.
+    pub ingredient: Option<u32>,
+    /// Optimizer step.
+    pub step: u64,
+    /// Tokens seen, in billions, as the name rounds them.
+    pub tokens_billions: u64,
+}
+
+impl BranchName {
+    pub fn parse(name: &str) -> Self {
+        if name == "main" {
+            return BranchName::Main;
+        }
+        parse_checkpoint(name).map_or(BranchName::Other, BranchName::Checkpoint)
+    }
+
+    pub fn checkpoint(&self) -> Option<&CheckpointName> {
+        match self {
+            BranchName::Checkpoint(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Checkpoints first by (stage, ingredient, step), then `main`, then other names.
+    pub fn sort_key(&self) -> (u8, Option<u32>, Option<u32>, u64) {
+        match self {
+            BranchName::Checkpoint(c) => (0, c.stage, c.ingredient, c.step),
+            BranchName::Main => (1, None, None, 0),
+            BranchName::Other => (2, None, None, 0),
+        }
+    }
+}
+
+/// Orders branch names for listing: by `BranchName::sort_key`, then by the name itself.
+pub fn compare_branches(a: &str, b: &str) -> Ordering {
+    BranchName::parse(a)
+        .sort_key()
+        .cmp(&BranchName::parse(b).sort_key())
+        .then_with(|| a.cmp(b))
+}
+
+fn parse_checkpoint(name: &str) -> Option<CheckpointName> {
+    let mut parts = name.split('-').peekable();
+    let stage = match parts.peek() {
+        Some(p) if p.starts_with("stage") => {
+            let stage = number_after(p, "stage")?;
+            parts.next();
+            Some(u32::try_from(stage).ok()?)
+        }
+        _ => None,
+    };
+    let ingredient = match parts.peek() {
+        Some(p) if p.starts_with("ingredient") => {
+            let ingredient = number_after(p, "ingredient")?;
+            parts.next();
+            Some(u32::try_from(ingredient).ok()?)
+        }
+        _ => None,
+    };
+    let step = number_after(parts.next()?, "step")?;
+    let tokens = parts.next()?.strip_prefix("tokens")?;
+    let tokens_billions = number_after(tokens.strip_suffix('B').unwrap_or(tokens), "")?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(CheckpointName {
+        stage,
+        ingredient,
+        step,
+        tokens_billions,
+    })
+}
+
+/// The decimal number that follows `prefix` and makes up the rest of `part`.
+fn number_after(part: &str, prefix: &str) -> Option<u64> {
+    let digits = part.strip_prefix(prefix)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Up to `count` existing names closest to `wanted`: for a checkpoint name, the checkpoints of the
+/// same stage and ingredient nearest in step; otherwise the names sharing the longest prefix.
+pub fn nearest_branches<'a>(wanted: &str, names: &[&'a str], count: usize) -> Vec<&'a str> {
+    let mut scored: Vec<(u64, &'a str)> = match BranchName::parse(wanted).checkpoint() {
+        Some(w) => names
+            .iter()
+            .filter_map(|&n| {
+                let c = *BranchName::parse(n).checkpoint()?;
+                let same_run = c.stage == w.stage && c.ingredient == w.ingredient;
+                let distance = c.step.abs_diff(w.step);
+                // Other stages still qualify, but after every checkpoint of the same run.
+                Some((
+                    if same_run {
+                        distance
+                    } else {
+                        u64::MAX / 2 + distance / 2
+                    },
+                    n,
+                ))
+            })
+            .collect(),
+        None => names
+            .iter()
+            .map(|&n| {
+                let shared = n
+                    .bytes()
+                    .zip(wanted.bytes())
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (u64::MAX - shared as u64, n)
+            })
+            .collect(),
+    };
+    scored.sort();
+    scored.into_iter().take(count).map(|(_, n)| n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(name: &str) -> CheckpointName {
+        *BranchName::parse(name)
+            .checkpoint()
+            .unwrap_or_else(|| panic!("{name} should parse"))
+    }
+
+    #[test]
+    fn parses_stage1_names_with_and_without_the_b() {
+        let expected = CheckpointName {
+            stage: Some(1),
+            ingredient: None,
+            step: 928646,
+            tokens_billions: 3896,
+        };
+        assert_eq!(checkpoint("stage1-step928646-tokens3896B"), expected);
+        assert_eq!(checkpoint("stage1-step928646-tokens3896"), expected);
+    }
+
+    #[test]
+    fn parses_stage2_ingredients_and_the_model_card_form() {
+        assert_eq!(
+            checkpoint("stage2-ingredient3-step35763-tokens301B"),
+            CheckpointName {
+                stage: Some(2),
+                ingredient: Some(3),
+                step: 35763,
+                tokens_billions: 301
+            }
+        );
+        assert_eq!(
+            checkpoint("step102500-tokens860B"),
+            CheckpointName {
+                stage: None,
+                ingredient: None,
+                step: 102500,
+                tokens_billions: 860
+            }
+        );
+    }
+
+    #[test]
+    fn keeps_other_names_unparsed() {
+        assert_eq!(BranchName::parse("main"), BranchName::Main);
+        for name in [
+            "dev",
+            "stage1-step-tokens5B",
+            "stage1-stepX-tokens5B",
+            "stage1-step1000-tokens5B-extra",
+            "stage1-step1000",
+            "stage1-step1000-tokens5.5B",
+            "stagex-step1000-tokens5B",
+            "stage1-step1000-tokensB",
+            "refs/pr/1",
+        ] {
+            assert_eq!(BranchName::parse(name), BranchName::Other, "{name}");
+        }
+    }
+
+    #[test]
+    fn sorts_by_stage_ingredient_step_then_main_then_others() {
+        let mut names = vec![
+            "zeta",
+            "main",
+            "stage2-ingredient1-step200-tokens2B",
+            "stage1-step10000-tokens42B",
+            "stage2-ingredient2-step100-tokens1B",
+            "stage1-step900-tokens4B",
+            "stage2-ingredient1-step100-tokens1B",
+            "alpha",
+        ];
+        names.sort_by(|a, b| compare_branches(a, b));
+        assert_eq!(
+            names,
+            [
+                "stage1-step900-tokens4B",
+                "stage1-step10000-tokens42B",
+                "stage2-ingredient1-step100-tokens1B",
+                "stage2-ingredient1-step200-tokens2B",
+                "stage2-ingredient2-step100-tokens1B",
+                "main",
+                "alpha",
+                "zeta",
+            ]
+        );
+    }
+
+    #[test]
+    fn nearest_branches_prefer_the_same_run_by_step() {
+        let names = [
+            "main",
+            "stage1-step1000-tokens5B",
+            "stage1-step2000-tokens9B",
+            "stage1-step3000-tokens13B",
+            "stage2-ingredient1-step1400-tokens6B",
+        ];
+        assert_eq!(
+            nearest_branches("stage1-step1400-tokens6B", &names, 2),
+            ["stage1-step1000-tokens5B", "stage1-step2000-tokens9B"]
+        );
+        assert_eq!(nearest_branches("mian", &names, 1), ["main"]);
+    }
+}
