@@ -4,8 +4,13 @@
 //! Hub revisions and the local HF cache, GGUF files (dequantised to f32), and random initialisation
 //! generated on the fly. Tensor names are always the Hugging Face ones (see `names`).
 
+pub mod gguf;
+pub mod gguf_file;
+pub mod gguf_quant;
+pub mod gguf_tokenizer;
 pub mod hub;
 pub mod init;
+pub mod names;
 pub mod safetensors;
 pub mod spec;
 

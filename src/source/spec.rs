@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::gguf::GgufSource;
 use super::init::{InitScheme, InitSource};
 use super::safetensors::SafetensorsSource;
 use super::WeightSource;
@@ -129,7 +130,8 @@ pub fn open_source(spec: &str) -> SourceResult<Box<dyn WeightSource>> {
             };
             Box::new(InitSource::new(config, seed, scheme, spec))
         }
-        SourceSpec::Hub { .. } | SourceSpec::Gguf(_) => {
+        SourceSpec::Gguf(path) => Box::new(GgufSource::open(&path, spec)?),
+        SourceSpec::Hub { .. } => {
             return Err(SourceError::BadSpec {
                 spec: spec.to_string(),
                 message: "this source kind is not wired in yet".into(),
