@@ -104,7 +104,7 @@ impl WeightSource for GgufSource {
                 })
             }
         };
-        let values = self.file.read_f32(info).map_err(|e| match e {
+        let tensor = self.file.read_tensor(info).map_err(|e| match e {
             SourceError::UnsupportedDtype {
                 name: gguf,
                 dtype,
@@ -116,8 +116,7 @@ impl WeightSource for GgufSource {
             },
             other => other,
         })?;
-        let shape = info.shape();
-        let tensor = Tensor::from_slice(&values).reshape(shape.as_slice());
+        let shape = tensor.size();
         let heads = match rope_projection(name) {
             None => return Ok(tensor),
             Some(RopeProjection::Query) => self.config.num_attention_heads,

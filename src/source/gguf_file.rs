@@ -10,8 +10,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use tch::{Device, Kind, Tensor};
 
-use super::gguf_quant::{dequantize, GgmlType};
+use super::gguf_quant::{dequantize, dequantize_into, GgmlType};
 use crate::error::{SourceError, SourceResult};
 
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -168,17 +169,39 @@ impl GgufFile {
 
     /// Dequantises one tensor to f32 values in storage order (innermost dimension fastest).
     pub fn read_f32(&self, info: &GgufTensorInfo) -> SourceResult<Vec<f32>> {
-        dequantize(info.ggml_type, self.tensor_bytes(info)).ok_or_else(|| {
-            SourceError::UnsupportedDtype {
-                name: info.name.clone(),
-                dtype: format!(
-                    "{} (GGML type {}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)",
-                    info.ggml_type.name(),
-                    info.ggml_type.id()
-                ),
-                path: self.path.clone(),
-            }
-        })
+        dequantize(info.ggml_type, self.tensor_bytes(info)).ok_or_else(|| self.unsupported(info))
+    }
+
+    /// Dequantises one tensor into a new f32 CPU tensor of shape `info.shape()` (PyTorch order).
+    pub fn read_tensor(&self, info: &GgufTensorInfo) -> SourceResult<Tensor> {
+        if !info.ggml_type.is_supported() {
+            return Err(self.unsupported(info));
+        }
+        let tensor = Tensor::f_empty(info.shape().as_slice(), (Kind::Float, Device::Cpu))?;
+        let elements = info.elements() as usize;
+        if elements == 0 {
+            return Ok(tensor);
+        }
+        // SAFETY: `tensor` was just allocated here, contiguous f32 on the CPU with `elements`
+        // values, and no other handle to its storage exists while `values` lives. Filling it in
+        // place skips tch's `from_slice` (zero-fill, then copy), which costs seconds on SmolLM2.
+        let values =
+            unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut f32, elements) };
+        dequantize_into(info.ggml_type, self.tensor_bytes(info), values)
+            .ok_or_else(|| self.unsupported(info))?;
+        Ok(tensor)
+    }
+
+    fn unsupported(&self, info: &GgufTensorInfo) -> SourceError {
+        SourceError::UnsupportedDtype {
+            name: info.name.clone(),
+            dtype: format!(
+                "{} (GGML type {}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)",
+                info.ggml_type.name(),
+                info.ggml_type.id()
+            ),
+            path: self.path.clone(),
+        }
     }
 }
 

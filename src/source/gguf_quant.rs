@@ -139,12 +139,23 @@ impl GgmlType {
 /// # Panics
 /// If `blocks` is not a whole number of blocks: callers validate tensor extents first.
 pub fn dequantize(ty: GgmlType, blocks: &[u8]) -> Option<Vec<f32>> {
-    let type_size = ty.type_size();
+    let mut out = vec![0f32; blocks.len() / ty.type_size() * ty.block_size()];
+    dequantize_into(ty, blocks, &mut out)?;
+    Some(out)
+}
+
+/// [`dequantize`] into a caller-provided buffer of exactly `n * ty.block_size()` values.
+///
+/// # Panics
+/// If `blocks` is not a whole number of blocks or `out` has the wrong length.
+pub fn dequantize_into(ty: GgmlType, blocks: &[u8], out: &mut [f32]) -> Option<()> {
+    let (block_size, type_size) = (ty.block_size(), ty.type_size());
     assert!(
-        blocks.len() % type_size == 0,
-        "{} bytes are not a whole number of {} blocks of {type_size} bytes",
+        blocks.len() % type_size == 0 && out.len() == blocks.len() / type_size * block_size,
+        "{} bytes of {} blocks ({type_size} bytes per {block_size} weights) into {} values",
         blocks.len(),
-        ty.name()
+        ty.name(),
+        out.len()
     );
     let kernel: fn(&[u8], &mut [f32]) = match ty {
         GgmlType::F32 => f32_block,
@@ -157,11 +168,9 @@ pub fn dequantize(ty: GgmlType, blocks: &[u8]) -> Option<Vec<f32>> {
         GgmlType::Q6K => q6_k_block,
         _ => return None,
     };
-    let block_size = ty.block_size();
-    let mut out = vec![0f32; blocks.len() / type_size * block_size];
     if block_size == 1 {
         // Plain float types: one loop over the whole tensor instead of a call per element.
-        plain(ty, blocks, &mut out);
+        plain(ty, blocks, out);
     } else {
         for (block, values) in blocks
             .chunks_exact(type_size)
@@ -170,7 +179,7 @@ pub fn dequantize(ty: GgmlType, blocks: &[u8]) -> Option<Vec<f32>> {
             kernel(block, values);
         }
     }
-    Some(out)
+    Some(())
 }
 
 fn plain(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
