@@ -143,7 +143,9 @@ impl ModelConfig {
                 self.head_dim
             ));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        // Written so that NaN fails too (a plain `<= 0.0` would let it through).
+        let positive = |x: f64| x.partial_cmp(&0.0) == Some(std::cmp::Ordering::Greater);
+        if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
         Ok(())
