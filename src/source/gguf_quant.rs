@@ -151,7 +151,8 @@ pub fn dequantize(ty: GgmlType, blocks: &[u8]) -> Option<Vec<f32>> {
 pub fn dequantize_into(ty: GgmlType, blocks: &[u8], out: &mut [f32]) -> Option<()> {
     let (block_size, type_size) = (ty.block_size(), ty.type_size());
     assert!(
-        blocks.len() % type_size == 0 && out.len() == blocks.len() / type_size * block_size,
+        blocks.len().is_multiple_of(type_size)
+            && out.len() == blocks.len() / type_size * block_size,
         "{} bytes of {} blocks ({type_size} bytes per {block_size} weights) into {} values",
         blocks.len(),
         ty.name(),
