@@ -434,10 +434,11 @@ impl<'a> Reader<'a> {
         for _ in 0..n_dims {
             dims.push(self.u64(&format!("tensor {name}: dimensions"))?);
         }
+        // Each dim must fit an i64 on its own too: with a zero dim the product says nothing.
         let elements = dims
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|&n| i64::try_from(n).is_ok())
+            .filter(|&n| i64::try_from(n).is_ok() && dims.iter().all(|&d| d <= i64::MAX as u64))
             .ok_or_else(|| {
                 self.malformed(format!(
                     "tensor {name}: dimensions {dims:?} overflow the element count"
@@ -606,9 +607,10 @@ mod tests {
 
     #[test]
     fn bad_tensor_infos_name_the_tensor() {
-        let cases: [(Vec<u8>, &str); 5] = [
+        let cases: [(Vec<u8>, &str); 6] = [
             (tensor_info("w", &[1, 2, 3, 4, 5], 0, 0), "5 dimensions"),
             (tensor_info("w", &[1 << 32, 1 << 32], 0, 0), "overflow"),
+            (tensor_info("w", &[0, u64::MAX], 0, 0), "overflow"),
             (tensor_info("w", &[32], 77, 0), "unknown GGML type id 77"),
             (
                 tensor_info("w", &[33], 8, 0),
