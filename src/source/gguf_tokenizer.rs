@@ -22,21 +22,43 @@ const TOKEN_TYPE_CONTROL: i64 = 3;
 /// `tokenizer.ggml.token_type` of user-defined tokens (`<think>`), added whole but not special.
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
-/// Llama-3's split regex, used by the pre-tokenizers transformers maps to it.
+// The split regexes transformers installs per `tokenizer.ggml.pre` (GGUF_PRE_TOKENIZER_SPLITS).
 const LLAMA3_SPLIT: &str = concat!(
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}",
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+);
+const TEKKEN_SPLIT: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*",
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+);
+const GPT4O_SPLIT: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+);
+const QWEN2_SPLIT: &str = concat!(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}",
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+);
+const QWEN35_SPLIT: &str = concat!(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}",
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 );
 
 /// The split regex transformers installs for a `tokenizer.ggml.pre` value; `None` keeps GPT-2's
 /// byte-level regex. (SmolLM2's `smollm` is absent from transformers' table, so it gets GPT-2's
 /// regex; that equals llama.cpp's `smollm` split because the vocabulary has no digit merges.)
 fn split_regex(pre: &str) -> Option<&'static str> {
-    match pre {
+    Some(match pre {
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-        | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => Some(LLAMA3_SPLIT),
-        _ => None,
-    }
+        | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3_SPLIT,
+        "tekken" => TEKKEN_SPLIT,
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => QWEN2_SPLIT,
+        "qwen35" => QWEN35_SPLIT,
+        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => GPT4O_SPLIT,
+        _ => return None,
+    })
 }
 
 /// GPT-2's byte → printable character table (`bytes_to_unicode`).
@@ -183,5 +205,30 @@ mod tests {
         assert_eq!(a[b'\n' as usize], 'Ċ');
         assert_eq!(a[0], 'Ā');
         assert_eq!(a.iter().collect::<HashSet<_>>().len(), 256);
+    }
+
+    #[test]
+    fn every_split_regex_compiles_and_splits_digits_as_its_family_does() {
+        let pieces = |pre: &str, text: &str| -> Vec<String> {
+            use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+            let split = Split::new(
+                SplitPattern::Regex(split_regex(pre).unwrap().to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .unwrap();
+            let mut s = PreTokenizedString::from(text);
+            split.pre_tokenize(&mut s).unwrap();
+            s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+                .into_iter()
+                .map(|(piece, _, _)| piece.to_string())
+                .collect()
+        };
+        assert_eq!(pieces("llama-bpe", "12345"), ["123", "45"]);
+        assert_eq!(pieces("gpt-4o", "12345"), ["123", "45"]);
+        assert_eq!(pieces("qwen2", "123"), ["1", "2", "3"]);
+        assert_eq!(pieces("qwen35", "x 12"), ["x", " ", "1", "2"]);
+        assert_eq!(pieces("tekken", "Hello world"), ["Hello", " world"]);
+        assert_eq!(split_regex("smollm"), None);
     }
 }
