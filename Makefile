@@ -5,7 +5,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 CACHE ?= $(HOME)/.cache/ckpt-scan
 GOLDEN := $(CACHE)/golden
-GOLDEN_STAMP := $(GOLDEN)/.stamp-$(shell sha256sum tests/fixtures/make_golden.py scripts/setup-venv.sh | sha256sum | cut -c1-16)
+GOLDEN_STAMP := $(GOLDEN)/.stamp-$(shell sha256sum tests/fixtures/make_golden.py tests/fixtures/make_gguf.py scripts/setup-venv.sh | sha256sum | cut -c1-16)
 BIN = $$CARGO_TARGET_DIR/debug/ckpt-scan
 
 .PHONY: demo test venv data fixtures build lint gpu-check clean-cache
@@ -29,7 +29,7 @@ data:
 
 fixtures: venv $(GOLDEN_STAMP)
 
-$(GOLDEN_STAMP): tests/fixtures/make_golden.py
+$(GOLDEN_STAMP): tests/fixtures/make_golden.py tests/fixtures/make_gguf.py
 	$(ENV) rm -rf $(GOLDEN).tmp && mkdir -p $(GOLDEN).tmp \
 	  && python tests/fixtures/make_golden.py $(GOLDEN).tmp > /dev/null 2>&1 \
 	  && python tests/fixtures/make_gguf.py $(GOLDEN).tmp \

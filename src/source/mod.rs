@@ -6,8 +6,13 @@
 
 pub mod branch;
 pub mod export;
+pub mod gguf;
+pub mod gguf_file;
+pub mod gguf_quant;
+pub mod gguf_tokenizer;
 pub mod hub;
 pub mod init;
+pub mod names;
 pub mod safetensors;
 pub mod spec;
 

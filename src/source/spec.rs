@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::gguf::GgufSource;
 use super::hub::{HubSettings, HubSource};
 use super::init::{InitScheme, InitSource};
 use super::safetensors::SafetensorsSource;
@@ -139,12 +140,7 @@ pub fn open_source_with(spec: &str, hub: &HubSettings) -> SourceResult<Box<dyn W
         SourceSpec::Hub { repo, revision } => {
             Box::new(HubSource::open(&repo, &revision, spec, hub)?)
         }
-        SourceSpec::Gguf(_) => {
-            return Err(SourceError::BadSpec {
-                spec: spec.to_string(),
-                message: "this source kind is not wired in yet".into(),
-            })
-        }
+        SourceSpec::Gguf(path) => Box::new(GgufSource::open(&path, spec)?),
     })
 }
 
