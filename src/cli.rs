@@ -60,6 +60,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Run text through a checkpoint: next-token predictions and a greedy continuation.
     Forward(ForwardArgs),
+    /// Linear predictability of every head's Q/K/V from k peer heads of the same layer.
+    Predict(PredictArgs),
     /// List a Hub repo's checkpoint branches (stage, step, tokens), sorted by step.
     Refs(RefsArgs),
 }
@@ -97,4 +99,47 @@ pub struct RefsArgs {
     /// Write the listing as JSON to this file as well.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// hf:ORG/NAME@REV, a model folder, a .safetensors or .gguf file, or init:MODEL?seed=N.
+    pub source: String,
+    /// Text: `mix` (web-like passages disjoint from the built-in training text), `gsm8k`, `random`
+    /// (uniform token ids), or a file (documents separated by blank lines).
+    #[arg(long, default_value = "mix")]
+    pub text: String,
+    /// Tokens to analyse (whole sequences of --seq-len).
+    #[arg(long, default_value_t = 32768)]
+    pub tokens: usize,
+    /// Tokens per sequence (default: min(2048, the model's maximum)).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Which vectors to predict.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![crate::analysis::predictability::HeadKind::Q, crate::analysis::predictability::HeadKind::K, crate::analysis::predictability::HeadKind::V])]
+    pub kinds: Vec<crate::analysis::predictability::HeadKind>,
+    /// Largest number of reference heads k (results for every k = 1..max).
+    #[arg(long, default_value_t = 5)]
+    pub max_refs: usize,
+    /// How reference heads are chosen on the fit split.
+    #[arg(long, value_enum, default_value_t = crate::stats::selection::Selection::Topn)]
+    pub select: crate::stats::selection::Selection,
+    /// Where Q and K are captured (V is always the raw projection).
+    #[arg(long, value_enum, default_value_t = crate::capture::CapturePoint::Rope)]
+    pub capture: crate::capture::CapturePoint,
+    /// Fraction of sequences in the fit split (the rest are held out).
+    #[arg(long, default_value_t = 0.75)]
+    pub split: f64,
+    /// Seed for document order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Layers to analyse, e.g. `0,5,11` (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Option<Vec<i64>>,
+    /// Output folder (default reports/predict-<source>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// tokenizer.json to use when the source has none.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
 }

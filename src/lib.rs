@@ -2,6 +2,7 @@
 //!
 //! The library is the product; `main.rs` is a shell around [`run`].
 
+pub mod analysis;
 pub mod capture;
 pub mod cli;
 pub mod commands;
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Inspect(args) => commands::inspect::run(args, &settings),
         Command::Forward(args) => commands::forward::run(args, &settings),
+        Command::Predict(args) => commands::predict::run(args, &settings),
         Command::Refs(args) => commands::refs::run(args, &settings),
     }
 }

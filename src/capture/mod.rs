@@ -56,6 +56,10 @@ pub trait CaptureSink {
         false
     }
     fn capture(&mut self, capture: &LayerCapture) -> anyhow::Result<()>;
+    /// The deepest layer this sink needs; a forward that returns no logits stops after it.
+    fn last_layer(&self) -> Option<i64> {
+        None
+    }
     /// Called once every batch has passed `layer`: streaming statistics of that layer are complete.
     fn finish_layer(&mut self, _layer: i64) -> anyhow::Result<()> {
         Ok(())

@@ -2,4 +2,5 @@
 
 pub mod forward;
 pub mod inspect;
+pub mod predict;
 pub mod refs;

@@ -18,6 +18,8 @@ use crate::data::paths::{data_root, FETCH_HINT};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TextSource {
     Mix,
+    /// Uniformly random token ids (no text): the structure-free null input.
+    Random,
     Gsm8k,
     File(PathBuf),
 }
@@ -27,6 +29,7 @@ impl TextSource {
         match value {
             "mix" => TextSource::Mix,
             "gsm8k" => TextSource::Gsm8k,
+            "random" => TextSource::Random,
             path => TextSource::File(PathBuf::from(path)),
         }
     }
@@ -35,6 +38,7 @@ impl TextSource {
         match self {
             TextSource::Mix => "mix".into(),
             TextSource::Gsm8k => "gsm8k".into(),
+            TextSource::Random => "random".into(),
             TextSource::File(p) => p.display().to_string(),
         }
     }
@@ -109,6 +113,7 @@ pub fn load_documents(source: &TextSource) -> Result<Vec<String>> {
                 push(&format!("Question: {question}\nAnswer: {answer}"));
             })?;
         }
+        TextSource::Random => bail!("--text random has no documents: it draws token ids directly"),
         TextSource::File(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow!("--text {}: {e}", path.display()))?;

@@ -88,6 +88,34 @@ impl TokenSet {
                 options.seq_len
             );
         }
+        Self::from_stream(&stream, n_sequences, documents_used, options)
+    }
+
+    /// Token ids drawn uniformly from `0..vocab_size`, seeded: the input with no structure at all,
+    /// under which a random-init model's layer-0 activations are as isotropic as its weights allow.
+    pub fn uniform_random(vocab_size: i64, options: &TokenSetOptions) -> Result<Self> {
+        let n_sequences = options.tokens / options.seq_len.max(1);
+        if options.seq_len == 0 || n_sequences < 2 {
+            bail!(
+                "--tokens {} gives fewer than two sequences of --seq-len {}",
+                options.tokens,
+                options.seq_len
+            );
+        }
+        let mut rng = keyed_rng(options.seed, b"randomids");
+        let stream: Vec<i64> = (0..n_sequences * options.seq_len)
+            .map(|_| (rng.next_u64() % vocab_size as u64) as i64)
+            .collect();
+        Self::from_stream(&stream, n_sequences, 0, options)
+    }
+
+    fn from_stream(
+        stream: &[i64],
+        n_sequences: usize,
+        documents_used: usize,
+        options: &TokenSetOptions,
+    ) -> Result<Self> {
+        let needed = n_sequences * options.seq_len;
         let sequences: Vec<Vec<i64>> = stream[..needed]
             .chunks(options.seq_len)
             .map(<[i64]>::to_vec)
@@ -147,12 +175,18 @@ impl TokenSet {
 
 /// Fisher–Yates with a ChaCha8 stream: the same seed gives the same order on every machine.
 fn shuffle(items: &mut [usize], seed: u64) {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    key[8..16].copy_from_slice(b"tokenset");
-    let mut rng = ChaCha8Rng::from_seed(key);
+    let mut rng = keyed_rng(seed, b"tokenset");
     for i in (1..items.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         items.swap(i, j);
     }
+}
+
+/// A ChaCha8 stream for one purpose (`label`) derived from the master seed.
+fn keyed_rng(seed: u64, label: &[u8]) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    let n = label.len().min(24);
+    key[8..8 + n].copy_from_slice(&label[..n]);
+    ChaCha8Rng::from_seed(key)
 }

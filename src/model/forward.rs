@@ -88,7 +88,11 @@ pub fn forward_streamed(
     let embed = config.tie_word_embeddings.then_some(embed);
 
     let mut progress = progress;
-    for layer_index in 0..config.num_hidden_layers {
+    let layers = match (head, sink.last_layer()) {
+        (OutputHead::None, Some(last)) => (last + 1).clamp(0, config.num_hidden_layers),
+        _ => config.num_hidden_layers,
+    };
+    for layer_index in 0..layers {
         let layer = DecoderLayer::load(source, layer_index, &config, options)?;
         for batch_index in 0..hidden.len() {
             let mut ctx = CaptureContext {
@@ -101,7 +105,7 @@ pub fn forward_streamed(
         }
         sink.finish_layer(layer_index)?;
         if let Some(p) = progress.as_mut() {
-            p(layer_index + 1, config.num_hidden_layers);
+            p(layer_index + 1, layers);
         }
     }
     if head == OutputHead::None {

@@ -1,3 +1,5 @@
-//! Writing results: atomic files now; CSV, markdown, plots and manifests as analyses arrive.
+//! Writing results: atomic files, tidy CSV, run manifests.
 
 pub mod atomic;
+pub mod csv;
+pub mod manifest;

@@ -1,0 +1,3 @@
+//! Analyses: compose `stats` over captures and weights.
+
+pub mod predictability;

@@ -1,0 +1,281 @@
+//! `ckpt-scan predict SOURCE`: linear predictability of every head of one checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::analysis::predictability::{
+    finite_mean, isotropic_r2, EdgeRow, PredictabilityOptions, PredictabilitySink, PredictionRow,
+};
+use crate::cli::PredictArgs;
+use crate::data::corpora::{load_documents, TextSource};
+use crate::data::token_set::{TokenSet, TokenSetOptions};
+use crate::data::tokenizer::tokenizer_for;
+use crate::model::config::ModelConfig;
+use crate::model::forward::{forward_streamed, OutputHead};
+use crate::printer::Printer;
+use crate::report::atomic::write_atomic;
+use crate::report::csv::write_csv;
+use crate::report::manifest::{tool_version, ToolVersion};
+use crate::settings::{describe, Settings};
+use crate::source::{open_source_with, Provenance, WeightSource};
+
+/// Tokens per forward batch: bounds activation memory, not results.
+const TOKENS_PER_BATCH: usize = 8192;
+
+/// Everything `predict` produced, before it is written.
+pub struct PredictOutput {
+    pub rows: Vec<PredictionRow>,
+    pub edges: Vec<EdgeRow>,
+    pub token_set: TokenSet,
+    pub seconds: f64,
+}
+
+/// Runs the analysis on an open source with a ready token set.
+pub fn run_predictability(
+    source: &dyn WeightSource,
+    token_set: TokenSet,
+    options: &PredictabilityOptions,
+    settings: &Settings,
+) -> Result<PredictOutput> {
+    options.check(source.config())?;
+    let batches = token_set.batches(TOKENS_PER_BATCH);
+    let splits = batches.iter().map(|(_, s)| *s).collect();
+    let tokens: Vec<_> = batches.into_iter().map(|(t, _)| t).collect();
+    let mut sink = PredictabilitySink::new(
+        options.clone(),
+        &source.provenance().spec,
+        source.config(),
+        splits,
+    );
+    let printer = Printer {
+        quiet: settings.quiet,
+    };
+    let start = Instant::now();
+    let mut progress = |layer: i64, layers: i64| {
+        printer.note(format!(
+            "  layer {layer}/{layers} ({:.1} s)",
+            start.elapsed().as_secs_f64()
+        ));
+    };
+    forward_streamed(
+        source,
+        &tokens,
+        &mut sink,
+        &settings.load,
+        OutputHead::None,
+        &settings.hidden_budget,
+        Some(&mut progress),
+    )?;
+    Ok(PredictOutput {
+        rows: sink.rows,
+        edges: sink.edges,
+        token_set,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    tool: ToolVersion,
+    source: &'a Provenance,
+    config: &'a ModelConfig,
+    text: String,
+    tokenizer: String,
+    token_set: &'a TokenSet,
+    n_sequences: usize,
+    seed: u64,
+    options: &'a PredictabilityOptions,
+    device: String,
+    seconds: f64,
+}
+
+pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
+    let printer = Printer {
+        quiet: settings.quiet,
+    };
+    let source = open_source_with(&args.source, &settings.hub)?;
+    let config = source.config().clone();
+    let options = PredictabilityOptions {
+        kinds: args.kinds.clone(),
+        max_refs: args.max_refs,
+        selection: args.select,
+        capture_point: args.capture,
+        layers: args.layers.clone(),
+    };
+    options.check(&config)?;
+    let text = TextSource::parse(&args.text);
+    let seq_len = args
+        .seq_len
+        .unwrap_or_else(|| (config.max_position_embeddings as usize).min(2048));
+    let token_options = TokenSetOptions {
+        tokens: args.tokens,
+        seq_len,
+        fit_fraction: args.split,
+        seed: args.seed,
+        separator: config.eos_token_id,
+    };
+    let (token_set, tokenizer_name) = if text == TextSource::Random {
+        (
+            TokenSet::uniform_random(config.vocab_size, &token_options)?,
+            "none (random ids)".to_string(),
+        )
+    } else {
+        let (tokenizer, tokenizer_name) =
+            tokenizer_for(source.as_ref(), args.tokenizer.as_deref())?;
+        let documents = load_documents(&text)?;
+        (
+            TokenSet::build(&documents, &tokenizer, &token_options)?,
+            tokenizer_name,
+        )
+    };
+    let n_sequences = token_set.sequences.len();
+    if n_sequences < 128 {
+        printer.warn(format!(
+            "{n_sequences} sequences of {seq_len} tokens: held-out R² rests on {} sequences; consider a smaller --seq-len (research/linear_predictability.md §5b)",
+            n_sequences - token_set.fit_sequences
+        ));
+    }
+    printer.note(format!(
+        "predict {}: {} tokens in {n_sequences} sequences ({} fit), text {}, capture {}, {}",
+        args.source,
+        n_sequences * seq_len,
+        token_set.fit_sequences,
+        text.name(),
+        options.capture_point.name(),
+        describe(&settings.load)
+    ));
+    let output = run_predictability(source.as_ref(), token_set, &options, settings)?;
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out_dir(&args.source));
+    write_csv(&out_dir.join("predictability.csv"), &output.rows)?;
+    write_csv(&out_dir.join("edges.csv"), &output.edges)?;
+    let manifest = Manifest {
+        tool: tool_version(),
+        source: source.provenance(),
+        config: &config,
+        text: text.name(),
+        tokenizer: tokenizer_name,
+        token_set: &output.token_set,
+        n_sequences,
+        seed: args.seed,
+        options: &options,
+        device: describe(&settings.load),
+        seconds: output.seconds,
+    };
+    write_atomic(
+        &out_dir.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
+    let summary = summary_markdown(&output.rows, &options, &config, &manifest_line(&manifest));
+    write_atomic(&out_dir.join("summary.md"), summary.as_bytes())?;
+    printer.result(summary);
+    printer.note(format!("wrote {}", out_dir.display()));
+    Ok(())
+}
+
+fn default_out_dir(spec: &str) -> PathBuf {
+    let name: String = spec
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Path::new("reports").join(format!("predict-{}", name.trim_matches('_')))
+}
+
+fn manifest_line(m: &Manifest) -> String {
+    format!(
+        "source `{}`{}; text `{}`; {} sequences × {} tokens ({} fit); token-set sha256 `{}`; seed {}; capture `{}`; {} {}",
+        m.source.spec,
+        m.source.revision_sha.as_deref().map(|s| format!(" @ `{s}`")).unwrap_or_default(),
+        m.text,
+        m.n_sequences,
+        m.token_set.seq_len,
+        m.token_set.fit_sequences,
+        &m.token_set.hash[..16],
+        m.seed,
+        m.options.capture_point.name(),
+        m.tool.name,
+        m.tool.version,
+    )
+}
+
+/// Mean R² per kind and k (held-out headline, in-sample beside it), then a per-layer table.
+pub fn summary_markdown(
+    rows: &[PredictionRow],
+    options: &PredictabilityOptions,
+    config: &ModelConfig,
+    provenance: &str,
+) -> String {
+    let mut md = String::from("# Linear predictability\n\n");
+    md.push_str(&format!("{provenance}.\n\n"));
+    md.push_str("R² per output dimension averaged uniformly (sklearn default, as the paper); pooled = 1 − ΣSSE/ΣSST. ");
+    md.push_str(
+        "**Held-out** R² (fit on the fit sequences, scored on unseen sequences) is the headline; ",
+    );
+    md.push_str("*in-sample* R² is what the paper's figures report. `isotropic` is k·head_dim/d_model, the value for independent random projections of isotropic input.\n\n");
+    md.push_str("| kind | k | held-out R² | in-sample R² | pooled held-out | isotropic | NaN |\n|---|---|---|---|---|---|---|\n");
+    for &kind in &options.kinds {
+        for k in 1..=options.max_refs {
+            let sel: Vec<&PredictionRow> =
+                rows.iter().filter(|r| r.kind == kind && r.k == k).collect();
+            if sel.is_empty() {
+                continue;
+            }
+            let (held, bad) = finite_mean(sel.iter().map(|r| r.r2_heldout));
+            let (ins, _) = finite_mean(sel.iter().map(|r| r.r2_insample));
+            let (pooled, _) = finite_mean(sel.iter().map(|r| r.r2_pooled_heldout));
+            md.push_str(&format!(
+                "| {} | {k} | {held:.4} | {ins:.4} | {pooled:.4} | {:.4} | {bad} |\n",
+                kind.name().to_uppercase(),
+                isotropic_r2(k, config.head_dim, config.hidden_size)
+            ));
+        }
+    }
+    let max_k = options.max_refs;
+    md.push_str("\n## Per layer (held-out R², mean over target heads)\n\n| layer |");
+    for &kind in &options.kinds {
+        md.push_str(&format!(
+            " {} k=1 | {} k={max_k} |",
+            kind.name().to_uppercase(),
+            kind.name().to_uppercase()
+        ));
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(2 * options.kinds.len()));
+    md.push('\n');
+    for layer in 0..config.num_hidden_layers {
+        md.push_str(&format!("| {layer} |"));
+        for &kind in &options.kinds {
+            for k in [1, max_k] {
+                let (m, _) = finite_mean(
+                    rows.iter()
+                        .filter(|r| r.kind == kind && r.layer == layer && r.k == k)
+                        .map(|r| r.r2_heldout),
+                );
+                md.push_str(&format!(" {m:.4} |"));
+            }
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// Reads an existing output folder's rows back (used by tests and later reports).
+pub fn read_rows(dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let mut reader = csv::Reader::from_path(dir.join("predictability.csv"))
+        .with_context(|| format!("{}: no predictability.csv", dir.display()))?;
+    reader
+        .deserialize::<serde_json::Value>()
+        .collect::<Result<Vec<_>, _>>()
+        .context("predictability.csv")
+}
