@@ -105,6 +105,8 @@ pub struct PredictionRow {
     pub k: usize,
     /// Reference heads in selection order, `;`-separated.
     pub reference_heads: String,
+    /// The layer of each reference head, in the same order (all equal to `layer` for same-layer candidates).
+    pub reference_layers: String,
     pub r2_heldout: f64,
     pub r2_insample: f64,
     pub r2_pooled_heldout: f64,
@@ -115,12 +117,13 @@ pub struct PredictionRow {
     pub status: String,
 }
 
-/// Single-reference R² of `target_head` from `source_head` (same layer): the graph's edge.
+/// Single-reference R² of (`layer`, `target_head`) from (`source_layer`, `source_head`): the graph's edge.
 #[derive(Clone, Debug, Serialize)]
 pub struct EdgeRow {
     pub checkpoint: String,
     pub kind: HeadKind,
     pub layer: i64,
+    pub source_layer: i64,
     pub source_head: usize,
     pub target_head: usize,
     pub r2_insample: f64,
@@ -231,6 +234,7 @@ impl CaptureSink for PredictabilitySink {
                             checkpoint: self.checkpoint.clone(),
                             kind,
                             layer,
+                            source_layer: layer,
                             source_head: source,
                             target_head: target,
                             r2_insample: s.r2_insample,
@@ -263,6 +267,7 @@ impl CaptureSink for PredictabilitySink {
                             .map(usize::to_string)
                             .collect::<Vec<_>>()
                             .join(";"),
+                        reference_layers: vec![layer.to_string(); k].join(";"),
                         r2_heldout: s.r2_heldout,
                         r2_insample: s.r2_insample,
                         r2_pooled_heldout: s.r2_pooled_heldout,
