@@ -45,23 +45,29 @@ pub struct TokenSetOptions {
 }
 
 impl TokenSet {
+    /// The `--split` fraction must leave both parts non-empty in principle.
+    fn check_fit_fraction(options: &TokenSetOptions) -> Result<()> {
+        if !(options.fit_fraction > 0.0 && options.fit_fraction < 1.0) {
+            bail!(
+                "--split {} must lie strictly between 0 and 1",
+                options.fit_fraction
+            );
+        }
+        Ok(())
+    }
+
     pub fn build(
         documents: &[String],
         tokenizer: &Tokenizer,
         options: &TokenSetOptions,
     ) -> Result<Self> {
+        Self::check_fit_fraction(options)?;
         let n_sequences = options.tokens / options.seq_len.max(1);
         if options.seq_len == 0 || n_sequences == 0 {
             bail!(
                 "--tokens {} is less than one sequence of --seq-len {}",
                 options.tokens,
                 options.seq_len
-            );
-        }
-        if !(options.fit_fraction > 0.0 && options.fit_fraction < 1.0) {
-            bail!(
-                "--split {} must lie strictly between 0 and 1",
-                options.fit_fraction
             );
         }
         let needed = n_sequences * options.seq_len;
@@ -94,6 +100,7 @@ impl TokenSet {
     /// Token ids drawn uniformly from `0..vocab_size`, seeded: the input with no structure at all,
     /// under which a random-init model's layer-0 activations are as isotropic as its weights allow.
     pub fn uniform_random(vocab_size: i64, options: &TokenSetOptions) -> Result<Self> {
+        Self::check_fit_fraction(options)?;
         let n_sequences = options.tokens / options.seq_len.max(1);
         if options.seq_len == 0 || n_sequences < 2 {
             bail!(
