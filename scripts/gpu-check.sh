@@ -51,9 +51,9 @@ fi
 
 # 3. Throughput of a resident init:olmo2-1b (weights loaded once): 16 × 2048 tokens on cuda bf16,
 #    2 × 2048 on cpu f32; then the layer-streamed path on cuda, weights generated as it goes.
-gpu=$(CKPT_SCAN_BENCH_DEVICE=cuda "$OUT_DIR/forward_memory" init:olmo2-1b 32768 2048 --resident | tail -1)
-cpu=$("$OUT_DIR/forward_memory" init:olmo2-1b 4096 2048 --resident | tail -1)
-streamed=$(CKPT_SCAN_BENCH_DEVICE=cuda "$OUT_DIR/forward_memory" init:olmo2-7b 32768 2048 | tail -1)
+gpu=$(CKPT_SCAN_BENCH_DEVICE=cuda "$OUT_DIR/forward_memory" --bench init:olmo2-1b 32768 2048 --resident | tail -1)
+cpu=$("$OUT_DIR/forward_memory" --bench init:olmo2-1b 4096 2048 --resident | tail -1)
+streamed=$(CKPT_SCAN_BENCH_DEVICE=cuda "$OUT_DIR/forward_memory" --bench init:olmo2-7b 32768 2048 | tail -1)
 summary+=("$gpu" "$cpu" "$streamed")
 echo "=== gpu-check summary"
 printf '%s\n' "${summary[@]}"

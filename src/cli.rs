@@ -62,6 +62,8 @@ pub enum Command {
     Forward(ForwardArgs),
     /// Linear predictability of every head's Q/K/V from k peer heads of the same layer.
     Predict(PredictArgs),
+    /// Principal angles between heads' projection subspaces and weight-only R² (weights only).
+    Align(AlignArgs),
     /// List a Hub repo's checkpoint branches (stage, step, tokens), sorted by step.
     Refs(RefsArgs),
 }
@@ -142,4 +144,35 @@ pub struct PredictArgs {
     /// tokenizer.json to use when the source has none.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct AlignArgs {
+    /// hf:ORG/NAME@REV, a model folder, a .safetensors or .gguf file, or init:MODEL?seed=N.
+    pub source: String,
+    /// Which projections (K is the paper's; Q and V on request).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![crate::analysis::predictability::HeadKind::K])]
+    pub kinds: Vec<crate::analysis::predictability::HeadKind>,
+    /// Multiply projection rows by their QK-norm gains (OLMo-2).
+    #[arg(long)]
+    pub fold_norm: bool,
+    /// Largest reference-set size for weight-only R².
+    #[arg(long, default_value_t = 5)]
+    pub max_refs: usize,
+    /// Partners per anchor in the anchor-vs-span variant (the paper code uses 5).
+    #[arg(long, default_value_t = 5)]
+    pub partners: usize,
+    /// Random subspace pairs for the null baseline's spread.
+    #[arg(long, default_value_t = 32)]
+    pub null_samples: usize,
+    /// Seed of the null baseline.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// predictability.csv from `ckpt-scan predict` on the same checkpoint: compare weight-only with
+    /// measured R² on the same reference sets.
+    #[arg(long)]
+    pub predictions: Option<PathBuf>,
+    /// Output folder (default reports/align-<source>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }

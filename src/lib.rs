@@ -27,6 +27,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => commands::inspect::run(args, &settings),
         Command::Forward(args) => commands::forward::run(args, &settings),
         Command::Predict(args) => commands::predict::run(args, &settings),
+        Command::Align(args) => commands::align::run(args, &settings),
         Command::Refs(args) => commands::refs::run(args, &settings),
     }
 }

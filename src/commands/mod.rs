@@ -1,5 +1,6 @@
 //! One file per subcommand: orchestration only.
 
+pub mod align;
 pub mod forward;
 pub mod inspect;
 pub mod predict;

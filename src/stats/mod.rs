@@ -1,5 +1,6 @@
 //! Pure math on tensors: streaming Gram accumulators and regression from them.
 
 pub mod gram;
+pub mod principal_angles;
 pub mod regression;
 pub mod selection;
