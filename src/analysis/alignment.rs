@@ -119,7 +119,7 @@ pub fn head_blocks(
         if source.contains(&name(norm)) {
             let gain =
                 load_tensor(source, &name(norm), &[heads * d], &options)?.to_kind(Kind::Double);
-            w = w * gain.unsqueeze(1);
+            w *= gain.unsqueeze(1);
         }
     }
     // Rows h·d..(h+1)·d of the [out, in] weight are head h; transposed, its columns span the subspace.
@@ -172,7 +172,9 @@ pub fn align_layer(
     // One Gram product per layer; every comparison below is a solve on its sub-blocks.
     let gram = ProjectionGram::new(blocks);
     let mut pairs = Vec::new();
-    let mut single = vec![vec![f64::NAN; heads]; heads]; // single[source][target]
+    // single[source][target]; filled by index, as each pair writes both directions.
+    let mut single = vec![vec![f64::NAN; heads]; heads];
+    #[allow(clippy::needless_range_loop)]
     for a in 0..heads {
         for b in (a + 1)..heads {
             let s = summarize(&gram.cosines(&[a], &[b]));
@@ -222,9 +224,9 @@ pub fn align_layer(
     let partners = options.partners.min(heads - 1);
     let mut anchor = (0.0, 0.0, 0.0, 0.0, 0usize);
     if partners > 0 {
-        for a in 0..heads {
+        for (a, predicts) in single.iter().enumerate() {
             let mut by_target: Vec<usize> = (0..heads).filter(|&t| t != a).collect();
-            by_target.sort_by(|&x, &y| single[a][y].total_cmp(&single[a][x]).then(x.cmp(&y)));
+            by_target.sort_by(|&x, &y| predicts[y].total_cmp(&predicts[x]).then(x.cmp(&y)));
             let s = summarize(&gram.cosines(&by_target[..partners], &[a]));
             let n = s.angles_degrees.len().max(1) as f64;
             anchor.0 += s.angles_degrees.iter().sum::<f64>() / n;
