@@ -15,6 +15,8 @@ demo: venv data build
 	$(ENV) $(BIN) forward gguf:$$CKPT_SCAN_DATA/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --text "The capital of France is" --generate 8
 	$(ENV) $(BIN) inspect 'init:olmo2-1b?seed=0&scheme=olmo' --headers-only | head -12
 	$(ENV) $(BIN) forward 'init:olmo2-1b?seed=0&scheme=olmo' --text "The capital of France is" --generate 0
+	$(ENV) $(BIN) predict gguf:$$CKPT_SCAN_DATA/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --text mix --tokens 16384 --seq-len 128 --kinds q,k --max-refs 2 --out reports/demo/smollm2-predict
+	$(ENV) $(BIN) align gguf:$$CKPT_SCAN_DATA/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --kinds k --max-refs 2 --partners 2 --predictions reports/demo/smollm2-predict/predictability.csv --out reports/demo/smollm2-align | tail -8
 
 test: venv data fixtures
 	$(ENV) cargo fmt --check
