@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::Command;
+use common::cli;
 
 use ckpt_scan::analysis::alignment::{align_layer, head_blocks, null_spread, AlignmentOptions};
 use ckpt_scan::analysis::predictability::{HeadKind, PredictabilityOptions, PredictabilitySink};
@@ -203,18 +203,6 @@ fn weight_only_r2_equals_measured_r2_for_isotropic_input() {
         "the shared subspaces must show"
     );
     eprintln!("worst |measured − weight-only| = {worst:.4}");
-}
-
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ckpt-scan"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

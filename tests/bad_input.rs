@@ -2,8 +2,9 @@
 
 mod common;
 
+use common::cli;
+
 use std::path::Path;
-use std::process::Command;
 
 use ckpt_scan::capture::NoCapture;
 use ckpt_scan::commands::inspect::inspect_source;
@@ -227,18 +228,6 @@ fn token_ids_outside_the_vocabulary() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("token id 64") && e.contains("0..64"), "{e}");
-}
-
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ckpt-scan"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

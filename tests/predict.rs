@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::Command;
+use common::cli;
 
 use ckpt_scan::analysis::predictability::{
     token_rows, HeadKind, PredictabilityOptions, PredictabilitySink, PredictionRow,
@@ -367,18 +367,6 @@ fn init_olmo2_1b_layer0_matches_the_isotropic_theory() {
             "k={k}: held-out pooled {pooled} vs theory {theory}\n{stdout}"
         );
     }
-}
-
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ckpt-scan"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn read_csv(path: &std::path::Path) -> Vec<std::collections::HashMap<String, String>> {

@@ -2,7 +2,7 @@
 //! (each layer's projection read, analysed and dropped in turn; no forward pass).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -19,6 +19,7 @@ use crate::model::config::ModelConfig;
 use crate::printer::Printer;
 use crate::report::atomic::write_atomic;
 use crate::report::csv::write_csv;
+use crate::report::default_out_dir;
 use crate::report::manifest::{tool_version, ToolVersion};
 use crate::settings::Settings;
 use crate::source::{open_source_with, Provenance};
@@ -176,7 +177,7 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
     let out_dir = args
         .out
         .clone()
-        .unwrap_or_else(|| default_out_dir(&args.source));
+        .unwrap_or_else(|| default_out_dir("align", &args.source));
     write_csv(&out_dir.join("alignment_layers.csv"), &layers)?;
     write_csv(&out_dir.join("alignment_pairs.csv"), &pairs)?;
     write_csv(&out_dir.join("weight_r2.csv"), &weight_rows)?;
@@ -221,20 +222,6 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
     printer.result(summary);
     printer.note(format!("wrote {}", out_dir.display()));
     Ok(())
-}
-
-fn default_out_dir(spec: &str) -> PathBuf {
-    let name: String = spec
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    Path::new("reports").join(format!("align-{}", name.trim_matches('_')))
 }
 
 fn summary_markdown(

@@ -1,6 +1,6 @@
 //! `ckpt-scan predict SOURCE`: linear predictability of every head of one checkpoint.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -18,6 +18,7 @@ use crate::model::forward::{forward_streamed, OutputHead};
 use crate::printer::Printer;
 use crate::report::atomic::write_atomic;
 use crate::report::csv::write_csv;
+use crate::report::default_out_dir;
 use crate::report::manifest::{tool_version, ToolVersion};
 use crate::settings::{describe, Settings};
 use crate::source::{open_source_with, Provenance, WeightSource};
@@ -151,7 +152,7 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
     let out_dir = args
         .out
         .clone()
-        .unwrap_or_else(|| default_out_dir(&args.source));
+        .unwrap_or_else(|| default_out_dir("predict", &args.source));
     write_csv(&out_dir.join("predictability.csv"), &output.rows)?;
     write_csv(&out_dir.join("edges.csv"), &output.edges)?;
     let manifest = Manifest {
@@ -176,20 +177,6 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
     printer.result(summary);
     printer.note(format!("wrote {}", out_dir.display()));
     Ok(())
-}
-
-fn default_out_dir(spec: &str) -> PathBuf {
-    let name: String = spec
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    Path::new("reports").join(format!("predict-{}", name.trim_matches('_')))
 }
 
 fn manifest_line(m: &Manifest) -> String {

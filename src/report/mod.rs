@@ -3,3 +3,20 @@
 pub mod atomic;
 pub mod csv;
 pub mod manifest;
+
+use std::path::{Path, PathBuf};
+
+/// `reports/<command>-<source>` with the source spec made safe as one folder name.
+pub fn default_out_dir(command: &str, spec: &str) -> PathBuf {
+    let name: String = spec
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Path::new("reports").join(format!("{command}-{}", name.trim_matches('_')))
+}

@@ -116,3 +116,16 @@ pub fn tiny_model_dir(
     ckpt_scan::source::export::export_safetensors(&source, dir.path(), max_shard_bytes).unwrap();
     dir
 }
+
+/// Runs the built binary; returns (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ckpt-scan"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
