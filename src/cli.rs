@@ -60,7 +60,7 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Run text through a checkpoint: next-token predictions and a greedy continuation.
     Forward(ForwardArgs),
-    /// Linear predictability of every head's Q/K/V from k peer heads of the same layer.
+    /// Linear predictability of every head's Q/K/V from k other heads (same layer, or also earlier layers).
     Predict(PredictArgs),
     /// Principal angles between heads' projection subspaces and weight-only R² (weights only).
     Align(AlignArgs),
@@ -118,14 +118,22 @@ pub struct PredictArgs {
     #[arg(long)]
     pub seq_len: Option<usize>,
     /// Which vectors to predict.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![crate::analysis::predictability::HeadKind::Q, crate::analysis::predictability::HeadKind::K, crate::analysis::predictability::HeadKind::V])]
-    pub kinds: Vec<crate::analysis::predictability::HeadKind>,
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![crate::capture::HeadKind::Q, crate::capture::HeadKind::K, crate::capture::HeadKind::V])]
+    pub kinds: Vec<crate::capture::HeadKind>,
     /// Largest number of reference heads k (results for every k = 1..max).
     #[arg(long, default_value_t = 5)]
     pub max_refs: usize,
     /// How reference heads are chosen on the fit split.
     #[arg(long, value_enum, default_value_t = crate::stats::selection::Selection::Topn)]
     pub select: crate::stats::selection::Selection,
+    /// Which heads may be references: the target's layer, or it and every earlier layer (the
+    /// paper's thought graph; spills all captured layers to a scratch store on disk).
+    #[arg(long, value_enum, default_value_t = crate::analysis::predictability::Candidates::SameLayer)]
+    pub candidates: crate::analysis::predictability::Candidates,
+    /// Most disk (GiB) the earlier-layers activation store may take (layers × kinds × tokens ×
+    /// heads·head_dim × 4 bytes); it must also fit the free space of the temp folder.
+    #[arg(long, default_value_t = 64.0)]
+    pub store_budget_gb: f64,
     /// Where Q and K are captured (V is always the raw projection).
     #[arg(long, value_enum, default_value_t = crate::capture::CapturePoint::Rope)]
     pub capture: crate::capture::CapturePoint,
@@ -151,8 +159,8 @@ pub struct AlignArgs {
     /// hf:ORG/NAME@REV, a model folder, a .safetensors or .gguf file, or init:MODEL?seed=N.
     pub source: String,
     /// Which projections (K is the paper's; Q and V on request).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![crate::analysis::predictability::HeadKind::K])]
-    pub kinds: Vec<crate::analysis::predictability::HeadKind>,
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![crate::capture::HeadKind::K])]
+    pub kinds: Vec<crate::capture::HeadKind>,
     /// Multiply projection rows by their QK-norm gains (OLMo-2).
     #[arg(long)]
     pub fold_norm: bool,

@@ -6,7 +6,8 @@ mod common;
 use common::cli;
 
 use ckpt_scan::analysis::alignment::{align_layer, head_blocks, null_spread, AlignmentOptions};
-use ckpt_scan::analysis::predictability::{HeadKind, PredictabilityOptions, PredictabilitySink};
+use ckpt_scan::analysis::predictability::{Candidates, PredictabilityOptions, PredictabilitySink};
+use ckpt_scan::capture::HeadKind;
 use ckpt_scan::capture::{CapturePoint, CaptureSink, LayerCapture};
 use ckpt_scan::data::token_set::Split;
 use ckpt_scan::model::config::Architecture;
@@ -157,6 +158,8 @@ fn weight_only_r2_equals_measured_r2_for_isotropic_input() {
         selection: Selection::Topn,
         capture_point: CapturePoint::Rope,
         layers: None,
+        candidates: Candidates::SameLayer,
+        store_budget_bytes: u64::MAX,
     };
     let mut sink = PredictabilitySink::new(options, "synthetic", &config, splits);
     for i in 0..40 {

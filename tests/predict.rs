@@ -7,9 +7,10 @@ mod common;
 use common::cli;
 
 use ckpt_scan::analysis::predictability::{
-    token_rows, HeadKind, PredictabilityOptions, PredictabilitySink, PredictionRow,
+    Candidates, PredictabilityOptions, PredictabilitySink, PredictionRow,
 };
 use ckpt_scan::capture::recorder::Recorder;
+use ckpt_scan::capture::{token_rows, HeadKind};
 use ckpt_scan::capture::{CapturePoint, CaptureSink, LayerCapture};
 use ckpt_scan::data::token_set::Split;
 use ckpt_scan::model::config::Architecture;
@@ -89,6 +90,8 @@ fn check_exactness(architecture: Architecture, selection: Selection) {
         selection,
         capture_point: CapturePoint::Rope,
         layers: None,
+        candidates: Candidates::SameLayer,
+        store_budget_bytes: u64::MAX,
     };
     // Llama's 2 KV heads allow one reference; its 4 query heads allow three.
     let max_refs = if architecture == Architecture::Llama {
@@ -234,6 +237,8 @@ fn pure_noise_gives_in_sample_r2_near_p_over_n_and_held_out_near_zero() {
         selection: Selection::Topn,
         capture_point: CapturePoint::Rope,
         layers: None,
+        candidates: Candidates::SameLayer,
+        store_budget_bytes: u64::MAX,
     };
     let mut sink = PredictabilitySink::new(options, "noise", &config, splits);
     let rows = feed(&mut sink, &batches);
@@ -273,6 +278,8 @@ fn too_few_held_out_rows_is_a_flagged_nan_not_a_number() {
         selection: Selection::Topn,
         capture_point: CapturePoint::Rope,
         layers: None,
+        candidates: Candidates::SameLayer,
+        store_budget_bytes: u64::MAX,
     };
     let mut sink = PredictabilitySink::new(options, "few", &config, splits);
     let rows = feed(&mut sink, &batches);
@@ -300,6 +307,8 @@ fn max_refs_must_leave_a_candidate() {
         selection: Selection::Topn,
         capture_point: CapturePoint::Rope,
         layers: None,
+        candidates: Candidates::SameLayer,
+        store_budget_bytes: u64::MAX,
     };
     assert!(options(vec![HeadKind::Q], 3).check(&config).is_ok());
     let e = options(vec![HeadKind::Q, HeadKind::K], 2)

@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::analysis::predictability::HeadKind;
+use crate::capture::HeadKind;
 use crate::model::weights::{load_tensor, LoadOptions};
 use crate::source::WeightSource;
 use crate::stats::principal_angles::{

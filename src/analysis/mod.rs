@@ -1,4 +1,5 @@
 //! Analyses: compose `stats` over captures and weights.
 
 pub mod alignment;
+pub mod cross_layer;
 pub mod predictability;

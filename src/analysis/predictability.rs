@@ -1,5 +1,6 @@
 //! Linear predictability of attention heads (research/linear_predictability.md §4–5): how well each
-//! head's Q, K or V vectors are predicted by OLS from k peer heads of the same layer.
+//! head's Q, K or V vectors are predicted by OLS from k other heads, of the same layer here
+//! (`--candidates same-layer`) or of the same and all earlier layers (analysis/cross_layer.rs).
 //!
 //! Streaming: during the layer-major forward, every layer's per-kind Gram matrix of all heads'
 //! vectors is accumulated for the fit and held-out splits; when the layer is finished every fit and
@@ -10,53 +11,26 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 use serde::Serialize;
-use tch::{Device, Tensor};
+use tch::Device;
 
-use crate::capture::{CapturePoint, CaptureSink, LayerCapture};
+use crate::capture::{CapturePoint, CaptureSink, HeadKind, LayerCapture};
 use crate::data::token_set::Split;
 use crate::model::config::ModelConfig;
-use crate::stats::gram::Gram;
+use crate::stats::gram::{Gram, Moments};
 use crate::stats::selection::{
-    fit_and_score, select_references, single_reference_scores, Selection,
+    fit_and_score, select_references, single_reference_scores, FitScores, HeadId, HeadLayout,
+    Selection, SingleScores,
 };
 
-/// Which per-head vectors are predicted.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    ValueEnum,
-    Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum HeadKind {
-    Q,
-    K,
-    V,
-}
-
-impl HeadKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            HeadKind::Q => "q",
-            HeadKind::K => "k",
-            HeadKind::V => "v",
-        }
-    }
-
-    /// Heads of this kind per layer: query heads for Q, KV heads for K and V (GQA).
-    pub fn heads(self, config: &ModelConfig) -> i64 {
-        match self {
-            HeadKind::Q => config.num_attention_heads,
-            HeadKind::K | HeadKind::V => config.num_key_value_heads,
-        }
-    }
+/// Which heads may serve as references for a target head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Candidates {
+    /// The other heads of the target's layer.
+    SameLayer,
+    /// Every head of the target's layer and of all earlier layers, except the target (the
+    /// paper's thought graph, research/linear_predictability.md §4.1–4.2).
+    EarlierLayers,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -64,9 +38,12 @@ pub struct PredictabilityOptions {
     pub kinds: Vec<HeadKind>,
     pub max_refs: usize,
     pub selection: Selection,
+    pub candidates: Candidates,
     pub capture_point: CapturePoint,
     /// Layers to analyse (all when `None`); the forward stops after the deepest.
     pub layers: Option<Vec<i64>>,
+    /// Most disk the earlier-layers activation store may take.
+    pub store_budget_bytes: u64,
 }
 
 impl PredictabilityOptions {
@@ -92,18 +69,46 @@ impl PredictabilityOptions {
                 bail!("--layers: name at least one layer");
             }
         }
+        if self.candidates == Candidates::EarlierLayers && self.selection == Selection::Greedy {
+            bail!("--select greedy works only with --candidates same-layer: forward selection over every earlier layer's heads needs the cross-layer Gram blocks of all candidates with each chosen head; use --select topn (the paper's rule)");
+        }
+        // The shallowest analysed layer offers the fewest candidates.
+        let shallowest = self
+            .layers
+            .as_ref()
+            .and_then(|l| l.iter().min().copied())
+            .unwrap_or(0);
         for kind in &self.kinds {
             let heads = kind.heads(config) as usize;
-            if self.max_refs >= heads {
+            let candidates = match self.candidates {
+                Candidates::SameLayer => heads - 1,
+                Candidates::EarlierLayers => (shallowest as usize + 1) * heads - 1,
+            };
+            if self.max_refs > candidates {
+                let per = match self.candidates {
+                    Candidates::SameLayer => "per layer".to_string(),
+                    Candidates::EarlierLayers => format!("in layers 0..={shallowest}"),
+                };
                 bail!(
-                    "--max-refs {} needs at least {} {} heads per layer to choose from; this model has {heads}",
+                    "--max-refs {} needs at least {} {} heads {per} to choose from; this model has {}",
                     self.max_refs,
                     self.max_refs + 1,
-                    kind.name().to_uppercase()
+                    kind.name().to_uppercase(),
+                    candidates + 1
                 );
             }
         }
         Ok(())
+    }
+
+    /// Whether `layer` is analysed (it may still be captured as a source of deeper layers).
+    pub fn analyses(&self, layer: i64) -> bool {
+        self.layers.as_ref().is_none_or(|l| l.contains(&layer))
+    }
+
+    /// The deepest layer analysed, when not all are.
+    pub fn last_layer(&self) -> Option<i64> {
+        self.layers.as_ref().and_then(|l| l.iter().max().copied())
     }
 }
 
@@ -143,14 +148,120 @@ pub struct EdgeRow {
     pub status: String,
 }
 
-/// Accumulates per-layer Grams during the forward and turns each finished layer into rows.
+/// The rows both sinks produce for one finished (kind, layer).
+pub(crate) struct LayerRows<'a> {
+    pub checkpoint: &'a str,
+    pub kind: HeadKind,
+    pub layer: i64,
+    pub n_fit: i64,
+    pub n_heldout: i64,
+}
+
+impl LayerRows<'_> {
+    /// One edge per (source, target) of `single`, in key order: source layer, source head, target.
+    pub fn edges(&self, single: &SingleScores) -> Vec<EdgeRow> {
+        single
+            .iter()
+            .map(|((source, target), s)| EdgeRow {
+                checkpoint: self.checkpoint.to_string(),
+                kind: self.kind,
+                layer: target.layer,
+                source_layer: source.layer,
+                source_head: source.head,
+                target_head: target.head,
+                r2_insample: s.r2_insample,
+                r2_heldout: s.r2_heldout,
+                status: s.status.clone(),
+            })
+            .collect()
+    }
+
+    /// The row of `target` predicted from `references` (in selection order).
+    pub fn prediction(&self, target: HeadId, references: &[HeadId], s: FitScores) -> PredictionRow {
+        let join =
+            |f: &dyn Fn(&HeadId) -> String| references.iter().map(f).collect::<Vec<_>>().join(";");
+        PredictionRow {
+            checkpoint: self.checkpoint.to_string(),
+            kind: self.kind,
+            layer: self.layer,
+            target_head: target.head,
+            k: references.len(),
+            reference_heads: join(&|h| h.head.to_string()),
+            reference_layers: join(&|h| h.layer.to_string()),
+            r2_heldout: s.r2_heldout,
+            r2_insample: s.r2_insample,
+            r2_pooled_heldout: s.r2_pooled_heldout,
+            r2_pooled_insample: s.r2_pooled_insample,
+            n_fit: self.n_fit,
+            n_heldout: self.n_heldout,
+            status: s.status,
+        }
+    }
+}
+
+/// Per-kind [fit, held-out] Grams of the layer in progress, fed from captures.
+pub(crate) struct LayerGrams {
+    kinds: Vec<HeadKind>,
+    batch_splits: Vec<Split>,
+    grams: BTreeMap<HeadKind, [Gram; 2]>,
+}
+
+impl LayerGrams {
+    pub fn new(kinds: Vec<HeadKind>, batch_splits: Vec<Split>) -> Self {
+        LayerGrams {
+            kinds,
+            batch_splits,
+            grams: BTreeMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, c: &LayerCapture) -> Result<()> {
+        let split = match self.batch_splits.get(c.batch_index) {
+            Some(Split::Fit) => 0,
+            Some(Split::Heldout) => 1,
+            None => bail!(
+                "capture from batch {} that no split was declared for",
+                c.batch_index
+            ),
+        };
+        for &kind in &self.kinds {
+            let rows = c.token_rows(kind);
+            let columns = rows.size()[1];
+            let device = rows.device();
+            let grams = self
+                .grams
+                .entry(kind)
+                .or_insert_with(|| [Gram::new(columns, device), Gram::new(columns, device)]);
+            grams[split].add(&rows);
+        }
+        Ok(())
+    }
+
+    /// The finished layer's [fit, held-out] moments per kind, on the CPU; the Grams are freed.
+    pub fn finish(&mut self) -> Vec<(HeadKind, [Moments; 2])> {
+        // The many small solves that follow run on the CPU in f64, whatever the compute device.
+        let to_cpu = |g: &Gram| {
+            let m = g.moments();
+            Moments {
+                rows: m.rows,
+                means: m.means.to_device(Device::Cpu),
+                scatter: m.scatter.to_device(Device::Cpu),
+            }
+        };
+        std::mem::take(&mut self.grams)
+            .into_iter()
+            .map(|(kind, [fit, heldout])| (kind, [to_cpu(&fit), to_cpu(&heldout)]))
+            .collect()
+    }
+}
+
+/// Accumulates per-layer Grams during the forward and turns each finished layer into rows, with
+/// reference candidates from the target's own layer.
 pub struct PredictabilitySink {
     options: PredictabilityOptions,
     checkpoint: String,
     head_dim: usize,
-    batch_splits: Vec<Split>,
-    /// Per kind: [fit, held-out] Grams of the layer in progress.
-    grams: BTreeMap<HeadKind, [Gram; 2]>,
+    grams: LayerGrams,
     pub rows: Vec<PredictionRow>,
     pub edges: Vec<EdgeRow>,
 }
@@ -164,132 +275,83 @@ impl PredictabilitySink {
         batch_splits: Vec<Split>,
     ) -> Self {
         PredictabilitySink {
+            grams: LayerGrams::new(options.kinds.clone(), batch_splits),
             options,
             checkpoint: checkpoint.to_string(),
             head_dim: config.head_dim as usize,
-            batch_splits,
-            grams: BTreeMap::new(),
             rows: Vec::new(),
             edges: Vec::new(),
         }
     }
 }
 
-/// `[batch, heads, seq, head_dim]` → `[batch·seq, heads·head_dim]`: one row per token, heads side by side.
-pub fn token_rows(heads: &Tensor) -> Tensor {
-    let (b, h, s, d) = heads.size4().expect("per-head activations are 4-D");
-    heads.permute([0, 2, 1, 3]).reshape([b * s, h * d])
+/// Rows of one layer from its own heads: single-reference edges, then every target's references
+/// and refits. Shared by both sinks, so a layer-0 (or same-layer) result cannot differ between them.
+pub(crate) fn same_layer_rows(
+    out: &LayerRows,
+    selection: Selection,
+    max_refs: usize,
+    fit_split: &Moments,
+    heldout: &Moments,
+    head_dim: usize,
+) -> (SingleScores, Vec<PredictionRow>) {
+    let heads = (fit_split.means.size()[0] as usize) / head_dim;
+    let layout = HeadLayout::layer(out.layer, heads, head_dim);
+    let single = single_reference_scores(fit_split, heldout, &layout);
+    let mut rows = Vec::new();
+    for &target in layout.heads() {
+        let references = select_references(
+            selection,
+            &single,
+            layout.heads(),
+            target,
+            Some((fit_split, &layout)),
+            max_refs,
+        );
+        for k in 1..=references.len() {
+            let s = fit_and_score(fit_split, heldout, &layout, &references[..k], target);
+            rows.push(out.prediction(target, &references[..k], s));
+        }
+    }
+    (single, rows)
 }
 
 impl CaptureSink for PredictabilitySink {
     fn points(&self, layer: i64) -> Vec<CapturePoint> {
-        match &self.options.layers {
-            Some(layers) if !layers.contains(&layer) => Vec::new(),
-            _ => vec![self.options.capture_point],
+        if self.options.analyses(layer) {
+            vec![self.options.capture_point]
+        } else {
+            Vec::new()
         }
     }
 
     fn last_layer(&self) -> Option<i64> {
-        self.options
-            .layers
-            .as_ref()
-            .and_then(|l| l.iter().max().copied())
+        self.options.last_layer()
     }
 
     fn capture(&mut self, c: &LayerCapture) -> Result<()> {
-        let split = match self.batch_splits.get(c.batch_index) {
-            Some(Split::Fit) => 0,
-            Some(Split::Heldout) => 1,
-            None => bail!(
-                "capture from batch {} that no split was declared for",
-                c.batch_index
-            ),
-        };
-        for &kind in &self.options.kinds {
-            let heads = match kind {
-                HeadKind::Q => c.queries,
-                HeadKind::K => c.keys,
-                HeadKind::V => c.values,
-            };
-            let rows = token_rows(heads);
-            let columns = rows.size()[1];
-            let device = rows.device();
-            let grams = self
-                .grams
-                .entry(kind)
-                .or_insert_with(|| [Gram::new(columns, device), Gram::new(columns, device)]);
-            grams[split].add(&rows);
-        }
-        Ok(())
+        self.grams.add(c)
     }
 
     fn finish_layer(&mut self, layer: i64) -> Result<()> {
-        let grams = std::mem::take(&mut self.grams);
-        for (kind, [fit_gram, heldout_gram]) in grams {
-            // The many small solves below run on the CPU in f64, whatever the compute device.
-            let to_cpu = |g: &Gram| {
-                let m = g.moments();
-                crate::stats::gram::Moments {
-                    rows: m.rows,
-                    means: m.means.to_device(Device::Cpu),
-                    scatter: m.scatter.to_device(Device::Cpu),
-                }
+        for (kind, [fit_split, heldout]) in self.grams.finish() {
+            let out = LayerRows {
+                checkpoint: &self.checkpoint,
+                kind,
+                layer,
+                n_fit: fit_split.rows,
+                n_heldout: heldout.rows,
             };
-            let (fit_split, heldout) = (to_cpu(&fit_gram), to_cpu(&heldout_gram));
-            let d = self.head_dim;
-            let heads = (fit_split.means.size()[0] as usize) / d;
-            let single = single_reference_scores(&fit_split, &heldout, heads, d);
-            for (source, row) in single.iter().enumerate() {
-                for (target, scores) in row.iter().enumerate() {
-                    if let Some(s) = scores {
-                        self.edges.push(EdgeRow {
-                            checkpoint: self.checkpoint.clone(),
-                            kind,
-                            layer,
-                            source_layer: layer,
-                            source_head: source,
-                            target_head: target,
-                            r2_insample: s.r2_insample,
-                            r2_heldout: s.r2_heldout,
-                            status: s.status.clone(),
-                        });
-                    }
-                }
-            }
-            for target in 0..heads {
-                let references = select_references(
-                    self.options.selection,
-                    &fit_split,
-                    &single,
-                    target,
-                    heads,
-                    d,
-                    self.options.max_refs,
-                );
-                for k in 1..=references.len() {
-                    let s = fit_and_score(&fit_split, &heldout, &references[..k], target, d);
-                    self.rows.push(PredictionRow {
-                        checkpoint: self.checkpoint.clone(),
-                        kind,
-                        layer,
-                        target_head: target,
-                        k,
-                        reference_heads: references[..k]
-                            .iter()
-                            .map(usize::to_string)
-                            .collect::<Vec<_>>()
-                            .join(";"),
-                        reference_layers: vec![layer.to_string(); k].join(";"),
-                        r2_heldout: s.r2_heldout,
-                        r2_insample: s.r2_insample,
-                        r2_pooled_heldout: s.r2_pooled_heldout,
-                        r2_pooled_insample: s.r2_pooled_insample,
-                        n_fit: fit_split.rows,
-                        n_heldout: heldout.rows,
-                        status: s.status,
-                    });
-                }
-            }
+            let (single, rows) = same_layer_rows(
+                &out,
+                self.options.selection,
+                self.options.max_refs,
+                &fit_split,
+                &heldout,
+                self.head_dim,
+            );
+            self.edges.extend(out.edges(&single));
+            self.rows.extend(rows);
         }
         Ok(())
     }

@@ -1,10 +1,52 @@
 //! The sink the layer-streamed forward pushes per-head Q/K/V (and attention maps) into.
 
+pub mod activation_store;
 pub mod recorder;
 
 use clap::ValueEnum;
 use serde::Serialize;
 use tch::Tensor;
+
+use crate::model::config::ModelConfig;
+
+/// Which per-head vectors: queries, keys or values.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    ValueEnum,
+    Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadKind {
+    Q,
+    K,
+    V,
+}
+
+impl HeadKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadKind::Q => "q",
+            HeadKind::K => "k",
+            HeadKind::V => "v",
+        }
+    }
+
+    /// Heads of this kind per layer: query heads for Q, KV heads for K and V (GQA).
+    pub fn heads(self, config: &ModelConfig) -> i64 {
+        match self {
+            HeadKind::Q => config.num_attention_heads,
+            HeadKind::K | HeadKind::V => config.num_key_value_heads,
+        }
+    }
+}
 
 /// Where in attention the per-head vectors are taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum, Serialize)]
@@ -45,6 +87,29 @@ pub struct LayerCapture<'a> {
     pub keys: &'a Tensor,
     pub values: &'a Tensor,
     pub attention: Option<&'a Tensor>,
+}
+
+impl LayerCapture<'_> {
+    /// The per-head tensor of `kind`: `[batch, heads, seq, head_dim]`.
+    pub fn heads(&self, kind: HeadKind) -> &Tensor {
+        match kind {
+            HeadKind::Q => self.queries,
+            HeadKind::K => self.keys,
+            HeadKind::V => self.values,
+        }
+    }
+
+    /// The per-head vectors of `kind` as token rows `[batch·seq, heads·head_dim]` (see [`token_rows`]).
+    pub fn token_rows(&self, kind: HeadKind) -> Tensor {
+        token_rows(self.heads(kind))
+    }
+}
+
+/// `[batch, heads, seq, head_dim]` → `[batch·seq, heads·head_dim]`: one row per token in token order
+/// (sequence by sequence, position by position), heads side by side.
+pub fn token_rows(heads: &Tensor) -> Tensor {
+    let (b, h, s, d) = heads.size4().expect("per-head activations are 4-D");
+    heads.permute([0, 2, 1, 3]).reshape([b * s, h * d])
 }
 
 /// Receives captures from the forward pass; implementations accumulate statistics or store them.

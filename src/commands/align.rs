@@ -13,7 +13,8 @@ use crate::analysis::alignment::{
     align_layer, head_blocks, null_spread, spearman, AlignmentOptions, LayerRow, PairRow,
     WeightR2Row,
 };
-use crate::analysis::predictability::{finite_mean, HeadKind};
+use crate::analysis::predictability::finite_mean;
+use crate::capture::HeadKind;
 use crate::cli::AlignArgs;
 use crate::model::config::ModelConfig;
 use crate::printer::Printer;

@@ -3,15 +3,19 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use crate::analysis::cross_layer::CrossLayerSink;
 use crate::analysis::predictability::{
-    finite_mean, isotropic_r2, EdgeRow, PredictabilityOptions, PredictabilitySink, PredictionRow,
+    finite_mean, isotropic_r2, Candidates, EdgeRow, PredictabilityOptions, PredictabilitySink,
+    PredictionRow,
 };
+use crate::capture::activation_store::{ActivationStore, StorePlan};
+use crate::capture::CaptureSink;
 use crate::cli::PredictArgs;
 use crate::data::corpora::{load_documents, TextSource};
-use crate::data::token_set::{TokenSet, TokenSetOptions};
+use crate::data::token_set::{Split, TokenSet, TokenSetOptions};
 use crate::data::tokenizer::tokenizer_for;
 use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, OutputHead};
@@ -24,7 +28,7 @@ use crate::settings::{describe, Settings};
 use crate::source::{open_source_with, Provenance, WeightSource};
 
 /// Tokens per forward batch: bounds activation memory, not results.
-const TOKENS_PER_BATCH: usize = 8192;
+pub const TOKENS_PER_BATCH: usize = 8192;
 
 /// Everything `predict` produced, before it is written.
 pub struct PredictOutput {
@@ -32,6 +36,8 @@ pub struct PredictOutput {
     pub edges: Vec<EdgeRow>,
     pub token_set: TokenSet,
     pub seconds: f64,
+    /// Disk the earlier-layers activation store took (0 for same-layer).
+    pub store_bytes: u64,
 }
 
 /// Runs the analysis on an open source with a ready token set.
@@ -42,15 +48,11 @@ pub fn run_predictability(
     settings: &Settings,
 ) -> Result<PredictOutput> {
     options.check(source.config())?;
+    let config = source.config();
     let batches = token_set.batches(TOKENS_PER_BATCH);
-    let splits = batches.iter().map(|(_, s)| *s).collect();
+    let splits: Vec<Split> = batches.iter().map(|(_, s)| *s).collect();
     let tokens: Vec<_> = batches.into_iter().map(|(t, _)| t).collect();
-    let mut sink = PredictabilitySink::new(
-        options.clone(),
-        &source.provenance().spec,
-        source.config(),
-        splits,
-    );
+    let checkpoint = &source.provenance().spec;
     let printer = Printer {
         quiet: settings.quiet,
     };
@@ -61,20 +63,56 @@ pub fn run_predictability(
             start.elapsed().as_secs_f64()
         ));
     };
-    forward_streamed(
-        source,
-        &tokens,
-        &mut sink,
-        &settings.load,
-        OutputHead::None,
-        &settings.hidden_budget,
-        Some(&mut progress),
-    )?;
+    let mut forward = |sink: &mut dyn CaptureSink| {
+        forward_streamed(
+            source,
+            &tokens,
+            sink,
+            &settings.load,
+            OutputHead::None,
+            &settings.hidden_budget,
+            Some(&mut progress),
+        )
+    };
+    let (rows, edges, store_bytes) = match options.candidates {
+        Candidates::SameLayer => {
+            let mut sink = PredictabilitySink::new(options.clone(), checkpoint, config, splits);
+            forward(&mut sink)?;
+            (sink.rows, sink.edges, 0)
+        }
+        Candidates::EarlierLayers => {
+            // Every layer up to the deepest analysed is a source of some target.
+            let layers = options.last_layer().unwrap_or(config.num_hidden_layers - 1) + 1;
+            let plan = StorePlan {
+                point: options.capture_point,
+                layers,
+                kinds: options
+                    .kinds
+                    .iter()
+                    .map(|&k| (k, k.heads(config) * config.head_dim))
+                    .collect(),
+                batch_rows: tokens.iter().map(|t| t.numel() as i64).collect(),
+                batch_splits: splits.clone(),
+            };
+            let spill_dir = &settings.hidden_budget.spill_dir;
+            printer.note(format!(
+                "activation store for earlier-layers candidates: {} in {}",
+                plan.describe(),
+                spill_dir.display()
+            ));
+            let store_bytes = plan.bytes();
+            let store = ActivationStore::create(plan, spill_dir, options.store_budget_bytes)?;
+            let mut sink = CrossLayerSink::new(options.clone(), checkpoint, config, splits, store);
+            forward(&mut sink)?;
+            (sink.rows, sink.edges, store_bytes)
+        }
+    };
     Ok(PredictOutput {
-        rows: sink.rows,
-        edges: sink.edges,
+        rows,
+        edges,
         token_set,
         seconds: start.elapsed().as_secs_f64(),
+        store_bytes,
     })
 }
 
@@ -91,20 +129,29 @@ struct Manifest<'a> {
     options: &'a PredictabilityOptions,
     device: String,
     seconds: f64,
+    activation_store_bytes: u64,
 }
 
 pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
+    if args.store_budget_gb.is_nan() || args.store_budget_gb < 0.0 {
+        bail!(
+            "--store-budget-gb must be a non-negative number, got {}",
+            args.store_budget_gb
+        );
+    }
     let source = open_source_with(&args.source, &settings.hub)?;
     let config = source.config().clone();
     let options = PredictabilityOptions {
         kinds: args.kinds.clone(),
         max_refs: args.max_refs,
         selection: args.select,
+        candidates: args.candidates,
         capture_point: args.capture,
         layers: args.layers.clone(),
+        store_budget_bytes: (args.store_budget_gb * (1u64 << 30) as f64) as u64,
     };
     options.check(&config)?;
     let text = TextSource::parse(&args.text);
@@ -167,6 +214,7 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
         options: &options,
         device: describe(&settings.load),
         seconds: output.seconds,
+        activation_store_bytes: output.store_bytes,
     };
     write_atomic(
         &out_dir.join("manifest.json"),
@@ -253,6 +301,30 @@ pub fn summary_markdown(
             }
         }
         md.push('\n');
+    }
+    if options.candidates == Candidates::EarlierLayers {
+        md.push_str(&format!("\n## Where references come from (k={max_k})\n\n"));
+        md.push_str("Share of the chosen references that lie in an earlier layer than their target, and how many layers back they lie on average.\n\n| kind | earlier-layer share | mean layers back |\n|---|---|---|\n");
+        for &kind in &options.kinds {
+            let distances: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.kind == kind && r.k == max_k)
+                .flat_map(|r| {
+                    r.reference_layers
+                        .split(';')
+                        .filter_map(|l| l.parse::<i64>().ok())
+                        .map(|l| (r.layer - l) as f64)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let (back, _) = finite_mean(distances.iter().copied());
+            let (share, _) =
+                finite_mean(distances.iter().map(|&d| if d > 0.0 { 1.0 } else { 0.0 }));
+            md.push_str(&format!(
+                "| {} | {share:.4} | {back:.2} |\n",
+                kind.name().to_uppercase()
+            ));
+        }
     }
     md
 }

@@ -23,6 +23,7 @@ pub struct Fit {
     pub coefficients: Tensor,
     /// `[d]`
     pub intercept: Tensor,
+    /// Column indices in the fit split's moments (empty for a fit from [`RegressionBlocks`]).
     pub features: Vec<i64>,
     pub targets: Vec<i64>,
 }
@@ -46,36 +47,80 @@ fn select(m: &Tensor, rows: &[i64], cols: &[i64]) -> Tensor {
     m.index_select(0, &r).index_select(1, &c)
 }
 
+fn pick(v: &Tensor, entries: &[i64]) -> Tensor {
+    v.index_select(0, &Tensor::from_slice(entries).to_device(v.device()))
+}
+
+/// The parts of one split's moments that a regression of T on F touches: all a fit or a score
+/// needs. Built from a full [`Moments`] by [`RegressionBlocks::select`], or assembled from Gram
+/// blocks of several layers that never share one matrix (analysis/cross_layer.rs).
+pub struct RegressionBlocks {
+    pub rows: i64,
+    /// `[p]` feature means
+    pub mean_features: Tensor,
+    /// `[d]` target means
+    pub mean_targets: Tensor,
+    /// `[p, p]` feature scatter
+    pub scatter_features: Tensor,
+    /// `[p, d]` feature–target scatter
+    pub scatter_cross: Tensor,
+    /// `[d]` target variances × rows: the diagonal of the target scatter
+    pub scatter_targets: Tensor,
+}
+
+impl RegressionBlocks {
+    /// The blocks of `gram` for `features` and `targets` (column indices).
+    pub fn select(gram: &Moments, features: &[i64], targets: &[i64]) -> Self {
+        let scatter = &gram.scatter;
+        RegressionBlocks {
+            rows: gram.rows,
+            mean_features: pick(&gram.means, features),
+            mean_targets: pick(&gram.means, targets),
+            scatter_features: select(scatter, features, features),
+            scatter_cross: select(scatter, features, targets),
+            scatter_targets: select(scatter, targets, targets).diagonal(0, 0, 1),
+        }
+    }
+
+    pub fn features(&self) -> i64 {
+        self.mean_features.size()[0]
+    }
+}
+
 /// Fits OLS with intercept of `targets` on `features` from the fit split's Gram.
 pub fn fit(gram: &Moments, features: &[i64], targets: &[i64]) -> Result<Fit, RegressionError> {
-    let p = features.len() as i64;
-    if gram.rows < MIN_ROWS_PER_FIT * (p + 1) + 1 {
+    let mut model = fit_blocks(&RegressionBlocks::select(gram, features, targets))?;
+    model.features = features.to_vec();
+    model.targets = targets.to_vec();
+    Ok(model)
+}
+
+/// Fits OLS with intercept from the fit split's blocks (`features` and `targets` of the result
+/// are left empty: the blocks carry no column names).
+pub fn fit_blocks(blocks: &RegressionBlocks) -> Result<Fit, RegressionError> {
+    let p = blocks.features();
+    if blocks.rows < MIN_ROWS_PER_FIT * (p + 1) + 1 {
         return Err(RegressionError::RankDeficient {
-            rows: gram.rows,
+            rows: blocks.rows,
             features: p,
         });
     }
-    let scatter = &gram.scatter;
-    let s_ff = select(scatter, features, features);
-    let s_ft = select(scatter, features, targets);
+    let s_ff = &blocks.scatter_features;
     let (chol, info) = s_ff.linalg_cholesky_ex(false, false);
-    if i64::try_from(info.max()).unwrap_or(1) != 0 || !pivots_are_sound(&chol, &s_ff) {
+    if i64::try_from(info.max()).unwrap_or(1) != 0 || !pivots_are_sound(&chol, s_ff) {
         return Err(RegressionError::RankDeficient {
-            rows: gram.rows,
+            rows: blocks.rows,
             features: p,
         });
     }
-    let coefficients = s_ft.cholesky_solve(&chol, false);
-    let means = &gram.means;
-    let device = means.device();
-    let mu_f = means.index_select(0, &Tensor::from_slice(features).to_device(device));
-    let mu_t = means.index_select(0, &Tensor::from_slice(targets).to_device(device));
-    let intercept = mu_t - coefficients.transpose(0, 1).matmul(&mu_f);
+    let coefficients = blocks.scatter_cross.cholesky_solve(&chol, false);
+    let intercept =
+        &blocks.mean_targets - coefficients.transpose(0, 1).matmul(&blocks.mean_features);
     Ok(Fit {
         coefficients,
         intercept,
-        features: features.to_vec(),
-        targets: targets.to_vec(),
+        features: Vec::new(),
+        targets: Vec::new(),
     })
 }
 
@@ -92,32 +137,46 @@ fn pivots_are_sound(chol: &Tensor, s_ff: &Tensor) -> bool {
 
 /// Sums of squares of `fit` on the split summarised by `gram` (the fit split gives in-sample).
 pub fn score(fit: &Fit, gram: &Moments) -> Result<Score, RegressionError> {
-    if gram.rows < 2 {
-        return Err(RegressionError::TooFewRows { rows: gram.rows });
+    score_blocks(
+        fit,
+        &RegressionBlocks::select(gram, &fit.features, &fit.targets),
+    )
+}
+
+/// Sums of squares of `fit` on the split whose blocks (same features and targets) are given.
+pub fn score_blocks(fit: &Fit, blocks: &RegressionBlocks) -> Result<Score, RegressionError> {
+    if blocks.rows < 2 {
+        return Err(RegressionError::TooFewRows { rows: blocks.rows });
     }
-    let scatter = &gram.scatter;
-    let s_ff = select(scatter, &fit.features, &fit.features);
-    let s_ft = select(scatter, &fit.features, &fit.targets);
-    let s_tt = select(scatter, &fit.targets, &fit.targets).diagonal(0, 0, 1);
+    let s_ff = &blocks.scatter_features;
+    let s_ft = &blocks.scatter_cross;
+    let s_tt = &blocks.scatter_targets;
     let beta = &fit.coefficients;
     // Σ over rows of the centred residual², per target: S_tt − 2βᵀS_ft + βᵀS_ffβ (diagonals).
-    let centred_sse = &s_tt - (beta * &s_ft).sum_dim_intlist(0, false, Kind::Double) * 2.0
+    let centred_sse = s_tt - (beta * s_ft).sum_dim_intlist(0, false, Kind::Double) * 2.0
         + (beta * s_ff.matmul(beta)).sum_dim_intlist(0, false, Kind::Double);
     // Plus n × (mean residual)², the part of the error the split's mean shift adds.
-    let means = &gram.means;
-    let device = means.device();
-    let mu_f = means.index_select(0, &Tensor::from_slice(&fit.features).to_device(device));
-    let mu_t = means.index_select(0, &Tensor::from_slice(&fit.targets).to_device(device));
-    let mean_residual = mu_t - beta.transpose(0, 1).matmul(&mu_f) - &fit.intercept;
-    let sse = (centred_sse + mean_residual.pow_tensor_scalar(2) * gram.rows as f64).clamp_min(0.0);
+    let mean_residual =
+        &blocks.mean_targets - beta.transpose(0, 1).matmul(&blocks.mean_features) - &fit.intercept;
+    let sse =
+        (centred_sse + mean_residual.pow_tensor_scalar(2) * blocks.rows as f64).clamp_min(0.0);
     Ok(Score {
         sse,
         sst: s_tt.clamp_min(0.0),
-        rows: gram.rows,
+        rows: blocks.rows,
     })
 }
 
 impl Score {
+    /// The sums of squares of `len` target columns from `start`: one target head of a batched fit.
+    pub fn columns(&self, start: i64, len: i64) -> Score {
+        Score {
+            sse: self.sse.narrow(0, start, len),
+            sst: self.sst.narrow(0, start, len),
+            rows: self.rows,
+        }
+    }
+
     /// R² per target column averaged uniformly (sklearn's `r2_score` default, as the paper's code).
     /// A constant column scores 1 if predicted exactly, else 0 (sklearn's `force_finite`).
     pub fn r2_uniform(&self) -> f64 {
