@@ -167,6 +167,14 @@ impl Shard {
         let bytes = &self.mmap[start..end];
         let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
         let tensor = Tensor::f_from_data_size(bytes, &shape, kind)?;
+        // The tensor is an owned copy now; drop the mapped pages so a streamed pass over a 5 GB
+        // shard does not keep the whole shard resident (they are re-read from disk if needed).
+        // SAFETY: the mapping is private to this struct, read-only and file-backed, so dropping its
+        // pages changes no data; no reference into `bytes` outlives this point.
+        let _ = unsafe {
+            self.mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
         Ok(if kind == Kind::Float {
             tensor
         } else {
