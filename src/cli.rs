@@ -66,6 +66,9 @@ pub enum Command {
     Align(AlignArgs),
     /// List a Hub repo's checkpoint branches (stage, step, tokens), sorted by step.
     Refs(RefsArgs),
+    /// Walk a checkpoint series (checkpoints/*.toml): predictability, alignment and sink statistics
+    /// per checkpoint, cached per unit, and a report in reports/<series>/.
+    Scan(ScanArgs),
 }
 
 #[derive(Args, Debug)]
@@ -183,4 +186,52 @@ pub struct AlignArgs {
     /// Output folder (default reports/align-<source>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// A series manifest: a path, or a name in checkpoints/ (e.g. `tiny`).
+    pub series: String,
+    /// Report folder (default reports/<series name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Finished work units are kept here and reused (default ~/.cache/ckpt-scan/units).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Continue a scan that was interrupted (finished units are reused either way).
+    #[arg(long)]
+    pub resume: bool,
+    /// Recompute every unit, ignoring the cache.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the plan (checkpoints, bytes, cached units, estimated time) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep Hub downloads in the cache after each checkpoint (default: evict them).
+    #[arg(long)]
+    pub keep_downloads: bool,
+    /// Text for the token set (overrides the manifest): mix, gsm8k, random or a file.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Tokens in the token set (overrides the manifest; default 16384).
+    #[arg(long)]
+    pub tokens: Option<usize>,
+    /// Tokens per sequence (overrides the manifest; default min(256, the model's maximum)).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Which vectors to predict (overrides the manifest; default q,k,v).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub kinds: Option<Vec<crate::capture::HeadKind>>,
+    /// Largest reference-set size (overrides the manifest; default 5).
+    #[arg(long)]
+    pub max_refs: Option<usize>,
+    /// Where Q and K are captured for predictability.
+    #[arg(long, value_enum, default_value_t = crate::capture::CapturePoint::Rope)]
+    pub capture: crate::capture::CapturePoint,
+    /// Sequences whose attention maps give the sink statistics (overrides the manifest; default 32).
+    #[arg(long)]
+    pub sink_sequences: Option<usize>,
+    /// Seed for document order and the null baseline (overrides the manifest; default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
 }

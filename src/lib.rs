@@ -11,6 +11,7 @@ pub mod error;
 pub mod model;
 pub mod printer;
 pub mod report;
+pub mod series;
 pub mod settings;
 pub mod source;
 pub mod stats;
@@ -29,5 +30,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => commands::predict::run(args, &settings),
         Command::Align(args) => commands::align::run(args, &settings),
         Command::Refs(args) => commands::refs::run(args, &settings),
+        Command::Scan(args) => commands::scan::run(args, &settings),
     }
 }

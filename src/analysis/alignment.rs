@@ -3,7 +3,7 @@
 //! of R² — from the weights alone, one layer's projection at a time.
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::capture::HeadKind;
@@ -26,7 +26,7 @@ pub struct AlignmentOptions {
 }
 
 /// One pair of heads in one layer.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PairRow {
     pub checkpoint: String,
     pub kind: HeadKind,
@@ -44,7 +44,7 @@ pub struct PairRow {
 }
 
 /// One layer's summary.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerRow {
     pub checkpoint: String,
     pub kind: HeadKind,
@@ -71,7 +71,7 @@ pub struct LayerRow {
 }
 
 /// Weight-only R² of a target from a reference set (for comparison with measured R²).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WeightR2Row {
     pub checkpoint: String,
     pub kind: HeadKind,

@@ -3,3 +3,4 @@
 pub mod alignment;
 pub mod cross_layer;
 pub mod predictability;
+pub mod sinks;

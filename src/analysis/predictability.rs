@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 use clap::ValueEnum;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::capture::{CapturePoint, CaptureSink, HeadKind, LayerCapture};
@@ -113,7 +113,7 @@ impl PredictabilityOptions {
 }
 
 /// One (kind, layer, target head, k) result.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PredictionRow {
     pub checkpoint: String,
     pub kind: HeadKind,
@@ -135,7 +135,7 @@ pub struct PredictionRow {
 }
 
 /// Single-reference R² of (`layer`, `target_head`) from (`source_layer`, `source_head`): the graph's edge.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EdgeRow {
     pub checkpoint: String,
     pub kind: HeadKind,

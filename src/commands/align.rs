@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::analysis::alignment::{
@@ -14,6 +14,7 @@ use crate::analysis::alignment::{
     WeightR2Row,
 };
 use crate::analysis::predictability::finite_mean;
+use crate::analysis::predictability::PredictionRow;
 use crate::capture::HeadKind;
 use crate::cli::AlignArgs;
 use crate::model::config::ModelConfig;
@@ -23,12 +24,13 @@ use crate::report::csv::write_csv;
 use crate::report::default_out_dir;
 use crate::report::manifest::{tool_version, ToolVersion};
 use crate::settings::Settings;
-use crate::source::{open_source_with, Provenance};
+use crate::source::{open_source_with, Provenance, WeightSource};
 use crate::stats::principal_angles::weight_only_r2;
 
 /// A measured held-out R² beside the weights' prediction of it, for the same reference set.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WeightVsMeasuredRow {
+    pub checkpoint: String,
     pub kind: HeadKind,
     pub layer: i64,
     pub target_head: usize,
@@ -79,41 +81,74 @@ fn read_measured(path: &Path) -> Result<Vec<MeasuredRow>> {
     Ok(rows)
 }
 
-pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
-    let printer = Printer {
-        quiet: settings.quiet,
-    };
-    let start = Instant::now();
-    let source = open_source_with(&args.source, &settings.hub)?;
-    let config = source.config().clone();
-    let options = AlignmentOptions {
-        kinds: args.kinds.clone(),
-        fold_norm: args.fold_norm,
-        partners: args.partners,
-        null_samples: args.null_samples,
-        seed: args.seed,
-    };
-    let measured = args.predictions.as_deref().map(read_measured).transpose()?;
-    let mut by_layer: HashMap<(HeadKind, i64), Vec<MeasuredRow>> = HashMap::new();
-    for row in measured.iter().flatten() {
-        // Same-layer reference sets only: cross-layer sets need other layers' weights.
-        let same_layer = row
-            .reference_layers
-            .as_deref()
-            .is_none_or(|l| l.split(';').all(|x| x == row.layer.to_string()));
-        if same_layer {
-            by_layer
-                .entry((row.kind, row.layer))
-                .or_default()
-                .push(row.clone());
+/// A measured held-out R² and its reference set, to set beside the weights' prediction.
+#[derive(Clone, Debug)]
+pub struct MeasuredReferenceSet {
+    pub kind: HeadKind,
+    pub layer: i64,
+    pub target_head: usize,
+    pub k: usize,
+    /// `;`-separated head indices, as predict writes them.
+    pub reference_heads: String,
+    pub r2_heldout: f64,
+}
+
+impl From<&PredictionRow> for MeasuredReferenceSet {
+    fn from(row: &PredictionRow) -> Self {
+        MeasuredReferenceSet {
+            kind: row.kind,
+            layer: row.layer,
+            target_head: row.target_head,
+            k: row.k,
+            reference_heads: row.reference_heads.clone(),
+            r2_heldout: row.r2_heldout,
         }
     }
-    let (mut layers, mut pairs, mut weight_rows, mut versus): (
-        Vec<LayerRow>,
-        Vec<PairRow>,
-        Vec<WeightR2Row>,
-        Vec<WeightVsMeasuredRow>,
-    ) = Default::default();
+}
+
+/// Everything `align` produced for one checkpoint, before it is written.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AlignOutput {
+    pub layers: Vec<LayerRow>,
+    pub pairs: Vec<PairRow>,
+    pub weight_rows: Vec<WeightR2Row>,
+    /// Measured vs weight-only R², for the measured reference sets given.
+    pub versus: Vec<WeightVsMeasuredRow>,
+}
+
+impl AlignOutput {
+    /// Spearman ρ between weight-only and measured R², per kind with rows: (kind, ρ, rows).
+    pub fn spearman_by_kind(&self, kinds: &[HeadKind]) -> Vec<(HeadKind, f64, usize)> {
+        kinds
+            .iter()
+            .filter_map(|&kind| {
+                let sel: Vec<&WeightVsMeasuredRow> =
+                    self.versus.iter().filter(|r| r.kind == kind).collect();
+                (!sel.is_empty()).then(|| {
+                    let x: Vec<f64> = sel.iter().map(|r| r.weight_r2).collect();
+                    let y: Vec<f64> = sel.iter().map(|r| r.r2_heldout).collect();
+                    (kind, spearman(&x, &y), sel.len())
+                })
+            })
+            .collect()
+    }
+}
+
+/// Runs the weight-only analysis on an open source, one layer's projections at a time.
+///
+/// Measured reference sets that span several layers are skipped: their weights live in other layers.
+pub fn run_alignment(
+    source: &dyn WeightSource,
+    options: &AlignmentOptions,
+    max_refs: usize,
+    measured: &[MeasuredReferenceSet],
+    progress: &mut dyn FnMut(i64, i64),
+) -> Result<AlignOutput> {
+    let config = source.config();
+    let mut by_layer: HashMap<(HeadKind, i64), Vec<&MeasuredReferenceSet>> = HashMap::new();
+    for row in measured {
+        by_layer.entry((row.kind, row.layer)).or_default().push(row);
+    }
     let nulls: HashMap<HeadKind, (f64, f64)> = options
         .kinds
         .iter()
@@ -129,16 +164,17 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
             )
         })
         .collect();
+    let mut output = AlignOutput::default();
     for layer in 0..config.num_hidden_layers {
         for &kind in &options.kinds {
-            let blocks = head_blocks(source.as_ref(), layer, kind, options.fold_norm)?;
+            let blocks = head_blocks(source, layer, kind, options.fold_norm)?;
             let result = align_layer(
                 &source.provenance().spec,
                 kind,
                 layer,
                 &blocks,
-                args.max_refs,
-                &options,
+                max_refs,
+                options,
                 nulls[&kind],
             );
             for m in by_layer.get(&(kind, layer)).into_iter().flatten() {
@@ -146,7 +182,20 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
                     .reference_heads
                     .split(';')
                     .map(str::parse)
-                    .collect::<Result<_, _>>()?;
+                    .collect::<Result<_, _>>()
+                    .with_context(|| {
+                        format!(
+                            "reference heads {:?} are not head indices",
+                            m.reference_heads
+                        )
+                    })?;
+                if let Some(&bad) = refs.iter().find(|&&r| r >= blocks.len()) {
+                    bail!(
+                        "measured reference head {bad} of layer {layer} does not exist ({} {} heads)",
+                        blocks.len(),
+                        kind.name().to_uppercase()
+                    );
+                }
                 let w_refs = Tensor::cat(
                     &refs
                         .iter()
@@ -154,7 +203,8 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
                         .collect::<Vec<_>>(),
                     1,
                 );
-                versus.push(WeightVsMeasuredRow {
+                output.versus.push(WeightVsMeasuredRow {
+                    checkpoint: source.provenance().spec.clone(),
                     kind,
                     layer,
                     target_head: m.target_head,
@@ -164,38 +214,77 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
                     weight_r2: weight_only_r2(&blocks[m.target_head], &w_refs),
                 });
             }
-            layers.push(result.layer);
-            pairs.extend(result.pairs);
-            weight_rows.extend(result.weight_r2);
+            output.layers.push(result.layer);
+            output.pairs.extend(result.pairs);
+            output.weight_rows.extend(result.weight_r2);
         }
-        printer.note(format!(
-            "  layer {}/{} ({:.1} s)",
-            layer + 1,
-            config.num_hidden_layers,
-            start.elapsed().as_secs_f64()
-        ));
+        progress(layer + 1, config.num_hidden_layers);
     }
+    Ok(output)
+}
+
+pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
+    let printer = Printer {
+        quiet: settings.quiet,
+    };
+    let start = Instant::now();
+    let source = open_source_with(&args.source, &settings.hub)?;
+    let config = source.config().clone();
+    let options = AlignmentOptions {
+        kinds: args.kinds.clone(),
+        fold_norm: args.fold_norm,
+        partners: args.partners,
+        null_samples: args.null_samples,
+        seed: args.seed,
+    };
+    let measured = args.predictions.as_deref().map(read_measured).transpose()?;
+    // Same-layer reference sets only: cross-layer sets need other layers' weights.
+    let same_layer: Vec<MeasuredReferenceSet> = measured
+        .iter()
+        .flatten()
+        .filter(|row| {
+            row.reference_layers
+                .as_deref()
+                .is_none_or(|l| l.split(';').all(|x| x == row.layer.to_string()))
+        })
+        .map(|row| MeasuredReferenceSet {
+            kind: row.kind,
+            layer: row.layer,
+            target_head: row.target_head,
+            k: row.k,
+            reference_heads: row.reference_heads.clone(),
+            r2_heldout: row.r2_heldout,
+        })
+        .collect();
+    let mut progress = |layer: i64, layers: i64| {
+        printer.note(format!(
+            "  layer {layer}/{layers} ({:.1} s)",
+            start.elapsed().as_secs_f64()
+        ))
+    };
+    let output = run_alignment(
+        source.as_ref(),
+        &options,
+        args.max_refs,
+        &same_layer,
+        &mut progress,
+    )?;
+    let AlignOutput {
+        layers,
+        pairs,
+        weight_rows,
+        versus,
+    } = &output;
     let out_dir = args
         .out
         .clone()
         .unwrap_or_else(|| default_out_dir("align", &args.source));
-    write_csv(&out_dir.join("alignment_layers.csv"), &layers)?;
-    write_csv(&out_dir.join("alignment_pairs.csv"), &pairs)?;
-    write_csv(&out_dir.join("weight_r2.csv"), &weight_rows)?;
-    let spearman_by_kind: Vec<(HeadKind, f64, usize)> = options
-        .kinds
-        .iter()
-        .filter_map(|&kind| {
-            let sel: Vec<&WeightVsMeasuredRow> = versus.iter().filter(|r| r.kind == kind).collect();
-            (!sel.is_empty()).then(|| {
-                let x: Vec<f64> = sel.iter().map(|r| r.weight_r2).collect();
-                let y: Vec<f64> = sel.iter().map(|r| r.r2_heldout).collect();
-                (kind, spearman(&x, &y), sel.len())
-            })
-        })
-        .collect();
+    write_csv(&out_dir.join("alignment_layers.csv"), layers)?;
+    write_csv(&out_dir.join("alignment_pairs.csv"), pairs)?;
+    write_csv(&out_dir.join("weight_r2.csv"), weight_rows)?;
+    let spearman_by_kind = output.spearman_by_kind(&options.kinds);
     if measured.is_some() {
-        write_csv(&out_dir.join("weight_vs_measured.csv"), &versus)?;
+        write_csv(&out_dir.join("weight_vs_measured.csv"), versus)?;
     }
     let manifest = Manifest {
         tool: tool_version(),
@@ -211,9 +300,9 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
         serde_json::to_string_pretty(&manifest)?.as_bytes(),
     )?;
     let summary = summary_markdown(
-        &layers,
-        &weight_rows,
-        &versus,
+        layers,
+        weight_rows,
+        versus,
         &spearman_by_kind,
         &options,
         &config,

@@ -21,7 +21,7 @@ pub enum Split {
 
 /// Packed sequences and their split. The first `fit_sequences` sequences are the fit split, the
 /// rest held out: contiguous, so only one document can straddle the boundary.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct TokenSet {
     #[serde(skip)]
     pub sequences: Vec<Vec<i64>>,

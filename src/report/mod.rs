@@ -3,6 +3,8 @@
 pub mod atomic;
 pub mod csv;
 pub mod manifest;
+pub mod scan_report;
+pub mod unit_cache;
 
 use std::path::{Path, PathBuf};
 

@@ -117,9 +117,17 @@ pub fn tiny_model_dir(
     dir
 }
 
+/// The binary under test: `CKPT_SCAN_BIN` when set (a copy kept apart from a target folder that
+/// other checkouts rebuild), else the one cargo built for this test run.
+pub fn bin() -> PathBuf {
+    std::env::var_os("CKPT_SCAN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ckpt-scan")))
+}
+
 /// Runs the built binary; returns (success, stdout, stderr).
 pub fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ckpt-scan"))
+    let out = std::process::Command::new(bin())
         .args(args)
         .output()
         .unwrap();

@@ -1,0 +1,345 @@
+//! The scan report: tidy CSV tables of every unit's rows, a per-checkpoint summary table, and
+//! report.md. Rows arrive computed; this module only aggregates means and renders.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::analysis::alignment::{LayerRow, PairRow, WeightR2Row};
+use crate::analysis::predictability::{finite_mean, isotropic_r2, PredictionRow};
+use crate::analysis::sinks::{SinkRow, MIN_VISIBLE_QUERIES, SINK_THRESHOLD};
+use crate::capture::HeadKind;
+use crate::commands::align::{AlignOutput, WeightVsMeasuredRow};
+use crate::commands::scan::ScanOptions;
+use crate::model::config::ModelConfig;
+use crate::report::atomic::write_atomic;
+use crate::report::csv::write_csv;
+use crate::series::manifest::SeriesManifest;
+
+/// One checkpoint of the scan, for checkpoints.csv.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointRow {
+    pub checkpoint: String,
+    pub step: Option<u64>,
+    pub tokens: String,
+    pub is_init: bool,
+    pub source: String,
+    pub revision_sha: String,
+    pub fingerprint: String,
+    /// The earlier checkpoint with identical weights, if any.
+    pub duplicate_of: String,
+}
+
+/// One number of the per-checkpoint summary, in long form.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SummaryRow {
+    pub checkpoint: String,
+    pub step: Option<u64>,
+    pub is_init: bool,
+    pub kind: String,
+    /// Reference-set size, 0 where the metric has none.
+    pub k: usize,
+    pub metric: String,
+    pub value: f64,
+    /// Finite values the mean is over.
+    pub n: usize,
+}
+
+/// Every row of the scan, in checkpoint order.
+#[derive(Default)]
+pub struct ScanTables {
+    pub checkpoints: Vec<CheckpointRow>,
+    pub labels: Vec<String>,
+    pub predictions: Vec<PredictionRow>,
+    pub alignment_layers: Vec<LayerRow>,
+    pub alignment_pairs: Vec<PairRow>,
+    pub weight_r2: Vec<WeightR2Row>,
+    pub weight_vs_measured: Vec<WeightVsMeasuredRow>,
+    pub sinks: Vec<SinkRow>,
+}
+
+impl ScanTables {
+    /// Adds one checkpoint's rows (already labelled).
+    pub fn add(
+        &mut self,
+        label: &str,
+        predictions: Vec<PredictionRow>,
+        align: AlignOutput,
+        sinks: Vec<SinkRow>,
+    ) {
+        self.labels.push(label.to_string());
+        self.predictions.extend(predictions);
+        self.alignment_layers.extend(align.layers);
+        self.alignment_pairs.extend(align.pairs);
+        self.weight_r2.extend(align.weight_rows);
+        self.weight_vs_measured.extend(align.versus);
+        self.sinks.extend(sinks);
+    }
+
+    /// Means per checkpoint, kind and k over layers and heads.
+    pub fn summary(
+        &self,
+        kinds: &[HeadKind],
+        max_refs: usize,
+        config: &ModelConfig,
+    ) -> Vec<SummaryRow> {
+        let mut rows = Vec::new();
+        for c in &self.checkpoints {
+            let mut push = |kind: &str, k: usize, metric: &str, (value, n): (f64, usize)| {
+                rows.push(SummaryRow {
+                    checkpoint: c.checkpoint.clone(),
+                    step: c.step,
+                    is_init: c.is_init,
+                    kind: kind.to_string(),
+                    k,
+                    metric: metric.to_string(),
+                    value,
+                    n,
+                })
+            };
+            for &kind in kinds {
+                let name = kind.name();
+                let preds = || {
+                    self.predictions
+                        .iter()
+                        .filter(move |r| r.checkpoint == c.checkpoint && r.kind == kind)
+                };
+                for k in 1..=max_refs {
+                    push(
+                        name,
+                        k,
+                        "r2_heldout",
+                        finite_mean(preds().filter(|r| r.k == k).map(|r| r.r2_heldout)),
+                    );
+                    push(
+                        name,
+                        k,
+                        "r2_insample",
+                        finite_mean(preds().filter(|r| r.k == k).map(|r| r.r2_insample)),
+                    );
+                    push(
+                        name,
+                        k,
+                        "weight_r2",
+                        finite_mean(
+                            self.weight_vs_measured
+                                .iter()
+                                .filter(|r| {
+                                    r.checkpoint == c.checkpoint && r.kind == kind && r.k == k
+                                })
+                                .map(|r| r.weight_r2),
+                        ),
+                    );
+                    push(
+                        name,
+                        k,
+                        "isotropic_bound",
+                        (isotropic_r2(k, config.head_dim, config.hidden_size), 1),
+                    );
+                }
+                let layers = || {
+                    self.alignment_layers
+                        .iter()
+                        .filter(move |r| r.checkpoint == c.checkpoint && r.kind == kind)
+                };
+                push(
+                    name,
+                    0,
+                    "mean_cos2",
+                    finite_mean(layers().map(|r| r.mean_pairwise_cos2)),
+                );
+                push(
+                    name,
+                    0,
+                    "null_cos2",
+                    finite_mean(layers().map(|r| r.null_mean_cos2)),
+                );
+                push(
+                    name,
+                    0,
+                    "overlap_dimension",
+                    finite_mean(layers().map(|r| r.overlap_dimension as f64)),
+                );
+            }
+            let sinks = || self.sinks.iter().filter(|r| r.checkpoint == c.checkpoint);
+            push(
+                "attention",
+                0,
+                "first_column_score",
+                finite_mean(sinks().map(|r| r.first_column_score)),
+            );
+            push(
+                "attention",
+                0,
+                "sinks_beyond_first",
+                finite_mean(sinks().map(|r| r.sinks_beyond_first_evidenced)),
+            );
+            push(
+                "attention",
+                0,
+                "heads_with_extra_sink",
+                finite_mean(sinks().map(|r| f64::from(u8::from(r.share_with_extra_sink >= 0.5)))),
+            );
+        }
+        rows
+    }
+}
+
+/// Looks up one summary value.
+fn value(rows: &[SummaryRow], checkpoint: &str, kind: &str, k: usize, metric: &str) -> f64 {
+    rows.iter()
+        .find(|r| r.checkpoint == checkpoint && r.kind == kind && r.k == k && r.metric == metric)
+        .map_or(f64::NAN, |r| r.value)
+}
+
+/// Writes every CSV and report.md into `out_dir`.
+pub fn write_report(
+    out_dir: &Path,
+    manifest: &SeriesManifest,
+    options: &ScanOptions,
+    config: &ModelConfig,
+    tables: &ScanTables,
+) -> Result<Vec<SummaryRow>> {
+    let kinds = &options.predictability.kinds;
+    let summary = tables.summary(kinds, options.max_refs, config);
+    write_csv(&out_dir.join("checkpoints.csv"), &tables.checkpoints)?;
+    write_csv(&out_dir.join("summary.csv"), &summary)?;
+    write_csv(&out_dir.join("predictability.csv"), &tables.predictions)?;
+    write_csv(
+        &out_dir.join("alignment_layers.csv"),
+        &tables.alignment_layers,
+    )?;
+    write_csv(
+        &out_dir.join("alignment_pairs.csv"),
+        &tables.alignment_pairs,
+    )?;
+    write_csv(&out_dir.join("weight_r2.csv"), &tables.weight_r2)?;
+    write_csv(
+        &out_dir.join("weight_vs_measured.csv"),
+        &tables.weight_vs_measured,
+    )?;
+    write_csv(&out_dir.join("sinks.csv"), &tables.sinks)?;
+    let markdown = render_markdown(manifest, options, config, tables, &summary);
+    write_atomic(&out_dir.join("report.md"), markdown.as_bytes())?;
+    Ok(summary)
+}
+
+fn fmt(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3}")
+    } else {
+        "–".into()
+    }
+}
+
+fn render_markdown(
+    manifest: &SeriesManifest,
+    options: &ScanOptions,
+    config: &ModelConfig,
+    tables: &ScanTables,
+    summary: &[SummaryRow],
+) -> String {
+    let k_max = options.max_refs;
+    let mut md = format!("# Scan: {}\n\n", manifest.name);
+    if !manifest.description.is_empty() {
+        md.push_str(&format!("{}\n\n", manifest.description.trim()));
+    }
+    let inits = tables.checkpoints.iter().filter(|c| c.is_init).count();
+    md.push_str(&format!(
+        "{} checkpoints and {} random initialisations; model: {} layers, d_model {}, {} query / {} KV heads of dimension {}. \
+Token set: `{}` text, {} tokens in sequences of {} (75% of sequences fit the maps, 25% held out), seed {}. \
+Q and K captured at `{}`; V is the raw projection. Provenance of every number is in manifest.json.\n\n",
+        tables.checkpoints.len() - inits,
+        inits,
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim,
+        options.text,
+        options.tokens,
+        options.seq_len,
+        options.seed,
+        options.predictability.capture_point.name(),
+    ));
+    md.push_str("## How to read this\n\n");
+    md.push_str(&format!(
+        "- **R²** is how much of a head's {{Q, K, V}} vectors a least-squares map from k other heads of the same layer explains, \
+averaged over heads and layers. *Held-out* R² is scored on sequences the map never saw; *in-sample* on the fit sequences \
+(it is always higher, by about (1 − R²)·p/n). References are the k heads that best predict the target on the fit split.\n\
+- **Isotropic bound** k·d_head/d_model is what R² is at random initialisation with isotropic input (theory/init_bound.md): \
+{} at k = 1 and {} at k = {k_max} here. Real input is anisotropic, so an init can exceed it somewhat; \
+the random-initialisation rows show how much.\n\
+- **Weight-only R²** ‖P_R W_t‖²/‖W_t‖² is the same prediction from the projection weights alone, for isotropic input: \
+the gap to the measured R² is what the input's structure adds.\n\
+- **mean cos²** averages cos² of the principal angles between two heads' projection subspaces over pairs; \
+independent random subspaces give head_dim/d_model = {}.\n\
+- **Sinks** follow ACT's rule: a key position is a sink when its mean attention over the queries that see it exceeds {SINK_THRESHOLD}; \
+the first such position is exempt, and only positions seen by ≥ {MIN_VISIBLE_QUERIES} queries count. \
+*first col* is the mean attention score of the first position; *extra sinks* the mean count per head and sequence.\n\n",
+        fmt(isotropic_r2(1, config.head_dim, config.hidden_size)),
+        fmt(isotropic_r2(k_max, config.head_dim, config.hidden_size)),
+        fmt(config.head_dim as f64 / config.hidden_size as f64),
+    ));
+    for &kind in &options.predictability.kinds {
+        let name = kind.name();
+        md.push_str(&format!("## {} heads\n\n", name.to_uppercase()));
+        md.push_str(&format!(
+            "| checkpoint | step | tokens | held-out k=1 | held-out k={k_max} | in-sample k=1 | in-sample k={k_max} | weight-only k=1 | weight-only k={k_max} | mean cos² |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        ));
+        for c in &tables.checkpoints {
+            let v = |k: usize, metric: &str| fmt(value(summary, &c.checkpoint, name, k, metric));
+            md.push_str(&format!(
+                "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                c.checkpoint,
+                if c.is_init { " (init)" } else { "" },
+                c.step.map_or("–".into(), |s| s.to_string()),
+                if c.tokens.is_empty() {
+                    "–"
+                } else {
+                    &c.tokens
+                },
+                v(1, "r2_heldout"),
+                v(k_max, "r2_heldout"),
+                v(1, "r2_insample"),
+                v(k_max, "r2_insample"),
+                v(1, "weight_r2"),
+                v(k_max, "weight_r2"),
+                v(0, "mean_cos2"),
+            ));
+        }
+        md.push('\n');
+    }
+    md.push_str("## Attention sinks\n\n| checkpoint | step | first col | extra sinks per head | heads with an extra sink |\n|---|---|---|---|---|\n");
+    for c in &tables.checkpoints {
+        let v = |metric: &str| fmt(value(summary, &c.checkpoint, "attention", 0, metric));
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            c.checkpoint,
+            c.step.map_or("–".into(), |s| s.to_string()),
+            v("first_column_score"),
+            v("sinks_beyond_first"),
+            v("heads_with_extra_sink"),
+        ));
+    }
+    let duplicates: Vec<&CheckpointRow> = tables
+        .checkpoints
+        .iter()
+        .filter(|c| !c.duplicate_of.is_empty())
+        .collect();
+    md.push_str("\n## Integrity\n\n");
+    if duplicates.is_empty() {
+        md.push_str("No two checkpoints have identical weights.\n");
+    }
+    for c in duplicates {
+        md.push_str(&format!(
+            "- **{}** has the same weights as **{}** (duplicate branch?).\n",
+            c.checkpoint, c.duplicate_of
+        ));
+    }
+    md.push_str("\n## Files\n\n`summary.csv` (these tables in long form), `predictability.csv`, `alignment_layers.csv`, `alignment_pairs.csv`, \
+`weight_r2.csv`, `weight_vs_measured.csv`, `sinks.csv`, `checkpoints.csv`, `manifest.json` (sources, commit shas, fingerprints, \
+token-set hash, options, tool version, unit timings).\n");
+    md
+}

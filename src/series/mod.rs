@@ -1,0 +1,5 @@
+//! Checkpoint series: manifests, branch sampling, and the resolved plan a scan walks.
+
+pub mod manifest;
+pub mod plan;
+pub mod sampling;

@@ -1,0 +1,335 @@
+//! `ckpt-scan scan`: a series walked over a loopback Hub (shas recorded, downloads evicted,
+//! duplicate and missing branches flagged), and a scan killed mid-run then resumed.
+
+mod common;
+mod hub_server;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ckpt_scan::cli::{Cli, Command};
+use ckpt_scan::model::config::Architecture;
+use ckpt_scan::model::forward::HiddenBudget;
+use ckpt_scan::model::weights::LoadOptions;
+use ckpt_scan::settings::Settings;
+use ckpt_scan::source::export::export_safetensors;
+use ckpt_scan::source::hub::HubSettings;
+use ckpt_scan::source::init::{InitScheme, InitSource};
+use clap::Parser;
+use hub_server::{sha256_hex, Commit, HubRepo, HubServer};
+
+const REPO: &str = "org/series";
+const CSVS: [&str; 8] = [
+    "checkpoints.csv",
+    "summary.csv",
+    "predictability.csv",
+    "alignment_layers.csv",
+    "alignment_pairs.csv",
+    "weight_r2.csv",
+    "weight_vs_measured.csv",
+    "sinks.csv",
+];
+
+/// config.json + model.safetensors of a tiny OLMo-2 at init with `seed`.
+fn checkpoint_files(seed: u64) -> BTreeMap<String, Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let source = InitSource::new(
+        common::tiny_config(Architecture::Olmo2),
+        seed,
+        InitScheme::Olmo,
+        "init:tiny",
+    );
+    export_safetensors(&source, dir.path(), u64::MAX).unwrap();
+    std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn settings(hub: HubSettings) -> Settings {
+    Settings {
+        load: LoadOptions::cpu_f32(),
+        hidden_budget: HiddenBudget::default(),
+        quiet: true,
+        hub,
+    }
+}
+
+fn scan_args(args: &[&str]) -> ckpt_scan::cli::ScanArgs {
+    let cli = Cli::try_parse_from([&["ckpt-scan", "scan"], args].concat()).unwrap();
+    match cli.command {
+        Command::Scan(a) => a,
+        _ => unreachable!(),
+    }
+}
+
+fn manifest_json(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// Files under a folder, recursively (symlinks counted as files).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn hub_series_is_walked_with_shas_recorded_downloads_evicted_and_duplicates_flagged() {
+    let (first, second) = (checkpoint_files(1), checkpoint_files(2));
+    let commit = |label: &str| sha256_hex(label.as_bytes())[..40].to_string();
+    // step20 holds the same weights as step10 under a different commit: a duplicate branch.
+    let branches = [
+        ("stage1-step0-tokens0B", commit("a"), &first),
+        ("stage1-step10-tokens1B", commit("b"), &second),
+        ("stage1-step20-tokens2B", commit("c"), &second),
+    ];
+    let repo = HubRepo {
+        branches: branches
+            .iter()
+            .map(|(b, c, _)| (b.to_string(), c.clone()))
+            .collect(),
+        commits: branches
+            .iter()
+            .map(|(_, c, files)| {
+                (
+                    c.clone(),
+                    Commit {
+                        files: (*files).clone(),
+                    },
+                )
+            })
+            .collect(),
+        token: None,
+    };
+    let server = HubServer::start(HashMap::from([(REPO.to_string(), repo)]));
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("hf-cache");
+    let manifest = work.path().join("series.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"loopback\"\n[hub]\nrepo = \"{REPO}\"\nrevisions = [\"stage1-step0-tokens0B\", \"stage1-step10-tokens1B\", \"stage1-step20-tokens2B\", \"stage1-step30-tokens3B\"]\n\
+             [[init]]\nconfig = \"series\"\nseeds = [7]\n\
+             [analysis]\ntext = \"random\"\ntokens = 1024\nseq_len = 32\nmax_refs = 2\nsink_sequences = 4\n"
+        ),
+    )
+    .unwrap();
+    let out = work.path().join("report");
+    let mut hub = HubSettings::new(server.url.clone(), &cache);
+    hub.quiet = true;
+    hub.retries = 1;
+    let args = scan_args(&[
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        work.path().join("units").to_str().unwrap(),
+    ]);
+    ckpt_scan::commands::scan::run(&args, &settings(hub)).unwrap();
+
+    let m = manifest_json(&out);
+    let records = m["checkpoints"].as_array().unwrap();
+    assert_eq!(records.len(), 4, "3 branches + 1 init");
+    for (record, (branch, sha, _)) in records.iter().zip(&branches) {
+        assert_eq!(record["label"], *branch);
+        assert_eq!(record["provenance"]["revision_sha"], sha.as_str());
+    }
+    assert_eq!(m["missing_revisions"][0], "stage1-step30-tokens3B");
+    assert_eq!(m["duplicates"][0][0], "stage1-step10-tokens1B");
+    assert_eq!(m["duplicates"][0][1], "stage1-step20-tokens2B");
+    assert_eq!(m["duplicates"].as_array().unwrap().len(), 1);
+    let checkpoints = std::fs::read_to_string(out.join("checkpoints.csv")).unwrap();
+    assert!(
+        checkpoints
+            .lines()
+            .any(|l| l.starts_with("stage1-step20-tokens2B,20,2B,")
+                && l.ends_with(",stage1-step10-tokens1B")),
+        "{checkpoints}"
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("same weights as **stage1-step10-tokens1B**"));
+    // Evicted: no weights file is left in the HF cache; config.json stays.
+    let left: Vec<String> = files_under(&cache)
+        .iter()
+        .map(|p| p.display().to_string())
+        .filter(|p| p.ends_with(".safetensors"))
+        .collect();
+    assert!(left.is_empty(), "downloads left in the cache: {left:?}");
+    let blobs = files_under(&cache.join("models--org--series/blobs"));
+    let weight_bytes = first["model.safetensors"].len() as u64;
+    assert!(
+        blobs
+            .iter()
+            .all(|b| std::fs::metadata(b).map_or(0, |m| m.len()) < weight_bytes),
+        "a weights blob survived eviction"
+    );
+}
+
+/// A local series of model folders plus inits, for the resume test.
+fn local_series(work: &Path) -> PathBuf {
+    for seed in 0..3u64 {
+        let dir = work.join(format!("ckpt{seed}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in checkpoint_files(10 + seed) {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+    let manifest = work.join("local.toml");
+    let sources: String = (0..3)
+        .map(|s| {
+            format!(
+                "[[sources]]\nlabel = \"ckpt{s}\"\nsource = \"{}\"\nstep = {}\n",
+                work.join(format!("ckpt{s}")).display(),
+                s * 100
+            )
+        })
+        .collect();
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"local\"\n{sources}[[init]]\nconfig = \"series\"\nseeds = [1, 2]\nschemes = [\"olmo\"]\n\
+             [analysis]\ntext = \"random\"\ntokens = 2048\nseq_len = 32\nmax_refs = 3\nsink_sequences = 16\n"
+        ),
+    )
+    .unwrap();
+    manifest
+}
+
+fn scan_command(
+    manifest: &Path,
+    out: &Path,
+    units: &Path,
+    extra: &[&str],
+) -> std::process::Command {
+    let mut command = std::process::Command::new(common::bin());
+    command
+        .args(["--quiet", "scan", manifest.to_str().unwrap(), "--out"])
+        .arg(out)
+        .arg("--cache-dir")
+        .arg(units)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
+fn finished_units(units: &Path) -> usize {
+    std::fs::read_dir(units).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    })
+}
+
+#[test]
+fn a_scan_killed_mid_run_resumes_to_identical_csvs_without_recomputing_finished_units() {
+    let work = tempfile::tempdir().unwrap();
+    let manifest = local_series(work.path());
+    // Reference: one uninterrupted scan.
+    let (full_out, full_units) = (work.path().join("full"), work.path().join("full-units"));
+    let status = scan_command(&manifest, &full_out, &full_units, &[])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let total = finished_units(&full_units);
+    assert_eq!(total, 5 * 4, "5 checkpoints × 4 units");
+
+    // Killed once a few units are done.
+    let (out, units) = (work.path().join("killed"), work.path().join("killed-units"));
+    let mut child = scan_command(&manifest, &out, &units, &[]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while finished_units(&units) < 6 {
+        assert!(Instant::now() < deadline, "scan made no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the scan finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done_before_resume = finished_units(&units);
+    assert!(done_before_resume < total, "killed after the last unit");
+    assert!(out.join(".scan-in-progress").exists());
+
+    // Without --resume the unfinished folder is refused, with a hint.
+    let refused = scan_command(&manifest, &out, &units, &[]).output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("did not finish") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+
+    let resumed = scan_command(&manifest, &out, &units, &["--resume"])
+        .status()
+        .unwrap();
+    assert!(resumed.success());
+    for csv in CSVS {
+        let a = std::fs::read(full_out.join(csv)).unwrap();
+        let b = std::fs::read(out.join(csv)).unwrap();
+        assert!(
+            a == b,
+            "{csv} differs between the uninterrupted and the resumed scan"
+        );
+    }
+    let m = manifest_json(&out);
+    let statuses: Vec<&str> = m["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["units"].as_array().unwrap())
+        .map(|u| u["status"].as_str().unwrap())
+        .collect();
+    let cached = statuses.iter().filter(|s| **s == "cached").count();
+    assert_eq!(
+        cached, done_before_resume,
+        "every finished unit is reused, none recomputed"
+    );
+    assert_eq!(statuses.len(), total);
+    assert!(!out.join(".scan-in-progress").exists());
+}
+
+#[test]
+fn bad_manifests_and_flags_give_one_line_errors() {
+    let work = tempfile::tempdir().unwrap();
+    let bad = work.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\n[hub]\nrepo = \"a/b\"\n").unwrap();
+    for (args, needle) in [
+        (vec!["scan", bad.to_str().unwrap()], "needs revisions"),
+        (vec!["scan", "no-such-series"], "no-such-series"),
+        (vec!["scan", "/nope/x.toml"], "/nope/x.toml"),
+    ] {
+        let (ok, _, stderr) = common::cli(&args);
+        assert!(!ok);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error:") && first.contains(needle),
+            "{stderr}"
+        );
+    }
+    let manifest = local_series(work.path());
+    let (ok, _, stderr) = common::cli(&["scan", manifest.to_str().unwrap(), "--max-refs", "8"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("max-refs") || stderr.contains("max_refs"),
+        "{stderr}"
+    );
+}
