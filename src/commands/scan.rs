@@ -39,7 +39,7 @@ use crate::stats::selection::Selection;
 /// Marks a report folder whose scan has not finished.
 const IN_PROGRESS: &str = ".scan-in-progress";
 /// Nominal CPU throughput behind `--dry-run`'s time estimate (f32 matmuls on 2 cores).
-const ESTIMATE_FLOPS_PER_SECOND: f64 = 2e10;
+const ESTIMATE_FLOPS_PER_SECOND: f64 = 5e10;
 
 /// The analysis settings of one scan, after manifest defaults and command-line overrides.
 #[derive(Clone, Debug, Serialize)]
