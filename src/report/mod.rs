@@ -4,6 +4,7 @@ pub mod atomic;
 pub mod csv;
 pub mod manifest;
 pub mod plot;
+pub mod scan_figures;
 pub mod scan_report;
 pub mod unit_cache;
 

@@ -698,7 +698,11 @@ fn draw_heatmap<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(48)
         .y_label_area_size(72)
-        .build_cartesian_2d((0..columns).into_segmented(), (0..rows).into_segmented())
+        // A usize range's segments include its end: 0..n−1 gives the n cells.
+        .build_cartesian_2d(
+            (0..columns - 1).into_segmented(),
+            (0..rows - 1).into_segmented(),
+        )
         .map_err(plot_error)?;
     let label_of = |labels: &[String], v: &SegmentValue<usize>| match v {
         SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),

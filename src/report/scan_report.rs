@@ -15,6 +15,7 @@ use crate::commands::scan::ScanOptions;
 use crate::model::config::ModelConfig;
 use crate::report::atomic::write_atomic;
 use crate::report::csv::write_csv;
+use crate::report::scan_figures::{write_figures, Figure};
 use crate::series::manifest::SeriesManifest;
 
 /// One checkpoint of the scan, for checkpoints.csv.
@@ -220,7 +221,8 @@ pub fn write_report(
         &tables.weight_vs_measured,
     )?;
     write_csv(&out_dir.join("sinks.csv"), &tables.sinks)?;
-    let markdown = render_markdown(manifest, options, config, tables, &summary);
+    let figures = write_figures(out_dir, tables, &summary, kinds, options.max_refs)?;
+    let markdown = render_markdown(manifest, options, config, tables, &summary, &figures);
     write_atomic(&out_dir.join("report.md"), markdown.as_bytes())?;
     Ok(summary)
 }
@@ -239,6 +241,7 @@ fn render_markdown(
     config: &ModelConfig,
     tables: &ScanTables,
     summary: &[SummaryRow],
+    figures: &[Figure],
 ) -> String {
     let k_max = options.max_refs;
     let mut md = format!("# Scan: {}\n\n", manifest.name);
@@ -282,6 +285,13 @@ the first such position is exempt, and only positions seen by ≥ {MIN_VISIBLE_Q
         fmt(isotropic_r2(k_max, config.head_dim, config.hidden_size)),
         fmt(config.head_dim as f64 / config.hidden_size as f64),
     ));
+    md.push_str("## Figures\n\n");
+    for figure in figures {
+        md.push_str(&format!(
+            "![{0}]({0}.png)\n\n*{1}* ([SVG]({0}.svg))\n\n",
+            figure.stem, figure.caption
+        ));
+    }
     for &kind in &options.predictability.kinds {
         let name = kind.name();
         md.push_str(&format!("## {} heads\n\n", name.to_uppercase()));
