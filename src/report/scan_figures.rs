@@ -28,13 +28,16 @@ fn at_init(row: &SummaryRow) -> bool {
     row.is_init || row.step == Some(0)
 }
 
-/// `(step, value)` of trained checkpoints and `(min, max)` over init ones, for one metric.
+/// `(step, value)` of trained checkpoints, and `(min, max)` over init ones.
+type Trajectory = (Vec<(f64, f64)>, Option<(f64, f64)>);
+
+/// One metric's [`Trajectory`].
 fn trajectory(
     summary: &[SummaryRow],
     kind: &str,
     k: usize,
     metric: &str,
-) -> (Vec<(f64, f64)>, Option<(f64, f64)>) {
+) -> Trajectory {
     let rows = summary
         .iter()
         .filter(|r| r.kind == kind && r.k == k && r.metric == metric && r.value.is_finite());
