@@ -14,6 +14,7 @@ pub mod report;
 pub mod settings;
 pub mod source;
 pub mod stats;
+pub mod train;
 
 use anyhow::Result;
 
@@ -29,5 +30,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => commands::predict::run(args, &settings),
         Command::Align(args) => commands::align::run(args, &settings),
         Command::Refs(args) => commands::refs::run(args, &settings),
+        Command::Train(args) => commands::train::run(args, &settings),
     }
 }

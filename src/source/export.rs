@@ -79,7 +79,7 @@ pub fn export_safetensors(
     Ok(())
 }
 
-fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
     let values = Vec::<f32>::try_from(&t.view(-1)).unwrap_or_default();
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
