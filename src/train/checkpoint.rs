@@ -15,13 +15,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
 use crate::model::config::ModelConfig;
 use crate::report::atomic::write_atomic;
-use crate::source::export::tensor_bytes;
+use crate::source::export::serialize_f32;
 use crate::source::hub::RepoCache;
 use crate::train::tokenizer::{EOS_TOKEN, PAD_TOKEN};
 
@@ -91,31 +90,17 @@ impl CheckpointFiles {
     }
 }
 
-/// Serialises named f32 tensors (sorted by name, as `save_pretrained` does) into safetensors bytes.
+/// Named tensors as f32 safetensors bytes (sorted by name, as `save_pretrained` writes them).
 fn safetensors_bytes(weights: &[(String, &Tensor)]) -> Result<Vec<u8>> {
     let tensors: Vec<(String, Tensor)> = weights
         .iter()
         .map(|(n, t)| {
-            (
-                n.clone(),
-                t.detach()
-                    .to_device(tch::Device::Cpu)
-                    .to_kind(Kind::Float)
-                    .contiguous(),
-            )
+            let t = t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float);
+            (n.clone(), t.contiguous())
         })
         .collect();
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| tensor_bytes(t)).collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, t), b)| {
-            let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-            Ok((name.clone(), TensorView::new(Dtype::F32, shape, b)?))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    Ok(safetensors::serialize(views, Some(metadata))?)
+    serialize_f32(&tensors, Some(metadata))
 }
 
 /// The series repo inside a cache folder.
