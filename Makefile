@@ -44,3 +44,11 @@ build: venv
 
 gpu-check: build
 	$(ENV) scripts/gpu-check.sh
+
+# The built-in checkpoint series (issue 3): trained once into the per-user cache, kept afterwards.
+SERIES_DIR := $(CACHE)/series
+.PHONY: series
+series: venv data build
+	$(ENV) if [ -e $(SERIES_DIR)/models--ckpt-scan--olmo2-tiny/refs/main ]; then \
+	  echo "series present: $(SERIES_DIR)"; \
+	else $(BIN) train --config tiny --out $(SERIES_DIR); fi

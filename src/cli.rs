@@ -38,6 +38,10 @@ pub struct GlobalArgs {
     /// Print only errors and results.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Read `hf:` sources only from this Hugging Face cache folder, offline (as
+    /// HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1); e.g. the series `ckpt-scan train` writes.
+    #[arg(long, global = true)]
+    pub hub_cache: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +73,8 @@ pub enum Command {
     /// Walk a checkpoint series (checkpoints/*.toml): predictability, alignment and sink statistics
     /// per checkpoint, cached per unit, and a report in reports/<series>/.
     Scan(ScanArgs),
+    /// Train a tiny OLMo-2 from scratch and save its checkpoints as a local Hub-style series.
+    Train(TrainArgs),
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +110,17 @@ pub struct RefsArgs {
     /// Write the listing as JSON to this file as well.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// `tiny` (the default series), `test` (seconds, for the test suite), or a TOML file whose
+    /// fields override tiny's.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Series folder (a Hugging Face cache layout; default ~/.cache/ckpt-scan/series).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

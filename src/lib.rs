@@ -15,6 +15,7 @@ pub mod series;
 pub mod settings;
 pub mod source;
 pub mod stats;
+pub mod train;
 
 use anyhow::Result;
 
@@ -31,5 +32,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Align(args) => commands::align::run(args, &settings),
         Command::Refs(args) => commands::refs::run(args, &settings),
         Command::Scan(args) => commands::scan::run(args, &settings),
+        Command::Train(args) => commands::train::run(args, &settings),
     }
 }

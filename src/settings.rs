@@ -42,6 +42,13 @@ impl Settings {
         };
         let mut hub = HubSettings::from_env();
         hub.quiet = global.quiet;
+        if let Some(dir) = &global.hub_cache {
+            if !dir.is_dir() {
+                bail!("--hub-cache {}: not a folder", dir.display());
+            }
+            hub.cache_dir = dir.clone();
+            hub.offline = true;
+        }
         Ok(Settings {
             hidden_budget,
             load: LoadOptions {

@@ -6,3 +6,4 @@ pub mod inspect;
 pub mod predict;
 pub mod refs;
 pub mod scan;
+pub mod train;

@@ -23,6 +23,8 @@ pub struct RefRow {
     pub ingredient: Option<u32>,
     pub step: Option<u64>,
     pub tokens_billions: Option<u64>,
+    /// Tokens as the name states them (its number times its `K`/`M`/`B` unit).
+    pub tokens: Option<u64>,
     pub commit: String,
 }
 
@@ -56,6 +58,7 @@ pub fn refs_report(repo: &str, listing: RefListing, settings: &HubSettings) -> R
                 ingredient: checkpoint.and_then(|c| c.ingredient),
                 step: checkpoint.map(|c| c.step),
                 tokens_billions: checkpoint.map(|c| c.tokens_billions),
+                tokens: checkpoint.map(|c| c.tokens),
                 commit: b.target_commit,
                 branch: b.name,
             }
@@ -126,22 +129,22 @@ fn print_report(report: &RefsReport, printer: &Printer) {
         }
     }
     printer.result(format!(
-        "{:>5} {:>10} {:>9} {:>9} {:<width$}  branch",
+        "{:>5} {:>10} {:>9} {:>14} {:<width$}  branch",
         "stage",
         "ingredient",
         "step",
-        "tokens_B",
+        "tokens",
         "commit",
         width = SHORT_COMMIT
     ));
     let cell = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     for row in &report.branches {
         printer.result(format!(
-            "{:>5} {:>10} {:>9} {:>9} {:<width$}  {}",
+            "{:>5} {:>10} {:>9} {:>14} {:<width$}  {}",
             cell(row.stage.map(u64::from)),
             cell(row.ingredient.map(u64::from)),
             cell(row.step),
-            cell(row.tokens_billions),
+            cell(row.tokens),
             row.commit.get(..SHORT_COMMIT).unwrap_or(&row.commit),
             row.branch,
             width = SHORT_COMMIT

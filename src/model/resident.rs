@@ -53,6 +53,66 @@ impl ResidentModel {
     /// `ids`: `[batch, seq]` int64 → f32 logits `[batch, seq, vocab]`.
     pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
         let _no_grad = tch::no_grad_guard();
+        self.forward_logits(ids)
+    }
+
+    /// `logits` with autograd recording, for training (`train::trainer`); the parameters must
+    /// have `requires_grad` set (see [`ResidentModel::parameters`]).
+    pub fn logits_with_grad(&self, ids: &Tensor) -> Result<Tensor> {
+        self.forward_logits(ids)
+    }
+
+    /// Every weight tensor under its Hugging Face name (embedding, layers, final norm, head); a
+    /// tied head is listed once, as the embedding.
+    pub fn parameters(&self) -> Vec<(String, &Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let prefix = format!("model.layers.{i}");
+            let attn = &layer.self_attn;
+            let named: Vec<(&str, Option<&Tensor>)> = vec![
+                ("self_attn.q_proj.weight", Some(&attn.q_proj)),
+                ("self_attn.k_proj.weight", Some(&attn.k_proj)),
+                ("self_attn.v_proj.weight", Some(&attn.v_proj)),
+                ("self_attn.o_proj.weight", Some(&attn.o_proj)),
+                (
+                    "self_attn.q_norm.weight",
+                    attn.q_norm.as_ref().map(|n| &n.weight),
+                ),
+                (
+                    "self_attn.k_norm.weight",
+                    attn.k_norm.as_ref().map(|n| &n.weight),
+                ),
+                ("mlp.gate_proj.weight", Some(&layer.mlp.gate_proj)),
+                ("mlp.up_proj.weight", Some(&layer.mlp.up_proj)),
+                ("mlp.down_proj.weight", Some(&layer.mlp.down_proj)),
+                (
+                    "input_layernorm.weight",
+                    layer.input_layernorm.as_ref().map(|n| &n.weight),
+                ),
+                (
+                    "post_attention_layernorm.weight",
+                    Some(&layer.post_attention_layernorm.weight),
+                ),
+                (
+                    "post_feedforward_layernorm.weight",
+                    layer.post_feedforward_layernorm.as_ref().map(|n| &n.weight),
+                ),
+            ];
+            for (suffix, tensor) in named {
+                if let Some(tensor) = tensor {
+                    out.push((format!("{prefix}.{suffix}"), tensor));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), &self.norm.weight));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), &self.lm_head));
+        }
+        out
+    }
+
+    /// The shared forward of `logits` and `logits_with_grad`.
+    fn forward_logits(&self, ids: &Tensor) -> Result<Tensor> {
         let seq = ids.size()[1];
         let rope = Rope::new(
             self.config.head_dim,

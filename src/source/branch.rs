@@ -4,7 +4,8 @@
 //! `stage1-step{N}-tokens{M}B`, `stage2-ingredient{K}-step{N}-tokens{M}B`, and `main` for the
 //! final model. Model cards write `step{N}-tokens{M}B` without the stage, and some names drop the
 //! `B`. The token count is rounded inconsistently between stages, so names are only ever parsed,
-//! never built from a step.
+//! never built from a step. ckpt-scan's own small training runs (`ckpt-scan train`) count tokens
+//! in thousands or millions: `tokens{M}K` and `tokens{M}M` parse too; a bare number means billions.
 
 use std::cmp::Ordering;
 
@@ -31,8 +32,11 @@ pub struct CheckpointName {
     pub ingredient: Option<u32>,
     /// Optimizer step.
     pub step: u64,
-    /// Tokens seen, in billions, as the name rounds them.
+    /// Tokens seen, in billions, as the name rounds them (0 for names counted in `K` or `M`
+    /// below a billion).
     pub tokens_billions: u64,
+    /// Tokens seen as the name states them: the number times its unit (`K`, `M`, `B`).
+    pub tokens: u64,
 }
 
 impl BranchName {
@@ -87,8 +91,14 @@ fn parse_checkpoint(name: &str) -> Option<CheckpointName> {
         _ => None,
     };
     let step = number_after(parts.next()?, "step")?;
-    let tokens = parts.next()?.strip_prefix("tokens")?;
-    let tokens_billions = number_after(tokens.strip_suffix('B').unwrap_or(tokens), "")?;
+    let tokens_text = parts.next()?.strip_prefix("tokens")?;
+    let (digits, unit) = match tokens_text.as_bytes().last()? {
+        b'B' => (&tokens_text[..tokens_text.len() - 1], BILLION),
+        b'M' => (&tokens_text[..tokens_text.len() - 1], 1_000_000),
+        b'K' => (&tokens_text[..tokens_text.len() - 1], 1_000),
+        _ => (tokens_text, BILLION),
+    };
+    let tokens = number_after(digits, "")?.checked_mul(unit)?;
     if parts.next().is_some() {
         return None;
     }
@@ -96,8 +106,25 @@ fn parse_checkpoint(name: &str) -> Option<CheckpointName> {
         stage,
         ingredient,
         step,
-        tokens_billions,
+        tokens_billions: tokens / BILLION,
+        tokens,
     })
+}
+
+const BILLION: u64 = 1_000_000_000;
+
+/// The token part of a branch name ckpt-scan writes for its own runs: OLMo's ceiling rounding, in
+/// the unit that keeps the number informative (`K` below ten million, `M` below ten billion, else
+/// `B`), so `stage1-step{N}-tokens{M}{unit}` parses back to about the same count.
+pub fn tokens_suffix(tokens: u64) -> String {
+    let (unit, letter) = if tokens < 10_000_000 {
+        (1_000, 'K')
+    } else if tokens < 10 * BILLION {
+        (1_000_000, 'M')
+    } else {
+        (BILLION, 'B')
+    };
+    format!("tokens{}{letter}", tokens.div_ceil(unit))
 }
 
 /// The decimal number that follows `prefix` and makes up the rest of `part`.
@@ -163,6 +190,7 @@ mod tests {
             ingredient: None,
             step: 928646,
             tokens_billions: 3896,
+            tokens: 3_896_000_000_000,
         };
         assert_eq!(checkpoint("stage1-step928646-tokens3896B"), expected);
         assert_eq!(checkpoint("stage1-step928646-tokens3896"), expected);
@@ -176,7 +204,8 @@ mod tests {
                 stage: Some(2),
                 ingredient: Some(3),
                 step: 35763,
-                tokens_billions: 301
+                tokens_billions: 301,
+                tokens: 301_000_000_000,
             }
         );
         assert_eq!(
@@ -185,9 +214,31 @@ mod tests {
                 stage: None,
                 ingredient: None,
                 step: 102500,
-                tokens_billions: 860
+                tokens_billions: 860,
+                tokens: 860_000_000_000,
             }
         );
+    }
+
+    #[test]
+    fn small_runs_count_tokens_in_thousands_or_millions() {
+        let c = checkpoint("stage1-step64-tokens131K");
+        assert_eq!((c.step, c.tokens, c.tokens_billions), (64, 131_000, 0));
+        let c = checkpoint("stage1-step5000-tokens1200M");
+        assert_eq!((c.tokens, c.tokens_billions), (1_200_000_000, 1));
+        assert_eq!(tokens_suffix(0), "tokens0K");
+        assert_eq!(tokens_suffix(131_072), "tokens132K");
+        assert_eq!(tokens_suffix(12_000_001), "tokens13M");
+        assert_eq!(tokens_suffix(3_895_500_000_000), "tokens3896B");
+        // What the writer produces, the parser reads back (to the rounding).
+        for tokens in [0, 999, 8192, 9_999_999, 10_000_000, 25_000_000_000] {
+            let name = format!("stage1-step1-{}", tokens_suffix(tokens));
+            let parsed = checkpoint(&name).tokens;
+            assert!(
+                parsed >= tokens && parsed - tokens < parsed / 100 + 1000,
+                "{name}"
+            );
+        }
     }
 
     #[test]
@@ -202,6 +253,9 @@ mod tests {
             "stage1-step1000-tokens5.5B",
             "stagex-step1000-tokens5B",
             "stage1-step1000-tokensB",
+            "stage1-step1000-tokensK",
+            "stage1-step1000-tokens5G",
+            "stage1-step1000-tokens99999999999999999999B",
             "refs/pr/1",
         ] {
             assert_eq!(BranchName::parse(name), BranchName::Other, "{name}");

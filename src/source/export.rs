@@ -52,17 +52,11 @@ pub fn export_safetensors(
             .iter()
             .map(|n| Ok((n.clone(), source.read(n)?.to_kind(Kind::Float).contiguous())))
             .collect::<Result<_>>()?;
-        let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| tensor_bytes(t)).collect();
-        let views = tensors
+        let serialized = serialize_f32(&tensors, None)?;
+        total_size += tensors
             .iter()
-            .zip(&bytes)
-            .map(|((name, t), b)| {
-                let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-                Ok((name.clone(), TensorView::new(Dtype::F32, shape, b)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let serialized = safetensors::serialize(views, None)?;
-        total_size += bytes.iter().map(|b| b.len() as u64).sum::<u64>();
+            .map(|(_, t)| 4 * t.numel() as u64)
+            .sum::<u64>();
         write_atomic(&dir.join(&file), &serialized)?;
         for name in names {
             weight_map.insert(name.clone(), file.clone());
@@ -77,6 +71,23 @@ pub fn export_safetensors(
         )?;
     }
     Ok(())
+}
+
+/// Safetensors bytes of contiguous f32 CPU tensors (safetensors sorts them by name).
+pub fn serialize_f32(
+    tensors: &[(String, Tensor)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| tensor_bytes(t)).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, t), b)| {
+            let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+            Ok((name.clone(), TensorView::new(Dtype::F32, shape, b)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(views, metadata)?)
 }
 
 fn tensor_bytes(t: &Tensor) -> Vec<u8> {
