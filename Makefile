@@ -8,15 +8,17 @@ GOLDEN := $(CACHE)/golden
 GOLDEN_STAMP := $(GOLDEN)/.stamp-$(shell sha256sum tests/fixtures/make_golden.py tests/fixtures/make_gguf.py scripts/setup-venv.sh | sha256sum | cut -c1-16)
 BIN = $$CARGO_TARGET_DIR/debug/ckpt-scan
 
-.PHONY: demo test venv data fixtures build lint gpu-check clean-cache
+.PHONY: demo example test venv data fixtures build lint gpu-check clean-cache
 
-demo: venv data build
-	$(ENV) $(BIN) inspect gguf:$$CKPT_SCAN_DATA/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | head -20
+demo: venv data build series
 	$(ENV) $(BIN) forward gguf:$$CKPT_SCAN_DATA/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --text "The capital of France is" --generate 8
-	$(ENV) $(BIN) inspect 'init:olmo2-1b?seed=0&scheme=olmo' --headers-only | head -12
-	$(ENV) $(BIN) forward 'init:olmo2-1b?seed=0&scheme=olmo' --text "The capital of France is" --generate 0
-	$(ENV) $(BIN) predict gguf:$$CKPT_SCAN_DATA/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --text mix --tokens 16384 --seq-len 128 --kinds q,k --max-refs 2 --out reports/demo/smollm2-predict
-	$(ENV) $(BIN) align gguf:$$CKPT_SCAN_DATA/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --kinds k --max-refs 2 --partners 2 --predictions reports/demo/smollm2-predict/predictability.csv --out reports/demo/smollm2-align | tail -8
+	$(ENV) $(BIN) scan tiny --out reports/tiny
+	@echo "report: reports/tiny/report.md"
+
+# The committed example report: the demo's scan of the built-in series, copied into the repo.
+example: demo
+	rm -rf reports/example.tmp && cp -r reports/tiny reports/example.tmp \
+	  && rm -rf reports/example && mv reports/example.tmp reports/example
 
 test: venv data fixtures
 	$(ENV) cargo fmt --check
