@@ -333,3 +333,66 @@ fn bad_manifests_and_flags_give_one_line_errors() {
         "{stderr}"
     );
 }
+
+/// The sink statistics of a forward equal ACT's rule applied by hand to HF transformers' attention
+/// maps of the same model (tests/fixtures/make_golden.py).
+#[test]
+fn sink_statistics_match_act_rule_on_hf_attention_maps() {
+    use ckpt_scan::analysis::sinks::SinkStatisticsSink;
+    use ckpt_scan::model::forward::{forward_streamed, OutputHead};
+    let Some(dir) = common::golden_dir() else {
+        return;
+    };
+    let golden = common::read_golden(&dir.join("olmo2-golden.safetensors"));
+    let source = ckpt_scan::source::open_source(dir.join("olmo2").to_str().unwrap()).unwrap();
+    let layers = source.config().num_hidden_layers;
+    let (threshold, min_visible) = (0.1, 4usize);
+    let mut sink = SinkStatisticsSink::new("golden", layers, threshold, min_visible as i64);
+    forward_streamed(
+        source.as_ref(),
+        &[golden["input_ids"].shallow_clone()],
+        &mut sink,
+        &LoadOptions::cpu_f32(),
+        OutputHead::None,
+        &HiddenBudget::default(),
+        None,
+    )
+    .unwrap();
+    let rows = sink.rows().unwrap();
+    for layer in 0..layers {
+        let maps = &golden[&format!("layers.{layer}.attention")];
+        let (batch, heads, n, _) = maps.size4().unwrap();
+        let p: Vec<f32> = Vec::try_from(maps.contiguous().view(-1)).unwrap();
+        for head in 0..heads as usize {
+            let (mut first, mut all, mut evidenced) = (0.0f64, 0.0f64, 0.0f64);
+            for b in 0..batch as usize {
+                let n = n as usize;
+                let at =
+                    |i: usize, j: usize| p[((b * heads as usize + head) * n + i) * n + j] as f64;
+                let scores: Vec<f64> = (0..n)
+                    .map(|j| (j..n).map(|i| at(i, j)).sum::<f64>() / (n - j) as f64)
+                    .collect();
+                let candidates: Vec<usize> = (0..n).filter(|&j| scores[j] > threshold).collect();
+                first += scores[0];
+                all += candidates.len().saturating_sub(1) as f64;
+                let seen = candidates.iter().filter(|&&j| n - j >= min_visible).count();
+                evidenced += seen.saturating_sub(1) as f64;
+            }
+            let row = rows
+                .iter()
+                .find(|r| r.layer == layer && r.head == head)
+                .unwrap();
+            let b = batch as f64;
+            assert!(
+                (row.first_column_score - first / b).abs() < 1e-4,
+                "layer {layer} head {head}"
+            );
+            assert_eq!(row.sinks_beyond_first, all / b, "layer {layer} head {head}");
+            assert_eq!(
+                row.sinks_beyond_first_evidenced,
+                evidenced / b,
+                "layer {layer} head {head}"
+            );
+        }
+    }
+}

@@ -56,7 +56,7 @@ pub struct SinkRow {
     pub first_column_score: f64,
     /// Mean count of sink positions beyond the exempt first candidate, per sequence.
     pub sinks_beyond_first: f64,
-    /// The same, counting only positions seen by at least `MIN_VISIBLE_QUERIES` queries.
+    /// The same, counting only positions seen by at least `min_visible` queries.
     pub sinks_beyond_first_evidenced: f64,
     /// Share of sequences with at least one evidenced sink beyond the first.
     pub share_with_extra_sink: f64,
@@ -76,14 +76,18 @@ struct LayerSums {
 pub struct SinkStatisticsSink {
     checkpoint: String,
     threshold: f64,
+    min_visible: i64,
     layers: Vec<Option<LayerSums>>,
 }
 
 impl SinkStatisticsSink {
-    pub fn new(checkpoint: &str, num_layers: i64, threshold: f64) -> Self {
+    /// `threshold`: τ on the column mean; `min_visible`: queries a sink must be seen by to count
+    /// as evidenced (ACT counts every position; the report uses [`MIN_VISIBLE_QUERIES`]).
+    pub fn new(checkpoint: &str, num_layers: i64, threshold: f64, min_visible: i64) -> Self {
         SinkStatisticsSink {
             checkpoint: checkpoint.to_string(),
             threshold,
+            min_visible,
             layers: (0..num_layers).map(|_| None).collect(),
         }
     }
@@ -135,7 +139,7 @@ impl CaptureSink for SinkStatisticsSink {
         };
         let (b, _, s, _) = probabilities.size4()?;
         let scores = column_scores(probabilities).to_device(tch::Device::Cpu);
-        let (beyond, evidenced) = sinks_beyond_first(&scores, self.threshold, MIN_VISIBLE_QUERIES);
+        let (beyond, evidenced) = sinks_beyond_first(&scores, self.threshold, self.min_visible);
         let over_batch = |t: &Tensor| t.to_kind(Kind::Double).sum_dim_intlist(0, false, None);
         let first_score = over_batch(&scores.select(-1, 0));
         let with_extra = over_batch(&evidenced.gt(0));

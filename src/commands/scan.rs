@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::analysis::alignment::AlignmentOptions;
 use crate::analysis::predictability::{Candidates, PredictabilityOptions};
-use crate::analysis::sinks::{SinkStatisticsSink, SINK_THRESHOLD};
+use crate::analysis::sinks::{SinkStatisticsSink, MIN_VISIBLE_QUERIES, SINK_THRESHOLD};
 use crate::capture::HeadKind;
 use crate::cli::ScanArgs;
 use crate::commands::align::{run_alignment, AlignOutput, MeasuredReferenceSet};
@@ -550,7 +550,7 @@ fn scan_checkpoint(
     // Sink statistics on the first sequences of the token set.
     let sink_key = key(
         "sinks",
-        serde_json::json!({"threshold": SINK_THRESHOLD, "sequences": options.sink_sequences}),
+        serde_json::json!({"threshold": SINK_THRESHOLD, "min_visible_queries": MIN_VISIBLE_QUERIES, "sequences": options.sink_sequences}),
         Some(&token_set.hash),
     );
     let mut sink_rows: Vec<crate::analysis::sinks::SinkRow> = run_unit(
@@ -571,7 +571,12 @@ fn scan_checkpoint(
                 .into_iter()
                 .map(|(t, _)| t)
                 .collect();
-            let mut sink = SinkStatisticsSink::new(label, config.num_hidden_layers, SINK_THRESHOLD);
+            let mut sink = SinkStatisticsSink::new(
+                label,
+                config.num_hidden_layers,
+                SINK_THRESHOLD,
+                MIN_VISIBLE_QUERIES,
+            );
             let mut progress = |layer: i64, _: i64| bars.layer(layer);
             forward_streamed(
                 source,

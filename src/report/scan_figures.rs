@@ -32,12 +32,7 @@ fn at_init(row: &SummaryRow) -> bool {
 type Trajectory = (Vec<(f64, f64)>, Option<(f64, f64)>);
 
 /// One metric's [`Trajectory`].
-fn trajectory(
-    summary: &[SummaryRow],
-    kind: &str,
-    k: usize,
-    metric: &str,
-) -> Trajectory {
+fn trajectory(summary: &[SummaryRow], kind: &str, k: usize, metric: &str) -> Trajectory {
     let rows = summary
         .iter()
         .filter(|r| r.kind == kind && r.k == k && r.metric == metric && r.value.is_finite());
