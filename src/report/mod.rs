@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod csv;
 pub mod manifest;
+pub mod plot;
 
 use std::path::{Path, PathBuf};
 
