@@ -29,5 +29,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => commands::predict::run(args, &settings),
         Command::Align(args) => commands::align::run(args, &settings),
         Command::Refs(args) => commands::refs::run(args, &settings),
+        Command::Theory(args) => commands::theory::run(args, &settings),
     }
 }

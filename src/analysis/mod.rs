@@ -2,4 +2,5 @@
 
 pub mod alignment;
 pub mod cross_layer;
+pub mod init_check;
 pub mod predictability;
