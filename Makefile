@@ -44,3 +44,9 @@ build: venv
 
 gpu-check: build
 	$(ENV) scripts/gpu-check.sh
+
+# Regenerates the checked-in verification of the init-time bound (theory/verification.md, its CSVs,
+# plots and manifest): Monte Carlo grid, init:olmo2-1b (both schemes) and SmolLM2 per layer.
+.PHONY: theory
+theory: venv data build
+	$(ENV) $(BIN) theory --out theory

@@ -184,9 +184,9 @@ fn layer_chart_draws_k1_and_the_largest_k_per_source_and_kind() {
         names,
         [
             "held-out R², k=1",
-            "bound B, k=1",
+            "bound B (band: + tolerance), k=1",
             "held-out R², k=3",
-            "bound B, k=3"
+            "bound B (band: + tolerance), k=3"
         ]
     );
     assert_eq!(

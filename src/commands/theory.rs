@@ -793,7 +793,7 @@ pub fn layer_chart(rows: &[LayerRow]) -> SmallMultiples {
                 measured.markers = true;
                 measured.color = Some(color);
                 let mut bound = Series::new(
-                    format!("bound B, k={k}"),
+                    format!("bound B (band: + tolerance), k={k}"),
                     at.iter().map(|r| (r.layer as f64, r.bound)).collect(),
                 );
                 bound.band = Some(
@@ -831,8 +831,15 @@ pub fn layer_chart(rows: &[LayerRow]) -> SmallMultiples {
                 "R²",
             );
             chart.series = series;
+            // R² ≤ 1: the space above holds the legend, clear of the data.
             chart.legend = LegendPosition::UpperRight;
-            chart.y_range = Some((0.0, 1.05));
+            chart.y_range = Some((0.0, 1.6));
+            let layers = sel
+                .iter()
+                .map(|r| r.layer)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            chart.x_label_count = Some(layers.clamp(2, 16));
             chart
         })
         .collect();
@@ -840,6 +847,6 @@ pub fn layer_chart(rows: &[LayerRow]) -> SmallMultiples {
         title: "Held-out R² per layer vs the bound of the layer's measured input spectrum".into(),
         panels,
         columns: 3,
-        panel_size: (520, 340),
+        panel_size: (540, 400),
     }
 }
