@@ -54,3 +54,8 @@ series: venv data build
 	$(ENV) if [ -e $(SERIES_DIR)/models--ckpt-scan--olmo2-tiny/refs/main ]; then \
 	  echo "series present: $(SERIES_DIR)"; \
 	else $(BIN) train --config tiny --out $(SERIES_DIR); fi
+# Regenerates the checked-in verification of the init-time bound (theory/verification.md, its CSVs,
+# plots and manifest): Monte Carlo grid, init:olmo2-1b (both schemes) and SmolLM2 per layer.
+.PHONY: theory
+theory: venv data build
+	$(ENV) $(BIN) theory --out theory

@@ -75,6 +75,9 @@ pub enum Command {
     Scan(ScanArgs),
     /// Train a tiny OLMo-2 from scratch and save its checkpoints as a local Hub-style series.
     Train(TrainArgs),
+    /// Verify the init-time bound (theory/init_bound.md §7): Monte Carlo of the theorems, models at
+    /// init per layer, and where trained checkpoints exceed it; writes verification.md, CSV, plots.
+    Theory(TheoryArgs),
 }
 
 #[derive(Args, Debug)]
@@ -251,4 +254,56 @@ pub struct ScanArgs {
     /// Seed for document order and the null baseline (overrides the manifest; default 0).
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct TheoryArgs {
+    /// A model at init to check per layer (repeatable), besides both schemes of init:olmo2-1b.
+    #[arg(long = "init", value_name = "SOURCE")]
+    pub init: Vec<String>,
+    /// A trained checkpoint to compare with its init bound (repeatable), besides SmolLM2-135M-Instruct (GGUF).
+    #[arg(long = "trained", value_name = "SOURCE")]
+    pub trained: Vec<String>,
+    /// Measure only the sources given with --init and --trained, not the defaults.
+    #[arg(long)]
+    pub no_default_sources: bool,
+    /// Text for the model checks: `mix`, `gsm8k`, `random` or a file (as for predict).
+    #[arg(long, default_value = "mix")]
+    pub text: String,
+    /// Tokens per model (whole sequences of --seq-len).
+    #[arg(long, default_value_t = 8192)]
+    pub tokens: usize,
+    /// Tokens per sequence (capped at each model's maximum).
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    /// Fraction of sequences in the fit split (the input spectrum and the fits); the rest are held out.
+    #[arg(long, default_value_t = 0.75)]
+    pub split: f64,
+    /// Which vectors to predict in the model checks.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![crate::capture::HeadKind::Q, crate::capture::HeadKind::K, crate::capture::HeadKind::V])]
+    pub kinds: Vec<crate::capture::HeadKind>,
+    /// Largest number of reference heads k (capped per kind at its heads − 1).
+    #[arg(long, default_value_t = 5)]
+    pub max_refs: usize,
+    /// Layers to check, e.g. `0,5,11` (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Option<Vec<i64>>,
+    /// Monte Carlo weight draws per grid cell at d = 64 (fewer at larger d, at least 16).
+    #[arg(long, default_value_t = 2000)]
+    pub draws: usize,
+    /// Input dimensions of the model-free Monte Carlo grid (any of 64, 256, 2048).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![64usize, 256, 2048])]
+    pub grid_dims: Vec<usize>,
+    /// Monte Carlo weight draws per measured layer spectrum.
+    #[arg(long, default_value_t = 8)]
+    pub layer_draws: usize,
+    /// Seed of the Monte Carlo draws and of the document order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder.
+    #[arg(long, default_value = "theory")]
+    pub out: PathBuf,
+    /// tokenizer.json to use when a source has none (default: OLMo-2's dolma2 for init sources).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
 }

@@ -33,5 +33,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Refs(args) => commands::refs::run(args, &settings),
         Command::Scan(args) => commands::scan::run(args, &settings),
         Command::Train(args) => commands::train::run(args, &settings),
+        Command::Theory(args) => commands::theory::run(args, &settings),
     }
 }

@@ -2,5 +2,6 @@
 
 pub mod alignment;
 pub mod cross_layer;
+pub mod init_check;
 pub mod predictability;
 pub mod sinks;

@@ -121,6 +121,17 @@ pub trait CaptureSink {
         false
     }
     fn capture(&mut self, capture: &LayerCapture) -> anyhow::Result<()>;
+    /// The attention input `x` `[batch, seq, hidden]` of `layer` for one token batch: the raw
+    /// residual stream for OLMo-2 (no input norm), the input-normed stream for Llama. What Q/K/V
+    /// are projections of (theory/init_bound.md: Σ is its covariance). Default: ignored.
+    fn attention_input(
+        &mut self,
+        _layer: i64,
+        _batch_index: usize,
+        _x: &Tensor,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// The deepest layer this sink needs; a forward that returns no logits stops after it.
     fn last_layer(&self) -> Option<i64> {
         None

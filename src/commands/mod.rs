@@ -7,3 +7,4 @@ pub mod predict;
 pub mod refs;
 pub mod scan;
 pub mod train;
+pub mod theory;

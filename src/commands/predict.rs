@@ -116,6 +116,28 @@ pub fn run_predictability(
     })
 }
 
+/// The token set `text` gives for `source` (uniform ids for `random`, else its tokenizer or
+/// `tokenizer`), and the tokenizer's name for the manifest.
+pub fn build_token_set(
+    source: &dyn WeightSource,
+    text: &TextSource,
+    options: &TokenSetOptions,
+    tokenizer: Option<&Path>,
+) -> Result<(TokenSet, String)> {
+    if *text == TextSource::Random {
+        return Ok((
+            TokenSet::uniform_random(source.config().vocab_size, options)?,
+            "none (random ids)".to_string(),
+        ));
+    }
+    let (tokenizer, tokenizer_name) = tokenizer_for(source, tokenizer)?;
+    let documents = load_documents(text)?;
+    Ok((
+        TokenSet::build(&documents, &tokenizer, options)?,
+        tokenizer_name,
+    ))
+}
+
 #[derive(Serialize)]
 struct Manifest<'a> {
     tool: ToolVersion,
@@ -165,20 +187,12 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
         seed: args.seed,
         separator: config.eos_token_id,
     };
-    let (token_set, tokenizer_name) = if text == TextSource::Random {
-        (
-            TokenSet::uniform_random(config.vocab_size, &token_options)?,
-            "none (random ids)".to_string(),
-        )
-    } else {
-        let (tokenizer, tokenizer_name) =
-            tokenizer_for(source.as_ref(), args.tokenizer.as_deref())?;
-        let documents = load_documents(&text)?;
-        (
-            TokenSet::build(&documents, &tokenizer, &token_options)?,
-            tokenizer_name,
-        )
-    };
+    let (token_set, tokenizer_name) = build_token_set(
+        source.as_ref(),
+        &text,
+        &token_options,
+        args.tokenizer.as_deref(),
+    )?;
     let n_sequences = token_set.sequences.len();
     if n_sequences < 128 {
         printer.warn(format!(

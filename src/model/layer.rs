@@ -70,6 +70,7 @@ impl DecoderLayer {
         match self.architecture {
             Architecture::Olmo2 => {
                 // The attention input is the raw residual stream: OLMo-2 has no input norm.
+                ctx.sink.attention_input(ctx.layer, ctx.batch_index, x)?;
                 let attn = self.self_attn.forward(x, rope, ctx)?;
                 let h = x + self.post_attention_layernorm.forward(&attn);
                 let ff = self.mlp.forward(&h);
@@ -81,7 +82,10 @@ impl DecoderLayer {
             }
             Architecture::Llama => {
                 let input_norm = self.input_layernorm.as_ref().expect("llama layer");
-                let attn = self.self_attn.forward(&input_norm.forward(x), rope, ctx)?;
+                let normed = input_norm.forward(x);
+                ctx.sink
+                    .attention_input(ctx.layer, ctx.batch_index, &normed)?;
+                let attn = self.self_attn.forward(&normed, rope, ctx)?;
                 let h = x + attn;
                 let ff = self.mlp.forward(&self.post_attention_layernorm.forward(&h));
                 Ok(&h + ff)

@@ -94,6 +94,8 @@ pub struct LineChart {
     pub legend: LegendPosition,
     /// Fixed y range; by default the data's range (bands included) with a 5 % margin.
     pub y_range: Option<(f64, f64)>,
+    /// How many x tick labels plotters aims for (default 10); e.g. the count of integer x values.
+    pub x_label_count: Option<usize>,
     pub size: (u32, u32),
 }
 
@@ -111,6 +113,7 @@ impl LineChart {
             series: Vec::new(),
             legend: LegendPosition::default(),
             y_range: None,
+            x_label_count: None,
             size: DEFAULT_SIZE,
         }
     }
@@ -503,6 +506,7 @@ fn draw_line_chart<DB: DrawingBackend>(
         .build_cartesian_2d(x0..x1, y.0..y.1)
         .map_err(plot_error)?;
     ctx.configure_mesh()
+        .x_labels(chart.x_label_count.unwrap_or(10))
         .x_desc(&chart.x_label)
         .y_desc(&chart.y_label)
         .x_label_formatter(&x_format)

@@ -103,7 +103,13 @@ const GENERATION_CHUNK: i64 = 1 << 22;
 /// Inverse-CDF sampling of a normal: `x = std·√2·erfinv(v)` for `v` uniform on (−edge, edge),
 /// where `edge = erf(cut/√2)` truncates at ±cut·σ (as `torch.nn.init.trunc_normal_` does), and
 /// `cut = ∞` (edge 1) gives a plain normal. Returns `[rows, cols...]` filled chunk by chunk.
-fn sample_normal(shape: &[i64], seed: u64, name: &str, std: f64, cut_sigmas: f64) -> Tensor {
+pub(crate) fn sample_normal(
+    shape: &[i64],
+    seed: u64,
+    name: &str,
+    std: f64,
+    cut_sigmas: f64,
+) -> Tensor {
     let edge = if cut_sigmas.is_finite() {
         f64::try_from(Tensor::from(cut_sigmas / std::f64::consts::SQRT_2).erf())
             .expect("scalar erf")
