@@ -1,6 +1,7 @@
 //! Pure math on tensors: streaming Gram accumulators and regression from them.
 
 pub mod gram;
+pub mod interval;
 pub mod principal_angles;
 pub mod regression;
 pub mod selection;
