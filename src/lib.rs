@@ -31,5 +31,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => commands::predict::run(args, &settings),
         Command::Align(args) => commands::align::run(args, &settings),
         Command::Refs(args) => commands::refs::run(args, &settings),
+        Command::Validate(args) => commands::validate::run(args, &settings),
     }
 }

@@ -102,6 +102,40 @@ fn tiny_models_cached_decode_equals_recompute_with_left_padding() {
 }
 
 #[test]
+fn act_runs_in_prefill_and_decode_and_changes_the_logits() {
+    use ckpt_scan::edit::act::{Act, SinkThreshold};
+    let config = ckpt_scan::model::config::ModelConfig {
+        num_hidden_layers: 6,
+        ..tiny_config(Architecture::Llama)
+    };
+    let source = InitSource::new(config.clone(), 11, InitScheme::Hf, "init:tiny6");
+    let model = ResidentModel::load(&source, &LoadOptions::cpu_f32()).unwrap();
+    let heads = (2..=4).map(|layer| (layer, vec![0, 1, 2, 3])).collect();
+    // τ below the uniform 1/N makes most keys candidates, so the edit is sure to act.
+    let act = Act::new(heads, 0.4, SinkThreshold::Absolute(0.02), &config).unwrap();
+    let prompts = vec![vec![5, 9, 13, 21, 40, 7, 7, 33], vec![12, 3, 4]];
+    let run = |edit: Option<&dyn ckpt_scan::edit::AttentionEdit>| {
+        let options = GenerationOptions {
+            record_logits: true,
+            ..GenerationOptions::greedy(4)
+        };
+        let mut cache = KvCache::new(6);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        generate(&model, &prompts, &options, &mut cache, &mut rng, edit, None)
+            .unwrap()
+            .0
+    };
+    let (plain, edited) = (run(None), run(Some(&act)));
+    for (a, b) in plain.iter().zip(&edited) {
+        for (step, (x, y)) in a.step_logits.iter().zip(&b.step_logits).enumerate() {
+            assert!(y.isfinite().all().int64_value(&[]) == 1);
+            let diff = f64::try_from((x - y).abs().max()).unwrap();
+            assert!(diff > 0.0, "step {step}: ACT changed nothing");
+        }
+    }
+}
+
+#[test]
 fn stop_token_ends_one_sequence_and_not_the_others() {
     let model = tiny(Architecture::Llama);
     let prompts = vec![vec![5, 9, 13], vec![12, 3, 44, 45]];

@@ -102,6 +102,98 @@ fn real_arc_easy_request_file_reads_570_items_of_four_choices_mostly() {
 }
 
 #[test]
+fn validate_writes_a_report_with_intervals_on_a_few_smollm2_items() {
+    let Some(model_path) = data_file(smollm2_gguf()) else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().join("v");
+    let spec = format!("gguf:{}", model_path.display());
+    let (ok, stdout, stderr) = common::cli(&[
+        "--device",
+        "cpu",
+        "--quiet",
+        "validate",
+        &spec,
+        "--tasks",
+        "arc_easy",
+        "--limit",
+        "3",
+        "--decode-tokens",
+        "2",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("| arc_easy | rc_0shot | baseline | acc |"),
+        "{stdout}"
+    );
+    let mut rows = csv::Reader::from_path(out_dir.join("accuracy.csv")).unwrap();
+    let mut seen = 0;
+    for row in rows.deserialize::<std::collections::HashMap<String, String>>() {
+        let row = row.unwrap();
+        let value = |k: &str| row[k].parse::<f64>().unwrap();
+        assert_eq!(value("items"), 3.0);
+        assert!(value("low_95") <= value("accuracy") && value("accuracy") <= value("high_95"));
+        seen += 1;
+    }
+    assert_eq!(seen, 2, "acc and acc_per_char");
+    let choices = std::fs::read_to_string(out_dir.join("choices.csv")).unwrap();
+    assert!(choices.lines().count() > 9, "{choices}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["tasks"][0]["items_used"], 3);
+    assert_eq!(
+        manifest["tasks"][0]["request_file_sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+}
+
+#[test]
+fn validate_with_a_bad_act_file_or_task_names_it() {
+    let Some(model_path) = data_file(smollm2_gguf()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let heads = dir.path().join("heads.json");
+    std::fs::write(&heads, r#"{"heads": {"29": [0]}}"#).unwrap();
+    let spec = format!("gguf:{}", model_path.display());
+    let (ok, _, stderr) = common::cli(&[
+        "--device",
+        "cpu",
+        "validate",
+        &spec,
+        "--tasks",
+        "arc_easy",
+        "--act",
+        heads.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("heads.json") && stderr.contains("ACT layer 29 is outside layers 2..=28"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = common::cli(&[
+        "--device",
+        "cpu",
+        "validate",
+        &spec,
+        "--tasks",
+        "no_such_task",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no_such_task") && stderr.contains("not found"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn missing_request_file_names_it_with_a_hint() {
     let error = read_mc_items(std::path::Path::new("/nonexistent/requests.jsonl.gz"))
         .unwrap_err()

@@ -5,3 +5,4 @@ pub mod forward;
 pub mod inspect;
 pub mod predict;
 pub mod refs;
+pub mod validate;

@@ -1,6 +1,8 @@
 //! Attention edits: changes to a model's attention applied at one seam inside `Attention::forward`
 //! (ACT calibration of attention sinks; reference-head reconstruction of the KV cache).
 
+pub mod act;
+
 use tch::Tensor;
 
 use crate::model::mask::Visibility;

@@ -150,6 +150,14 @@ pub fn score_items(
             }
             let mut ids = context;
             ids.extend(&continuation);
+            if let Some(&id) = ids.iter().find(|&&id| id >= model.config.vocab_size) {
+                bail!(
+                    "{} doc {} choice {choice_index}: the tokenizer gives id {id}, outside the model's vocabulary of {}\nhint: pass the checkpoint's own tokenizer with --tokenizer",
+                    item.task,
+                    item.doc_id,
+                    model.config.vocab_size
+                );
+            }
             // Too long for the model: drop the oldest context tokens, as OLMo does.
             let cut = ids.len().saturating_sub(max_positions);
             if cut >= ids.len() - continuation.len() {
