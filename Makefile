@@ -5,7 +5,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 CACHE ?= $(HOME)/.cache/ckpt-scan
 GOLDEN := $(CACHE)/golden
-GOLDEN_STAMP := $(GOLDEN)/.stamp-$(shell sha256sum tests/fixtures/make_golden.py tests/fixtures/make_gguf.py scripts/setup-venv.sh | sha256sum | cut -c1-16)
+GOLDEN_STAMP := $(GOLDEN)/.stamp-$(shell sha256sum tests/fixtures/make_golden.py tests/fixtures/make_gguf.py tests/fixtures/harness_reference.py scripts/setup-venv.sh | sha256sum | cut -c1-16)
 BIN = $$CARGO_TARGET_DIR/debug/ckpt-scan
 
 .PHONY: demo example test venv data fixtures build lint gpu-check clean-cache

@@ -78,6 +78,8 @@ pub enum Command {
     /// Verify the init-time bound (theory/init_bound.md §7): Monte Carlo of the theorems, models at
     /// init per layer, and where trained checkpoints exceed it; writes verification.md, CSV, plots.
     Theory(TheoryArgs),
+    /// Inference validation: multiple-choice accuracy (± 95% interval), speed and KV memory.
+    Validate(ValidateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -306,4 +308,37 @@ pub struct TheoryArgs {
     /// tokenizer.json to use when a source has none (default: OLMo-2's dolma2 for init sources).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// hf:ORG/NAME@REV, a model folder, a .safetensors or .gguf file, or init:MODEL?seed=N.
+    pub source: String,
+    /// Multiple-choice tasks (OLMo request files under oe_eval_tasks/).
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["arc_easy".to_string(), "hellaswag".to_string(), "piqa".to_string()])]
+    pub tasks: Vec<String>,
+    /// Request-file variant: `rc_0shot` (zero-shot ranked classification), `rc_5shot`, …
+    #[arg(long, default_value = "rc_0shot")]
+    pub variant: String,
+    /// Items per task: a seed-stable subset (default: all).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seed of the item subset.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Padded tokens per scoring batch.
+    #[arg(long, default_value_t = 2048)]
+    pub batch_tokens: usize,
+    /// Greedy tokens generated (KV-cached) from a few task prompts to measure decode speed; 0 skips.
+    #[arg(long, default_value_t = 32)]
+    pub decode_tokens: usize,
+    /// ACT head list (JSON: `{"heads": {"LAYER": [HEAD, …]}, …}`): run ACT beside the baseline.
+    #[arg(long)]
+    pub act: Option<PathBuf>,
+    /// tokenizer.json to use when the source has none (default: OLMo-2's dolma2 for init sources).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Output folder (default reports/validate-<source>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }

@@ -7,7 +7,9 @@ pub mod capture;
 pub mod cli;
 pub mod commands;
 pub mod data;
+pub mod edit;
 pub mod error;
+pub mod infer;
 pub mod model;
 pub mod printer;
 pub mod report;
@@ -34,5 +36,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Scan(args) => commands::scan::run(args, &settings),
         Command::Train(args) => commands::train::run(args, &settings),
         Command::Theory(args) => commands::theory::run(args, &settings),
+        Command::Validate(args) => commands::validate::run(args, &settings),
     }
 }

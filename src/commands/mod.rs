@@ -6,5 +6,6 @@ pub mod inspect;
 pub mod predict;
 pub mod refs;
 pub mod scan;
-pub mod train;
 pub mod theory;
+pub mod train;
+pub mod validate;

@@ -2,5 +2,6 @@
 
 pub mod corpora;
 pub mod paths;
+pub mod tasks;
 pub mod token_set;
 pub mod tokenizer;

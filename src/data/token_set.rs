@@ -180,9 +180,14 @@ impl TokenSet {
     }
 }
 
-/// Fisher–Yates with a ChaCha8 stream: the same seed gives the same order on every machine.
 fn shuffle(items: &mut [usize], seed: u64) {
-    let mut rng = keyed_rng(seed, b"tokenset");
+    seeded_shuffle(items, seed, b"tokenset");
+}
+
+/// Fisher–Yates with a ChaCha8 stream keyed by (seed, purpose label): the same seed gives the
+/// same order on every machine.
+pub fn seeded_shuffle<T>(items: &mut [T], seed: u64, label: &[u8]) {
+    let mut rng = keyed_rng(seed, label);
     for i in (1..items.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         items.swap(i, j);

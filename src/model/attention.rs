@@ -7,7 +7,10 @@ use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use crate::capture::{CapturePoint, CaptureSink, LayerCapture};
+use crate::edit::AttentionEdit;
 use crate::model::config::{Architecture, ModelConfig};
+use crate::model::kv_cache::LayerCache;
+use crate::model::mask::Visibility;
 use crate::model::norm::RmsNorm;
 use crate::model::rope::Rope;
 use crate::model::weights::LayerWeights;
@@ -29,6 +32,28 @@ pub struct CaptureContext<'a> {
     pub layer: i64,
     pub batch_index: usize,
     pub sink: &'a mut dyn CaptureSink,
+}
+
+/// What one attention call needs besides its input: RoPE tables, which keys each query sees, the
+/// layer's KV cache, and an edit. [`AttentionStep::plain`] is a whole-sequence causal forward.
+pub struct AttentionStep<'a> {
+    pub rope: &'a Rope,
+    /// Positions and masks for padded or cached calls; `None`: unpadded, causal, positions from the
+    /// cache length on.
+    pub visibility: Option<&'a Visibility>,
+    pub cache: Option<&'a mut LayerCache>,
+    pub edit: Option<&'a dyn AttentionEdit>,
+}
+
+impl<'a> AttentionStep<'a> {
+    pub fn plain(rope: &'a Rope) -> Self {
+        AttentionStep {
+            rope,
+            visibility: None,
+            cache: None,
+            edit: None,
+        }
+    }
 }
 
 impl Attention {
@@ -65,8 +90,13 @@ impl Attention {
         })
     }
 
-    /// `x`: `[batch, seq, hidden]` at positions `offset..offset+seq` → `[batch, seq, hidden]`.
-    pub fn forward(&self, x: &Tensor, rope: &Rope, ctx: &mut CaptureContext) -> Result<Tensor> {
+    /// `x`: `[batch, seq, hidden]` new tokens (after any cached ones) → `[batch, seq, hidden]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        step: &mut AttentionStep,
+        ctx: &mut CaptureContext,
+    ) -> Result<Tensor> {
         let (b, s) = (x.size()[0], x.size()[1]);
         let q_raw = x.linear::<Tensor>(&self.q_proj, None);
         let k_raw = x.linear::<Tensor>(&self.k_proj, None);
@@ -82,16 +112,39 @@ impl Attention {
             .k_norm
             .as_ref()
             .map_or_else(|| k_raw.shallow_clone(), |n| n.forward(&k_raw));
-        let q = rope.apply(&heads(&q_normed, nq), 0);
-        let k = rope.apply(&heads(&k_normed, nkv), 0);
+        let past = step.cache.as_ref().map_or(0, |c| c.len());
+        let edit = step.edit.filter(|e| e.edits_layer(ctx.layer));
+        // Cached and edited calls need explicit visibility; a plain prefill keeps the fused causal path.
+        let owned_visibility = match step.visibility {
+            None if past > 0 || edit.is_some() => {
+                Some(Visibility::unpadded(b, past + s, s, x.device()))
+            }
+            _ => None,
+        };
+        let visibility = step.visibility.or(owned_visibility.as_ref());
+        let rope_at = |t: &Tensor| match visibility {
+            Some(v) => step.rope.apply_at(t, &v.positions),
+            None => step.rope.apply(t, 0),
+        };
+        let q = rope_at(&heads(&q_normed, nq));
+        let k = rope_at(&heads(&k_normed, nkv));
+        let (keys, values) = match step.cache.as_deref_mut() {
+            Some(cache) => cache.append(&k, &v),
+            None => (k.shallow_clone(), v.shallow_clone()),
+        };
 
         let wants_attention = ctx.sink.wants_attention(ctx.layer);
         let points = ctx.sink.points(ctx.layer);
-        let (out, probabilities) = if wants_attention {
-            let (out, p) = eager_attention(&q, &k, &v, nq / nkv);
-            (out, Some(p))
+        let group = nq / nkv;
+        let visible = visibility.map(|v| &v.visible);
+        let (out, probabilities) = if wants_attention || edit.is_some() {
+            let mut p = attention_probabilities(&q, &keys, group, visible);
+            if let (Some(edit), Some(visibility)) = (edit, visibility) {
+                p = edit.edit_probabilities(ctx.layer, &p, visibility);
+            }
+            (p.matmul(&repeat_kv(&values, group)), Some(p))
         } else {
-            (sdpa(&q, &k, &v, nq / nkv), None)
+            (sdpa(&q, &keys, &values, group, visible), None)
         };
         for point in points {
             let (queries, keys) = match point {
@@ -123,15 +176,16 @@ pub fn repeat_kv(x: &Tensor, group: i64) -> Tensor {
     }
 }
 
-/// Causal attention through libtorch's fused kernel (no probabilities).
-fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, group: i64) -> Tensor {
+/// Attention through libtorch's fused kernel (no probabilities). `visible`: bool
+/// `[batch, 1, queries, keys]`, or `None` for plain causal attention over the same tokens.
+fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, group: i64, visible: Option<&Tensor>) -> Tensor {
     Tensor::scaled_dot_product_attention(
         q,
         &repeat_kv(k, group),
         &repeat_kv(v, group),
-        None::<Tensor>,
+        visible,
         0.0,
-        true,
+        visible.is_none(),
         None,
         false,
     )
@@ -139,14 +193,26 @@ fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, group: i64) -> Tensor {
 
 /// Causal attention written out, returning `(output, probabilities)`; softmax in f32 as HF's eager path.
 pub fn eager_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: i64) -> (Tensor, Tensor) {
+    let probabilities = attention_probabilities(q, k, group, None);
+    (probabilities.matmul(&repeat_kv(v, group)), probabilities)
+}
+
+/// `softmax(q·kᵀ/√d + mask)`: `[batch, num_attention_heads, queries, keys]` in `q`'s kind (softmax in
+/// f32). `visible` as in [`sdpa`].
+pub fn attention_probabilities(
+    q: &Tensor,
+    k: &Tensor,
+    group: i64,
+    visible: Option<&Tensor>,
+) -> Tensor {
     let d = q.size()[3];
-    let s = q.size()[2];
     let k = repeat_kv(k, group);
-    let v = repeat_kv(v, group);
     let scores = q.matmul(&k.transpose(-2, -1)) * (d as f64).powf(-0.5);
-    let scores = scores + causal_mask(s, q.device());
-    let probabilities = scores.softmax(-1, Kind::Float).to_kind(q.kind());
-    (probabilities.matmul(&v), probabilities)
+    let scores = match visible {
+        Some(visible) => scores.masked_fill(&visible.logical_not(), f64::NEG_INFINITY),
+        None => scores + causal_mask(q.size()[2], q.device()),
+    };
+    scores.softmax(-1, Kind::Float).to_kind(q.kind())
 }
 
 /// `[seq, seq]` f32 mask: 0 on and below the diagonal, −∞ above.
@@ -166,7 +232,7 @@ mod tests {
         let k = Tensor::randn([2, 3, 5, 8], opts);
         let v = Tensor::randn([2, 3, 5, 8], opts);
         let (out, p) = eager_attention(&q, &k, &v, 2);
-        let fused = sdpa(&q, &k, &v, 2);
+        let fused = sdpa(&q, &k, &v, 2, None);
         let diff = f64::try_from((&out - fused).abs().max()).unwrap();
         assert!(diff < 1e-5, "eager vs fused {diff}");
         let row_err = f64::try_from(

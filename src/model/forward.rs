@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 use crate::capture::CaptureSink;
-use crate::model::attention::CaptureContext;
+use crate::model::attention::{AttentionStep, CaptureContext};
 use crate::model::config::ModelConfig;
 use crate::model::hidden_store::HiddenStore;
 use crate::model::layer::DecoderLayer;
@@ -100,7 +100,11 @@ pub fn forward_streamed(
                 batch_index,
                 sink: &mut *sink,
             };
-            let x = layer.forward(&hidden.get(batch_index), &rope, &mut ctx)?;
+            let x = layer.forward(
+                &hidden.get(batch_index),
+                &mut AttentionStep::plain(&rope),
+                &mut ctx,
+            )?;
             hidden.set(batch_index, x);
         }
         sink.finish_layer(layer_index)?;

@@ -7,11 +7,10 @@
 use anyhow::Result;
 use tch::Tensor;
 
-use crate::model::attention::{Attention, CaptureContext};
+use crate::model::attention::{Attention, AttentionStep, CaptureContext};
 use crate::model::config::{Architecture, ModelConfig};
 use crate::model::mlp::Mlp;
 use crate::model::norm::RmsNorm;
-use crate::model::rope::Rope;
 use crate::model::weights::{LayerWeights, LoadOptions};
 use crate::source::WeightSource;
 
@@ -66,12 +65,17 @@ impl DecoderLayer {
     }
 
     /// `x`: `[batch, seq, hidden]` residual stream → the next layer's residual stream.
-    pub fn forward(&self, x: &Tensor, rope: &Rope, ctx: &mut CaptureContext) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        step: &mut AttentionStep,
+        ctx: &mut CaptureContext,
+    ) -> Result<Tensor> {
         match self.architecture {
             Architecture::Olmo2 => {
                 // The attention input is the raw residual stream: OLMo-2 has no input norm.
                 ctx.sink.attention_input(ctx.layer, ctx.batch_index, x)?;
-                let attn = self.self_attn.forward(x, rope, ctx)?;
+                let attn = self.self_attn.forward(x, step, ctx)?;
                 let h = x + self.post_attention_layernorm.forward(&attn);
                 let ff = self.mlp.forward(&h);
                 let post_ff = self
@@ -85,7 +89,7 @@ impl DecoderLayer {
                 let normed = input_norm.forward(x);
                 ctx.sink
                     .attention_input(ctx.layer, ctx.batch_index, &normed)?;
-                let attn = self.self_attn.forward(&normed, rope, ctx)?;
+                let attn = self.self_attn.forward(&normed, step, ctx)?;
                 let h = x + attn;
                 let ff = self.mlp.forward(&self.post_attention_layernorm.forward(&h));
                 Ok(&h + ff)

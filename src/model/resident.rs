@@ -5,13 +5,25 @@ use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use crate::capture::NoCapture;
-use crate::model::attention::CaptureContext;
+use crate::edit::AttentionEdit;
+use crate::model::attention::{AttentionStep, CaptureContext};
 use crate::model::config::ModelConfig;
+use crate::model::kv_cache::KvCache;
 use crate::model::layer::DecoderLayer;
+use crate::model::mask::Visibility;
 use crate::model::norm::RmsNorm;
 use crate::model::rope::Rope;
 use crate::model::weights::{load_tensor, LoadOptions};
 use crate::source::WeightSource;
+
+/// What a forward call runs on top of: the KV cache it extends, the visibility of padded or cached
+/// tokens, an attention edit. The default is a plain causal forward of whole sequences.
+#[derive(Default)]
+pub struct ForwardState<'a> {
+    pub cache: Option<&'a mut KvCache>,
+    pub visibility: Option<&'a Visibility>,
+    pub edit: Option<&'a dyn AttentionEdit>,
+}
 
 pub struct ResidentModel {
     pub config: ModelConfig,
@@ -52,14 +64,20 @@ impl ResidentModel {
 
     /// `ids`: `[batch, seq]` int64 → f32 logits `[batch, seq, vocab]`.
     pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        self.forward(ids, &mut ForwardState::default())
+    }
+
+    /// Runs new tokens `ids` `[batch, seq]` on top of `state.cache` (appending to it) →
+    /// f32 logits `[batch, seq, vocab]`.
+    pub fn forward(&self, ids: &Tensor, state: &mut ForwardState) -> Result<Tensor> {
         let _no_grad = tch::no_grad_guard();
-        self.forward_logits(ids)
+        self.forward_logits(ids, state)
     }
 
     /// `logits` with autograd recording, for training (`train::trainer`); the parameters must
     /// have `requires_grad` set (see [`ResidentModel::parameters`]).
     pub fn logits_with_grad(&self, ids: &Tensor) -> Result<Tensor> {
-        self.forward_logits(ids)
+        self.forward_logits(ids, &mut ForwardState::default())
     }
 
     /// Every weight tensor under its Hugging Face name (embedding, layers, final norm, head); a
@@ -111,13 +129,14 @@ impl ResidentModel {
         out
     }
 
-    /// The shared forward of `logits` and `logits_with_grad`.
-    fn forward_logits(&self, ids: &Tensor) -> Result<Tensor> {
+    /// The shared forward of `forward` and `logits_with_grad`.
+    fn forward_logits(&self, ids: &Tensor, state: &mut ForwardState) -> Result<Tensor> {
         let seq = ids.size()[1];
+        let past = state.cache.as_ref().map_or(0, |c| c.len());
         let rope = Rope::new(
             self.config.head_dim,
             self.config.rope_theta,
-            seq,
+            past + seq,
             self.options.device,
         );
         let mut x = Tensor::embedding(
@@ -128,19 +147,30 @@ impl ResidentModel {
             false,
         );
         let mut sink = NoCapture;
+        let mut caches = state.cache.as_deref_mut().map(|c| c.layers.iter_mut());
         for (i, layer) in self.layers.iter().enumerate() {
             let mut ctx = CaptureContext {
                 layer: i as i64,
                 batch_index: 0,
                 sink: &mut sink,
             };
-            x = layer.forward(&x, &rope, &mut ctx)?;
+            let mut step = AttentionStep {
+                rope: &rope,
+                visibility: state.visibility,
+                cache: caches.as_mut().and_then(|c| c.next()),
+                edit: state.edit,
+            };
+            x = layer.forward(&x, &mut step, &mut ctx)?;
         }
         Ok(self
             .norm
             .forward(&x)
             .linear::<Tensor>(&self.lm_head, None)
             .to_kind(Kind::Float))
+    }
+
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
     }
 
     /// Greedy continuation of one prompt (recomputes the prefix each step; no KV cache yet).

@@ -37,6 +37,17 @@ impl Rope {
         (&x32 * cos + rotate_half(&x32) * sin).to_kind(x.kind())
     }
 
+    /// Applies RoPE to `x`: `[batch, heads, seq, head_dim]` at per-row positions `[batch, seq]` (int64).
+    pub fn apply_at(&self, x: &Tensor, positions: &Tensor) -> Tensor {
+        let (batch, seq) = (positions.size()[0], positions.size()[1]);
+        let table = |t: &Tensor| {
+            t.index_select(0, &positions.reshape([-1]))
+                .view([batch, 1, seq, -1])
+        };
+        let x32 = x.to_kind(Kind::Float);
+        (&x32 * table(&self.cos) + rotate_half(&x32) * table(&self.sin)).to_kind(x.kind())
+    }
+
     pub fn max_positions(&self) -> i64 {
         self.cos.size()[0]
     }
@@ -68,6 +79,17 @@ mod tests {
         };
         let dn = f64::try_from((norms(&y) - norms(&x)).abs().max()).unwrap();
         assert!(dn < 1e-4, "rotation changed a norm by {dn}");
+    }
+
+    #[test]
+    fn per_row_positions_equal_offsets() {
+        let rope = Rope::new(8, 10_000.0, 16, Device::Cpu);
+        tch::manual_seed(2);
+        let x = Tensor::randn([2, 3, 4, 8], (Kind::Float, Device::Cpu));
+        let positions = Tensor::from_slice(&[5i64, 6, 7, 8, 0, 1, 2, 3]).view([2, 4]);
+        let y = rope.apply_at(&x, &positions);
+        assert!(y.get(0).equal(&rope.apply(&x.narrow(0, 0, 1), 5).get(0)));
+        assert!(y.get(1).equal(&rope.apply(&x.narrow(0, 1, 1), 0).get(0)));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod gram;
 pub mod init_bound;
+pub mod interval;
 pub mod principal_angles;
 pub mod regression;
 pub mod selection;

@@ -1,0 +1,283 @@
+//! Log-likelihood multiple choice ("ranked classification", as OLMo's in-loop evaluation): each
+//! choice is scored by the summed log-probability of its continuation tokens given the context.
+//!
+//! Tokenisation follows OLMo's `OEEvalTask`: context and continuation are encoded separately
+//! without special tokens and concatenated, so the continuation's tokens are exactly those of
+//! `request.continuation` (with its leading space). `acc` picks the highest sum; `acc_per_char`
+//! (OLMo's `len_norm`) divides by the continuation's length in characters *without* the leading
+//! space (OLMo counts `len(continuation) − 1`; OLMES counts the space too).
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::ValueEnum;
+use serde::Serialize;
+use tch::{Kind, Tensor};
+use tokenizers::Tokenizer;
+
+use crate::data::tasks::McItem;
+use crate::data::tokenizer::encode;
+use crate::edit::AttentionEdit;
+use crate::model::mask::Visibility;
+use crate::model::resident::{ForwardState, ResidentModel};
+use crate::stats::interval::{wilson_interval, Z_95};
+
+/// How a choice is picked from the scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Highest summed log-likelihood.
+    Acc,
+    /// Highest log-likelihood per character of the continuation (OLMo's `len_norm`).
+    AccPerChar,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 2] = [Metric::Acc, Metric::AccPerChar];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Acc => "acc",
+            Metric::AccPerChar => "acc_per_char",
+        }
+    }
+}
+
+/// One choice's score.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChoiceScore {
+    /// Σ log p(continuation token | everything before it), natural log.
+    pub loglik: f64,
+    pub continuation_tokens: usize,
+    /// Characters of the continuation without its leading space (at least 1).
+    pub continuation_chars: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct ItemScore {
+    pub doc_id: i64,
+    pub gold: usize,
+    pub choices: Vec<ChoiceScore>,
+}
+
+impl ItemScore {
+    /// The chosen index under `metric` (the first of equal scores).
+    pub fn predicted(&self, metric: Metric) -> usize {
+        let score = |c: &ChoiceScore| match metric {
+            Metric::Acc => c.loglik,
+            Metric::AccPerChar => c.loglik / c.continuation_chars as f64,
+        };
+        let mut best = 0;
+        for (i, choice) in self.choices.iter().enumerate() {
+            if score(choice) > score(&self.choices[best]) {
+                best = i;
+            }
+        }
+        best
+    }
+
+    pub fn correct(&self, metric: Metric) -> bool {
+        self.predicted(metric) == self.gold
+    }
+}
+
+/// Accuracy of a set of items under one metric, with its 95% Wilson interval.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Accuracy {
+    pub correct: u64,
+    pub items: u64,
+    pub accuracy: f64,
+    pub low_95: f64,
+    pub high_95: f64,
+}
+
+pub fn accuracy(scores: &[ItemScore], metric: Metric) -> Accuracy {
+    let correct = scores.iter().filter(|s| s.correct(metric)).count() as u64;
+    let items = scores.len() as u64;
+    let (low_95, high_95) = wilson_interval(correct, items, Z_95);
+    Accuracy {
+        correct,
+        items,
+        accuracy: if items == 0 {
+            f64::NAN
+        } else {
+            correct as f64 / items as f64
+        },
+        low_95,
+        high_95,
+    }
+}
+
+/// Token counts and wall time of a scoring run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScoringStats {
+    /// Real (unpadded) tokens run through the model.
+    pub tokens: i64,
+    pub seconds: f64,
+}
+
+struct Request {
+    item: usize,
+    choice: usize,
+    ids: Vec<i64>,
+    /// Index in `ids` of the first continuation token.
+    continuation_start: usize,
+}
+
+/// Scores every choice of every item. Requests are sorted by length and batched (right-padded) so
+/// that a batch holds at most `batch_tokens` padded positions.
+pub fn score_items(
+    model: &ResidentModel,
+    tokenizer: &Tokenizer,
+    items: &[McItem],
+    batch_tokens: usize,
+    edit: Option<&dyn AttentionEdit>,
+) -> Result<(Vec<ItemScore>, ScoringStats)> {
+    let max_positions = model.config.max_position_embeddings.max(2) as usize;
+    let mut requests = Vec::new();
+    let mut scores: Vec<ItemScore> = Vec::with_capacity(items.len());
+    for (item_index, item) in items.iter().enumerate() {
+        let mut choices = Vec::with_capacity(item.choices.len());
+        for (choice_index, choice) in item.choices.iter().enumerate() {
+            let context = encode(tokenizer, &choice.context)?;
+            let continuation = encode(tokenizer, &choice.continuation)?;
+            if context.is_empty() || continuation.is_empty() {
+                bail!(
+                    "{} doc {} choice {choice_index}: the context or continuation encodes to no tokens",
+                    item.task,
+                    item.doc_id
+                );
+            }
+            let mut ids = context;
+            ids.extend(&continuation);
+            if let Some(&id) = ids.iter().find(|&&id| id >= model.config.vocab_size) {
+                bail!(
+                    "{} doc {} choice {choice_index}: the tokenizer gives id {id}, outside the model's vocabulary of {}\nhint: pass the checkpoint's own tokenizer with --tokenizer",
+                    item.task,
+                    item.doc_id,
+                    model.config.vocab_size
+                );
+            }
+            // Too long for the model: drop the oldest context tokens, as OLMo does.
+            let cut = ids.len().saturating_sub(max_positions);
+            if cut >= ids.len() - continuation.len() {
+                bail!(
+                    "{} doc {} choice {choice_index}: the continuation alone ({} tokens) exceeds the model's {max_positions} positions",
+                    item.task,
+                    item.doc_id,
+                    continuation.len()
+                );
+            }
+            let ids = ids[cut..].to_vec();
+            requests.push(Request {
+                item: item_index,
+                choice: choice_index,
+                continuation_start: ids.len() - continuation.len(),
+                ids,
+            });
+            choices.push(ChoiceScore {
+                loglik: f64::NAN,
+                continuation_tokens: continuation.len(),
+                continuation_chars: choice.continuation.chars().count().saturating_sub(1).max(1),
+            });
+        }
+        scores.push(ItemScore {
+            doc_id: item.doc_id,
+            gold: item.gold,
+            choices,
+        });
+    }
+    requests.sort_by_key(|r| std::cmp::Reverse(r.ids.len()));
+
+    let started = Instant::now();
+    let mut stats = ScoringStats::default();
+    let device = model.options().device;
+    let mut at = 0;
+    while at < requests.len() {
+        let width = requests[at].ids.len();
+        let rows = (batch_tokens / width).max(1).min(requests.len() - at);
+        let batch = &requests[at..at + rows];
+        at += rows;
+        let mut ids = Vec::with_capacity(rows * width);
+        let mut valid = Vec::with_capacity(rows * width);
+        for request in batch {
+            let pad = width - request.ids.len();
+            ids.extend(
+                request
+                    .ids
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0, pad)),
+            );
+            valid.extend(
+                std::iter::repeat_n(true, request.ids.len()).chain(std::iter::repeat_n(false, pad)),
+            );
+            stats.tokens += request.ids.len() as i64;
+        }
+        let shape = [rows as i64, width as i64];
+        // Right padding cannot reach a real token through a causal mask, so a plain forward is exact;
+        // an edit that pools over queries (ACT) needs to know which queries are padding.
+        let visibility = edit.map(|_| {
+            Visibility::causal(
+                &Tensor::from_slice(&valid).view(shape).to_device(device),
+                width as i64,
+            )
+        });
+        let logits = model.forward(
+            &Tensor::from_slice(&ids).view(shape),
+            &mut ForwardState {
+                cache: None,
+                visibility: visibility.as_ref(),
+                edit,
+            },
+        )?;
+        for (row, request) in batch.iter().enumerate() {
+            let start = request.continuation_start as i64;
+            let count = request.ids.len() as i64 - start;
+            let predicting = logits
+                .get(row as i64)
+                .narrow(0, start - 1, count)
+                .log_softmax(-1, Kind::Float);
+            let targets = Tensor::from_slice(&request.ids[request.continuation_start..])
+                .to_device(predicting.device());
+            let picked = predicting
+                .gather(1, &targets.unsqueeze(1), false)
+                .to_kind(Kind::Double);
+            scores[request.item].choices[request.choice].loglik =
+                f64::try_from(picked.sum(Kind::Double))?;
+        }
+    }
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok((scores, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(logliks: &[(f64, usize)], gold: usize) -> ItemScore {
+        ItemScore {
+            doc_id: 0,
+            gold,
+            choices: logliks
+                .iter()
+                .map(|&(loglik, continuation_chars)| ChoiceScore {
+                    loglik,
+                    continuation_tokens: 1,
+                    continuation_chars,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn per_character_normalisation_can_change_the_choice() {
+        // Sums: choice 0 wins; per character: −6/12 = −0.5 beats −2/3.
+        let scored = item(&[(-2.0, 3), (-6.0, 12)], 1);
+        assert_eq!(scored.predicted(Metric::Acc), 0);
+        assert_eq!(scored.predicted(Metric::AccPerChar), 1);
+        let summary = accuracy(&[scored, item(&[(-1.0, 1), (-3.0, 1)], 0)], Metric::Acc);
+        assert_eq!((summary.correct, summary.items), (1, 2));
+        assert!(summary.low_95 < 0.5 && summary.high_95 > 0.5);
+    }
+}

@@ -1,0 +1,4 @@
+//! Inference on a resident model: KV-cached generation and the evaluation harness.
+
+pub mod generate;
+pub mod harness;

@@ -1,0 +1,104 @@
+//! Which keys each query may see when sequences are padded or a KV cache holds earlier positions.
+//!
+//! Sequences are left-padded to one length, so a sequence's real tokens end at the same column in
+//! every row and decoding appends one column for all. Positions count real tokens only, as
+//! transformers does (`position_ids = cumsum(attention_mask) − 1`), so padding does not shift RoPE.
+
+use tch::{Device, Kind, Tensor};
+
+/// Visibility of keys from the queries of one forward call on top of a (possibly empty) cache.
+pub struct Visibility {
+    /// Bool `[batch, 1, queries, keys]`: query `i` may attend to key `j`.
+    pub visible: Tensor,
+    /// Bool `[batch, queries]`: the query is a real token (padding rows take no part in statistics).
+    pub query_valid: Tensor,
+    /// Int64 `[batch, queries]`: the RoPE position of each query (real tokens before it).
+    pub positions: Tensor,
+}
+
+impl Visibility {
+    /// `key_valid`: bool `[batch, keys]` over every position the cache will hold after this call
+    /// (earlier ones and the new ones); the new queries are its last `queries` columns.
+    ///
+    /// A padding query sees only itself, so no softmax row is empty (an empty row is NaN).
+    pub fn causal(key_valid: &Tensor, queries: i64) -> Self {
+        let (batch, keys) = (key_valid.size()[0], key_valid.size()[1]);
+        let device = key_valid.device();
+        let past = keys - queries;
+        let query_at = Tensor::arange_start(past, keys, (Kind::Int64, device)).view([queries, 1]);
+        let key_at = Tensor::arange(keys, (Kind::Int64, device)).view([1, keys]);
+        let causal = key_at.le_tensor(&query_at);
+        let query_valid = key_valid.narrow(1, past, queries);
+        let visible = causal
+            .view([1, 1, queries, keys])
+            .logical_and(&key_valid.view([batch, 1, 1, keys]));
+        let padding_self = key_at
+            .eq_tensor(&query_at)
+            .view([1, 1, queries, keys])
+            .logical_and(&query_valid.logical_not().view([batch, 1, queries, 1]));
+        let positions = (key_valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1)
+            .clamp_min(0)
+            .narrow(1, past, queries);
+        Visibility {
+            visible: visible.logical_or(&padding_self),
+            query_valid,
+            positions,
+        }
+    }
+
+    /// No padding: `batch` sequences of `keys` real tokens, the last `queries` of them new.
+    pub fn unpadded(batch: i64, keys: i64, queries: i64, device: Device) -> Self {
+        Self::causal(&Tensor::ones([batch, keys], (Kind::Bool, device)), queries)
+    }
+
+    /// The visibility as an additive f32 mask: 0 where visible, −∞ elsewhere.
+    pub fn additive(&self) -> Tensor {
+        Tensor::zeros(self.visible.size(), (Kind::Float, self.visible.device()))
+            .masked_fill(&self.visible.logical_not(), f64::NEG_INFINITY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(t: &Tensor) -> Vec<Vec<i64>> {
+        let t = t.to_kind(Kind::Int64);
+        (0..t.size()[0])
+            .map(|i| Vec::<i64>::try_from(t.get(i)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn left_padding_hides_pad_keys_and_counts_positions_from_the_first_real_token() {
+        // Row 0: two pads then three tokens; row 1: five tokens.
+        let key_valid = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+            .view([2, 5])
+            .to_kind(Kind::Bool);
+        let v = Visibility::causal(&key_valid, 5);
+        assert_eq!(rows(&v.positions), [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]);
+        let row0 = v.visible.get(0).get(0);
+        // Pad queries see themselves only; real queries see real keys up to themselves.
+        assert_eq!(
+            rows(&row0),
+            [
+                [1, 0, 0, 0, 0],
+                [0, 1, 0, 0, 0],
+                [0, 0, 1, 0, 0],
+                [0, 0, 1, 1, 0],
+                [0, 0, 1, 1, 1]
+            ]
+        );
+        assert_eq!(rows(&v.query_valid), [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]);
+    }
+
+    #[test]
+    fn decode_step_sees_every_real_key() {
+        let key_valid = Tensor::from_slice(&[0i64, 1, 1, 1])
+            .view([1, 4])
+            .to_kind(Kind::Bool);
+        let v = Visibility::causal(&key_valid, 1);
+        assert_eq!(rows(&v.visible.view([1, 4])), [[0, 1, 1, 1]]);
+        assert_eq!(rows(&v.positions), [[2]]);
+    }
+}

@@ -1,0 +1,177 @@
+//! KV-cached generation against the model's own full recompute: every decode step's logits equal
+//! the logits of the whole sequence run again without a cache, left padding changes nothing, and
+//! greedy decoding equals `ResidentModel::greedy` (which recomputes the prefix each step). On a tiny
+//! random OLMo-2 and Llama, and on SmolLM2-135M-Instruct (GGUF).
+
+mod common;
+
+use ckpt_scan::data::paths::smollm2_gguf;
+use ckpt_scan::data::tokenizer::encode;
+use ckpt_scan::infer::generate::{generate, GenerationOptions, Sampling};
+use ckpt_scan::model::config::Architecture;
+use ckpt_scan::model::kv_cache::KvCache;
+use ckpt_scan::model::resident::ResidentModel;
+use ckpt_scan::model::weights::LoadOptions;
+use ckpt_scan::source::init::{InitScheme, InitSource};
+use ckpt_scan::source::open_source;
+use common::{data_file, tiny_config};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::Tensor;
+
+/// Cached and recomputed logits differ only by f32 summation order (a decode step multiplies
+/// `[1, hidden]` rows where the recompute multiplies `[seq, hidden]` blocks), so the bound is
+/// relative to the logits' scale: SmolLM2's logits reach ~37, where one f32 ulp is 3.8e-6; its
+/// measured worst step is 4.1e-5 absolute, 1.6e-6 relative. Prefill steps match bit for bit.
+const CACHED_LOGIT_TOLERANCE: f64 = 1e-5;
+
+fn tiny(architecture: Architecture) -> ResidentModel {
+    let source = InitSource::new(tiny_config(architecture), 11, InitScheme::Hf, "init:tiny");
+    ResidentModel::load(&source, &LoadOptions::cpu_f32()).unwrap()
+}
+
+/// Generates from `prompts` as one left-padded batch; checks every step's logits against a full
+/// recompute of that prompt alone; returns the continuations and the worst |diff| relative to
+/// max(1, max |logit|) of the step.
+fn check_cached_against_recompute(
+    model: &ResidentModel,
+    prompts: &[Vec<i64>],
+    new_tokens: usize,
+    sampling: Sampling,
+) -> (Vec<Vec<i64>>, f64) {
+    let options = GenerationOptions {
+        sampling,
+        record_logits: true,
+        ..GenerationOptions::greedy(new_tokens)
+    };
+    let mut cache = KvCache::new(model.config.num_hidden_layers);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (outputs, stats) =
+        generate(model, prompts, &options, &mut cache, &mut rng, None, None).unwrap();
+    let width = prompts.iter().map(Vec::len).max().unwrap() as i64;
+    assert_eq!(cache.len(), width + new_tokens as i64 - 1);
+    assert!(stats.kv_bytes > 0);
+    let mut worst: f64 = 0.0;
+    for (prompt, output) in prompts.iter().zip(&outputs) {
+        assert_eq!(output.tokens.len(), new_tokens);
+        let mut all = prompt.clone();
+        all.extend(&output.tokens);
+        let full = model
+            .logits(&Tensor::from_slice(&all).unsqueeze(0))
+            .unwrap();
+        for (i, step) in output.step_logits.iter().enumerate() {
+            let expected = full.get(0).get((prompt.len() + i - 1) as i64);
+            let scale = f64::try_from(expected.abs().max()).unwrap().max(1.0);
+            let diff = f64::try_from((step - &expected).abs().max()).unwrap() / scale;
+            worst = worst.max(diff);
+        }
+    }
+    assert!(
+        worst <= CACHED_LOGIT_TOLERANCE,
+        "cached vs recomputed logits: max relative |diff| {worst:e}"
+    );
+    (outputs.into_iter().map(|o| o.tokens).collect(), worst)
+}
+
+#[test]
+fn tiny_models_cached_decode_equals_recompute_with_left_padding() {
+    for architecture in [Architecture::Olmo2, Architecture::Llama] {
+        let model = tiny(architecture);
+        let prompts = vec![
+            vec![5, 9, 13, 21, 40, 7, 7, 33],
+            vec![12, 3],
+            vec![60, 61, 62, 63, 0],
+        ];
+        let (greedy, worst) =
+            check_cached_against_recompute(&model, &prompts, 12, Sampling::Greedy);
+        for (prompt, tokens) in prompts.iter().zip(&greedy) {
+            assert_eq!(
+                tokens,
+                &model.greedy(prompt, 12, None).unwrap(),
+                "{architecture:?}"
+            );
+        }
+        let (sampled, _) =
+            check_cached_against_recompute(&model, &prompts, 12, Sampling::Temperature(1.0));
+        assert_ne!(
+            sampled, greedy,
+            "a temperature-1 draw over a near-uniform model"
+        );
+        eprintln!("{architecture:?}: cached vs recomputed max |diff| {worst:e}");
+    }
+}
+
+#[test]
+fn act_runs_in_prefill_and_decode_and_changes_the_logits() {
+    use ckpt_scan::edit::act::{Act, SinkThreshold};
+    let config = ckpt_scan::model::config::ModelConfig {
+        num_hidden_layers: 6,
+        ..tiny_config(Architecture::Llama)
+    };
+    let source = InitSource::new(config.clone(), 11, InitScheme::Hf, "init:tiny6");
+    let model = ResidentModel::load(&source, &LoadOptions::cpu_f32()).unwrap();
+    let heads = (2..=4).map(|layer| (layer, vec![0, 1, 2, 3])).collect();
+    // τ below the uniform 1/N makes most keys candidates, so the edit is sure to act.
+    let act = Act::new(heads, 0.4, SinkThreshold::Absolute(0.02), &config).unwrap();
+    let prompts = vec![vec![5, 9, 13, 21, 40, 7, 7, 33], vec![12, 3, 4]];
+    let run = |edit: Option<&dyn ckpt_scan::edit::AttentionEdit>| {
+        let options = GenerationOptions {
+            record_logits: true,
+            ..GenerationOptions::greedy(4)
+        };
+        let mut cache = KvCache::new(6);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        generate(&model, &prompts, &options, &mut cache, &mut rng, edit, None)
+            .unwrap()
+            .0
+    };
+    let (plain, edited) = (run(None), run(Some(&act)));
+    for (a, b) in plain.iter().zip(&edited) {
+        for (step, (x, y)) in a.step_logits.iter().zip(&b.step_logits).enumerate() {
+            assert!(y.isfinite().all().int64_value(&[]) == 1);
+            let diff = f64::try_from((x - y).abs().max()).unwrap();
+            assert!(diff > 0.0, "step {step}: ACT changed nothing");
+        }
+    }
+}
+
+#[test]
+fn stop_token_ends_one_sequence_and_not_the_others() {
+    let model = tiny(Architecture::Llama);
+    let prompts = vec![vec![5, 9, 13], vec![12, 3, 44, 45]];
+    let free = model.greedy(&prompts[0], 6, None).unwrap();
+    let options = GenerationOptions {
+        stop_token_ids: vec![free[2]],
+        ..GenerationOptions::greedy(6)
+    };
+    let mut cache = KvCache::new(model.config.num_hidden_layers);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let (outputs, _) =
+        generate(&model, &prompts, &options, &mut cache, &mut rng, None, None).unwrap();
+    let first_stop = free.iter().position(|&t| t == free[2]).unwrap();
+    assert_eq!(outputs[0].tokens, free[..=first_stop]);
+    let other = model.greedy(&prompts[1], 6, Some(free[2])).unwrap();
+    assert_eq!(outputs[1].tokens, other);
+}
+
+#[test]
+fn smollm2_cached_decode_equals_recompute_and_greedy() {
+    let Some(path) = data_file(smollm2_gguf()) else {
+        return;
+    };
+    let source = open_source(&format!("gguf:{}", path.display())).unwrap();
+    let tokenizer = source.embedded_tokenizer().unwrap().unwrap();
+    let model = ResidentModel::load(source.as_ref(), &LoadOptions::cpu_f32()).unwrap();
+    let prompts: Vec<Vec<i64>> = [
+        "The capital of France is",
+        "Water boils at a temperature of",
+    ]
+    .iter()
+    .map(|p| encode(&tokenizer, p).unwrap())
+    .collect();
+    let (greedy, worst) = check_cached_against_recompute(&model, &prompts, 8, Sampling::Greedy);
+    eprintln!("SmolLM2: cached vs recomputed max relative |diff| {worst:e}");
+    for (prompt, tokens) in prompts.iter().zip(&greedy) {
+        assert_eq!(tokens, &model.greedy(prompt, 8, None).unwrap());
+    }
+}

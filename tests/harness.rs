@@ -1,0 +1,206 @@
+//! The multiple-choice harness against an independent computation: transformers' per-choice
+//! log-likelihoods on the same SmolLM2 GGUF for 20 arc_easy items (tests/fixtures/harness_reference.py),
+//! and the request-file reader on the real arc_easy file.
+
+mod common;
+
+use ckpt_scan::data::paths::smollm2_gguf;
+use ckpt_scan::data::tasks::{eval_request_file, read_mc_items, McChoice, McItem};
+use ckpt_scan::infer::harness::{score_items, Metric};
+use ckpt_scan::model::resident::ResidentModel;
+use ckpt_scan::model::weights::LoadOptions;
+use ckpt_scan::source::open_source;
+use common::{data_file, golden_dir};
+
+/// Summed log-likelihoods over a few tokens, both in f32 on the CPU by different code; measured
+/// worst 2.3e-5 over the 20 items. The bound matches tests/gguf.rs's logit tolerance.
+const LOGLIK_TOLERANCE: f64 = 1e-3;
+
+#[test]
+fn smollm2_arc_easy_logliks_match_transformers() {
+    let Some(dir) = golden_dir() else { return };
+    let Some(model_path) = data_file(smollm2_gguf()) else {
+        return;
+    };
+    let Some(fixture) = data_file(dir.join("smollm2-arc-easy.json")) else {
+        return;
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let items: Vec<McItem> = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| McItem {
+            task: "arc_easy".into(),
+            doc_id: item["doc_id"].as_i64().unwrap(),
+            native_id: String::new(),
+            gold: item["gold"].as_u64().unwrap() as usize,
+            choices: item["choices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| McChoice {
+                    context: c["context"].as_str().unwrap().into(),
+                    continuation: c["continuation"].as_str().unwrap().into(),
+                })
+                .collect(),
+        })
+        .collect();
+    assert_eq!(items.len(), 20);
+    let source = open_source(&format!("gguf:{}", model_path.display())).unwrap();
+    let tokenizer = source.embedded_tokenizer().unwrap().unwrap();
+    let model = ResidentModel::load(source.as_ref(), &LoadOptions::cpu_f32()).unwrap();
+    // A small batch budget, so several batches of mixed lengths (and right padding) are exercised.
+    let (scores, stats) = score_items(&model, &tokenizer, &items, 256, None).unwrap();
+    assert!(stats.tokens > 0);
+    let mut worst: f64 = 0.0;
+    for (score, item) in scores.iter().zip(json["items"].as_array().unwrap()) {
+        let expected: Vec<f64> = item["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["loglik"].as_f64().unwrap())
+            .collect();
+        for (choice, (ours, theirs)) in score.choices.iter().zip(&expected).enumerate() {
+            let tokens = item["choices"][choice]["tokens"].as_u64().unwrap() as usize;
+            assert_eq!(
+                ours.continuation_tokens, tokens,
+                "doc {} choice {choice}",
+                score.doc_id
+            );
+            worst = worst.max((ours.loglik - theirs).abs());
+        }
+        let hf_choice = (0..expected.len()).fold(0, |best, i| {
+            if expected[i] > expected[best] {
+                i
+            } else {
+                best
+            }
+        });
+        assert_eq!(
+            score.predicted(Metric::Acc),
+            hf_choice,
+            "doc {}",
+            score.doc_id
+        );
+    }
+    eprintln!("arc_easy, 20 items: max |Δ loglik| vs transformers {worst:e}");
+    assert!(worst <= LOGLIK_TOLERANCE, "max |Δ loglik| {worst:e}");
+}
+
+#[test]
+fn real_arc_easy_request_file_reads_570_items_of_four_choices_mostly() {
+    let Some(path) = data_file(eval_request_file("arc_easy", "rc_0shot")) else {
+        return;
+    };
+    let items = read_mc_items(&path).unwrap();
+    assert_eq!(items.len(), 570);
+    assert!(items.iter().all(|i| (3..=5).contains(&i.choices.len())));
+    assert_eq!(items[0].choices[0].continuation, " cellular telephone");
+    assert!(items[0].choices[0].context.ends_with("\nAnswer:"));
+}
+
+#[test]
+fn validate_writes_a_report_with_intervals_on_a_few_smollm2_items() {
+    let Some(model_path) = data_file(smollm2_gguf()) else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().join("v");
+    let spec = format!("gguf:{}", model_path.display());
+    let (ok, stdout, stderr) = common::cli(&[
+        "--device",
+        "cpu",
+        "--quiet",
+        "validate",
+        &spec,
+        "--tasks",
+        "arc_easy",
+        "--limit",
+        "3",
+        "--decode-tokens",
+        "2",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("| arc_easy | rc_0shot | baseline | acc |"),
+        "{stdout}"
+    );
+    let mut rows = csv::Reader::from_path(out_dir.join("accuracy.csv")).unwrap();
+    let mut seen = 0;
+    for row in rows.deserialize::<std::collections::HashMap<String, String>>() {
+        let row = row.unwrap();
+        let value = |k: &str| row[k].parse::<f64>().unwrap();
+        assert_eq!(value("items"), 3.0);
+        assert!(value("low_95") <= value("accuracy") && value("accuracy") <= value("high_95"));
+        seen += 1;
+    }
+    assert_eq!(seen, 2, "acc and acc_per_char");
+    let choices = std::fs::read_to_string(out_dir.join("choices.csv")).unwrap();
+    assert!(choices.lines().count() > 9, "{choices}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["tasks"][0]["items_used"], 3);
+    assert_eq!(
+        manifest["tasks"][0]["request_file_sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+}
+
+#[test]
+fn validate_with_a_bad_act_file_or_task_names_it() {
+    let Some(model_path) = data_file(smollm2_gguf()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let heads = dir.path().join("heads.json");
+    std::fs::write(&heads, r#"{"heads": {"29": [0]}}"#).unwrap();
+    let spec = format!("gguf:{}", model_path.display());
+    let (ok, _, stderr) = common::cli(&[
+        "--device",
+        "cpu",
+        "validate",
+        &spec,
+        "--tasks",
+        "arc_easy",
+        "--act",
+        heads.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("heads.json") && stderr.contains("ACT layer 29 is outside layers 2..=28"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = common::cli(&[
+        "--device",
+        "cpu",
+        "validate",
+        &spec,
+        "--tasks",
+        "no_such_task",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no_such_task") && stderr.contains("not found"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_request_file_names_it_with_a_hint() {
+    let error = read_mc_items(std::path::Path::new("/nonexistent/requests.jsonl.gz"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("/nonexistent/requests.jsonl.gz: not found"),
+        "{error}"
+    );
+    assert!(error.contains("hint:"), "{error}");
+}
