@@ -73,7 +73,7 @@ impl TrainConfig {
             seed: 0,
             vocab_size: 4096,
             hidden_size: 256,
-            intermediate_size: 768,
+            intermediate_size: 512,
             num_hidden_layers: 4,
             num_attention_heads: 32,
             head_dim: 8,
@@ -81,7 +81,7 @@ impl TrainConfig {
             rms_norm_eps: 1e-6,
             seq_len: 128,
             batch_size: 8,
-            steps: 800,
+            steps: 1000,
             learning_rate: 4e-3,
             warmup_steps: 30,
             final_lr_fraction: 0.1,
@@ -93,7 +93,7 @@ impl TrainConfig {
             corpus_bytes_per_source: 800_000,
             heldout_percent: 5,
             heldout_tokens: 4_096,
-            eval_interval: 50,
+            eval_interval: 100,
             threads: 2,
         }
     }

@@ -409,13 +409,17 @@ pub fn training_batch(tokens: &[u32], config: &TrainConfig, update: u64) -> (Ten
     )
 }
 
-/// The fixed held-out sequences: consecutive windows from the start of the held-out stream.
+/// The fixed held-out sequences: windows spread evenly over the whole held-out stream, so every
+/// source is represented (the stream is in source order).
 fn heldout_batches(tokens: &[u32], config: &TrainConfig) -> Vec<(Tensor, Tensor)> {
     let seq = config.seq_len as usize;
     let windows = (config.heldout_tokens as usize / seq)
         .min((tokens.len() - 1) / seq)
         .max(1);
-    let starts: Vec<usize> = (0..windows).map(|w| w * seq).collect();
+    let stride = (tokens.len() - 1 - seq) / windows.max(2).saturating_sub(1).max(1);
+    let starts: Vec<usize> = (0..windows)
+        .map(|w| (w * stride).min(tokens.len() - 1 - seq))
+        .collect();
     starts
         .chunks(config.batch_size as usize)
         .map(|chunk| {
