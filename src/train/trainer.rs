@@ -21,6 +21,7 @@ use crate::model::weights::LoadOptions;
 use crate::printer::Printer;
 use crate::report::atomic::write_atomic;
 use crate::report::csv::write_csv;
+use crate::report::plot::{write_line_chart, LegendPosition, LineChart, Series};
 use crate::source::branch::tokens_suffix;
 use crate::source::init::{InitScheme, InitSource};
 use crate::train::checkpoint::{CheckpointFiles, SeriesRepo};
@@ -258,6 +259,7 @@ pub fn train(request: &TrainRequest, printer: &Printer) -> Result<TrainOutcome> 
     }
     let (_, _, final_commit) = checkpoints.last().expect("step 0 at least");
     repo.point("main", final_commit)?;
+    write_loss_plot(&run_dir, &rows)?;
     Ok(TrainOutcome {
         checkpoints,
         rows,
@@ -284,6 +286,30 @@ fn save(
     let files = CheckpointFiles::new(&model.config, &model.parameters(), tokenizer_json)?;
     let commit = repo.write(&branch, &files, step)?;
     Ok((branch, commit))
+}
+
+/// `loss.png` and `loss.svg` beside loss.csv: batch and held-out loss against tokens seen.
+fn write_loss_plot(run_dir: &Path, rows: &[LossRow]) -> Result<()> {
+    let points = |loss: fn(&LossRow) -> Option<f64>| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter_map(|r| Some((r.tokens as f64, loss(r)?)))
+            .collect()
+    };
+    let mut chart = LineChart::new(
+        "Training the built-in series",
+        "tokens seen",
+        "cross-entropy (nats per token)",
+    );
+    chart.legend = LegendPosition::UpperRight;
+    chart
+        .series
+        .push(Series::new("train (batch)", points(|r| r.train_loss)));
+    chart.series.push(Series {
+        markers: true,
+        ..Series::new("held-out", points(|r| r.heldout_loss))
+    });
+    write_line_chart(&chart, &run_dir.join("loss"))?;
+    Ok(())
 }
 
 /// Builds the corpus, tokenizer and token streams once per run folder; a later run checks that
