@@ -56,6 +56,8 @@ series: venv data build
 	else $(BIN) train --config tiny --out $(SERIES_DIR); fi
 # Regenerates the checked-in verification of the init-time bound (theory/verification.md, its CSVs,
 # plots and manifest): Monte Carlo grid, init:olmo2-1b (both schemes) and SmolLM2 per layer.
+# One libtorch thread: the many small solves ran 4x slower per layer with two OpenMP threads on a
+# loaded 2-core machine (benches/README.md).
 .PHONY: theory
 theory: venv data build
-	$(ENV) $(BIN) theory --out theory
+	$(ENV) $(BIN) --threads 1 theory --out theory

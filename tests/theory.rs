@@ -263,12 +263,13 @@ fn theory_end_to_end_on_tiny_models_writes_its_files_and_init_rows_pass() {
         "{stdout}"
     );
     let mut reader = csv::Reader::from_path(dir.join("verification_layers.csv")).unwrap();
-    let rows: Vec<serde_json::Value> = reader.deserialize().map(|r| r.unwrap()).collect();
-    let init_rows: Vec<&serde_json::Value> = rows.iter().filter(|r| r["role"] == "init").collect();
+    let rows: Vec<std::collections::HashMap<String, String>> =
+        reader.deserialize().map(|r| r.unwrap()).collect();
+    let init_rows: Vec<_> = rows.iter().filter(|r| r["role"] == "init").collect();
     // 2 layers × (Q, K, V) × k = 1..3 (4 heads).
     assert_eq!(init_rows.len(), 2 * 3 * 3);
     for r in &init_rows {
-        assert_eq!(r["verdict"], "pass", "{r}");
+        assert_eq!(r["verdict"], "pass", "{r:?}");
     }
     // The Llama tiny model has 2 KV heads: K and V stop at k = 1, Q goes to 3.
     let trained_rows = rows.iter().filter(|r| r["role"] == "trained").count();

@@ -25,7 +25,7 @@ use crate::report::atomic::write_atomic;
 use crate::report::csv::write_csv;
 use crate::report::manifest::{tool_version, ToolVersion};
 use crate::report::plot::{
-    write_small_multiples, LegendPosition, LineChart, Series, SmallMultiples,
+    distinct_in_order, write_small_multiples, LegendPosition, LineChart, Series, SmallMultiples,
 };
 use crate::settings::{describe, Settings};
 use crate::source::{open_source_with, Provenance};
@@ -699,13 +699,11 @@ pub fn verification_markdown(
 /// One panel per grid spectrum family (Gaussian law): E R²pool with a 95 % band, ρ̄, B and the
 /// floor against k.
 pub fn grid_chart(rows: &[GridRow]) -> SmallMultiples {
-    let mut keys: Vec<(String, usize, usize)> = Vec::new();
-    for r in rows.iter().filter(|r| r.law == WeightLaw::Gaussian) {
-        let key = (r.spectrum.clone(), r.dimension, r.head_dim);
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
+    let keys = distinct_in_order(
+        rows.iter()
+            .filter(|r| r.law == WeightLaw::Gaussian)
+            .map(|r| (r.spectrum.clone(), r.dimension, r.head_dim)),
+    );
     let panels = keys
         .iter()
         .map(|(spectrum, d, head_dim)| {
@@ -760,15 +758,9 @@ pub fn grid_chart(rows: &[GridRow]) -> SmallMultiples {
 }
 
 /// One panel per (source, kind): measured held-out pooled R² per layer at k = 1 and the largest
-/// k, with the bound (dashed) and the measured value's band (± tolerance shown as the band).
+/// k, with the bound (dashed) and a band from the bound to bound + tolerance.
 pub fn layer_chart(rows: &[LayerRow]) -> SmallMultiples {
-    let mut keys: Vec<(String, crate::capture::HeadKind, SourceRole)> = Vec::new();
-    for r in rows {
-        let key = (r.source.clone(), r.kind, r.role);
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
+    let keys = distinct_in_order(rows.iter().map(|r| (r.source.clone(), r.kind, r.role)));
     let panels = keys
         .iter()
         .map(|(source, kind, role)| {

@@ -198,13 +198,7 @@ impl ScatterChart {
 
     /// Group names in first-appearance order (the legend's order and the colours' index).
     pub fn groups(&self) -> Vec<String> {
-        let mut groups: Vec<String> = Vec::new();
-        for g in self.points.iter().filter_map(|p| p.group.as_ref()) {
-            if !groups.contains(g) {
-                groups.push(g.clone());
-            }
-        }
-        groups
+        distinct_in_order(self.points.iter().filter_map(|p| p.group.clone()))
     }
 
     /// `(x range, y range)` with a 5 % margin; with the identity line both are the union, so y = x
@@ -772,6 +766,17 @@ fn draw_heatmap<DB: DrawingBackend>(
         }))
         .map_err(plot_error)?;
     Ok(())
+}
+
+/// The distinct items in first-appearance order: panels, series or groups keyed from rows.
+pub fn distinct_in_order<T: PartialEq>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
 }
 
 /// Min and max of the finite values; `None` when there are none.
