@@ -12,8 +12,11 @@ BIN = $$CARGO_TARGET_DIR/debug/ckpt-scan
 
 demo: venv data build series
 	$(ENV) $(BIN) forward gguf:$$CKPT_SCAN_DATA/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --text "The capital of France is" --generate 8
-	$(ENV) $(BIN) scan tiny --out reports/tiny
-	@echo "report: reports/tiny/report.md"
+	$(ENV) CKPT_SCAN_SERIES=$(SERIES_DIR) $(BIN) scan tiny --out reports/tiny
+	$(ENV) $(BIN) --threads 1 --hub-cache $(SERIES_DIR) theory --no-default-sources \
+	  --init hf:ckpt-scan/olmo2-tiny@stage1-step0-tokens0K --trained hf:ckpt-scan/olmo2-tiny@main \
+	  --out reports/tiny/theory
+	@echo "report: reports/tiny/report.md (init bound on the series: reports/tiny/theory/verification.md)"
 
 # The committed example report: the demo's scan of the built-in series, copied into the repo.
 example: demo

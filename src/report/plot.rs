@@ -485,11 +485,20 @@ fn draw_line_chart<DB: DrawingBackend>(
     };
     let (x0, x1) = (axis_x(x.0, chart.log_x), axis_x(x.1, chart.log_x));
     let log_x = chart.log_x;
+    // On a log axis only whole decades are labelled (the mesh's ticks fall at arbitrary
+    // log-space steps); a span under one decade labels every tick to two significant digits.
+    let spans_decade = x1 - x0 >= 1.0;
     let x_format = move |v: &f64| {
-        if log_x {
-            tick_label(10f64.powf(*v))
-        } else {
+        if !log_x {
             tick_label(*v)
+        } else if (v - v.round()).abs() < 1e-6 {
+            tick_label(10f64.powf(v.round()))
+        } else if spans_decade {
+            String::new()
+        } else {
+            let x = 10f64.powf(*v);
+            let digits = (1 - x.log10().floor() as i32).max(0) as usize;
+            format!("{x:.digits$}")
         }
     };
     let mut ctx = ChartBuilder::on(area)
