@@ -73,8 +73,49 @@ pub struct CheckpointRecord {
     pub provenance: Provenance,
     pub identity: String,
     pub config_sha256: String,
+    /// sha256 of each weight file (for a Hub cache file, its blob name, which is that hash).
+    pub file_sha256: Vec<(String, String)>,
     pub fingerprint: String,
     pub units: Vec<UnitRun>,
+}
+
+/// Largest local file hashed for the manifest; bigger ones are recorded by size.
+const MAX_HASHED_FILE_BYTES: u64 = 4 << 30;
+
+/// `(file, sha256)` for each file a checkpoint reads: the blob name for a link into an HF cache
+/// (blobs are named by their sha256), else the file's hash when it is small enough to read.
+fn file_hashes(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::new();
+    for path in files {
+        let blob = std::fs::read_link(path)
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+        let hash = match blob {
+            Some(name) => name,
+            None => {
+                let size = std::fs::metadata(path)
+                    .with_context(|| format!("{}", path.display()))?
+                    .len();
+                if size > MAX_HASHED_FILE_BYTES {
+                    format!("not hashed ({size} bytes)")
+                } else {
+                    let mut hasher = Sha256::new();
+                    let mut file =
+                        std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+                    std::io::copy(&mut file, &mut hasher)?;
+                    hasher
+                        .finalize()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect()
+                }
+            }
+        };
+        out.push((path.display().to_string(), hash));
+    }
+    Ok(out)
 }
 
 #[derive(Serialize)]
@@ -624,6 +665,7 @@ fn scan_checkpoint(
         row.checkpoint = label.clone();
     }
     tables.add(label, prediction_rows, align, sink_rows);
+    let file_sha256 = file_hashes(&provenance.files)?;
     Ok(CheckpointRecord {
         label: label.clone(),
         step: planned.step,
@@ -631,6 +673,7 @@ fn scan_checkpoint(
         provenance,
         identity,
         config_sha256,
+        file_sha256,
         fingerprint: checkpoint_fingerprint,
         units,
     })
