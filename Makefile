@@ -18,9 +18,13 @@ demo: venv data build series
 	  --out reports/tiny/theory
 	@echo "report: reports/tiny/report.md (init bound on the series: reports/tiny/theory/verification.md)"
 
-# The committed example report: the demo's scan of the built-in series, copied into the repo.
+# The committed example report: the demo's scan of the built-in series, copied into the repo without
+# its per-row tables (about 20 MB; `make demo` writes them to reports/tiny).
 example: demo
 	rm -rf reports/example.tmp && cp -r reports/tiny reports/example.tmp \
+	  && cp $(SERIES_DIR)/runs/olmo2-tiny/loss.{png,svg,csv} reports/example.tmp/ \
+	  && rm reports/example.tmp/{alignment_pairs,predictability,weight_r2,weight_vs_measured}.csv \
+	  && cp scripts/example-readme.md reports/example.tmp/README.md \
 	  && rm -rf reports/example && mv reports/example.tmp reports/example
 
 test: venv data fixtures
