@@ -150,6 +150,16 @@ fn hub_series_is_walked_with_shas_recorded_downloads_evicted_and_duplicates_flag
     for (record, (branch, sha, _)) in records.iter().zip(&branches) {
         assert_eq!(record["label"], *branch);
         assert_eq!(record["provenance"]["revision_sha"], sha.as_str());
+        // The weights file's sha256, as the HF cache names its blob.
+        let (_, files) = branches
+            .iter()
+            .find(|b| b.0 == *branch)
+            .map(|b| (b.1.clone(), b.2))
+            .unwrap();
+        assert_eq!(
+            record["file_sha256"][0][1],
+            sha256_hex(&files["model.safetensors"]).as_str()
+        );
     }
     assert_eq!(m["missing_revisions"][0], "stage1-step30-tokens3B");
     assert_eq!(m["duplicates"][0][0], "stage1-step10-tokens1B");

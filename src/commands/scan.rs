@@ -95,9 +95,11 @@ fn file_hashes(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
         let hash = match blob {
             Some(name) => name,
             None => {
-                let size = std::fs::metadata(path)
-                    .with_context(|| format!("{}", path.display()))?
-                    .len();
+                let Ok(metadata) = std::fs::metadata(path) else {
+                    out.push((path.display().to_string(), "not present".into()));
+                    continue;
+                };
+                let size = metadata.len();
                 if size > MAX_HASHED_FILE_BYTES {
                     format!("not hashed ({size} bytes)")
                 } else {
@@ -633,6 +635,8 @@ fn scan_checkpoint(
         "sinks",
     )?;
 
+    // Before eviction: downloaded files are gone after it.
+    let file_sha256 = file_hashes(&provenance.files)?;
     if let OpenCheckpoint::Hub(hub) = &mut opened {
         // A local series folder is the series itself, never a download to evict.
         if !args.keep_downloads && !plan.hub.offline {
@@ -665,7 +669,6 @@ fn scan_checkpoint(
         row.checkpoint = label.clone();
     }
     tables.add(label, prediction_rows, align, sink_rows);
-    let file_sha256 = file_hashes(&provenance.files)?;
     Ok(CheckpointRecord {
         label: label.clone(),
         step: planned.step,
