@@ -64,6 +64,17 @@ pub struct UnitRun {
     pub seconds: f64,
 }
 
+impl UnitRun {
+    fn new(key: &UnitKey, status: &'static str, seconds: f64) -> Self {
+        UnitRun {
+            analysis: key.analysis.clone(),
+            digest: key.digest(),
+            status,
+            seconds,
+        }
+    }
+}
+
 /// One checkpoint's record in manifest.json.
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckpointRecord {
@@ -698,12 +709,7 @@ fn run_unit<T: Serialize + serde::de::DeserializeOwned>(
 ) -> Result<Vec<T>> {
     if !force {
         if let Some(unit) = cache.get(key) {
-            units.push(UnitRun {
-                analysis: key.analysis.clone(),
-                digest: key.digest(),
-                status: "cached",
-                seconds: unit.seconds,
-            });
+            units.push(UnitRun::new(key, "cached", unit.seconds));
             return unit.table(table);
         }
     }
@@ -711,12 +717,7 @@ fn run_unit<T: Serialize + serde::de::DeserializeOwned>(
     let rows = compute(())?;
     let seconds = start.elapsed().as_secs_f64();
     cache.put(key, &[Table::new(table, &rows)?], seconds)?;
-    units.push(UnitRun {
-        analysis: key.analysis.clone(),
-        digest: key.digest(),
-        status: "computed",
-        seconds,
-    });
+    units.push(UnitRun::new(key, "computed", seconds));
     Ok(rows)
 }
 
@@ -730,12 +731,7 @@ fn run_unit_tables(
 ) -> Result<AlignOutput> {
     if !force {
         if let Some(unit) = cache.get(key) {
-            units.push(UnitRun {
-                analysis: key.analysis.clone(),
-                digest: key.digest(),
-                status: "cached",
-                seconds: unit.seconds,
-            });
+            units.push(UnitRun::new(key, "cached", unit.seconds));
             return Ok(AlignOutput {
                 layers: unit.table("layers")?,
                 pairs: unit.table("pairs")?,
@@ -757,12 +753,7 @@ fn run_unit_tables(
         ],
         seconds,
     )?;
-    units.push(UnitRun {
-        analysis: key.analysis.clone(),
-        digest: key.digest(),
-        status: "computed",
-        seconds,
-    });
+    units.push(UnitRun::new(key, "computed", seconds));
     Ok(output)
 }
 
