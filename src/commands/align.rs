@@ -40,18 +40,6 @@ pub struct WeightVsMeasuredRow {
     pub weight_r2: f64,
 }
 
-/// A measured row from `predict`'s predictability.csv.
-#[derive(Clone, Debug, serde::Deserialize)]
-struct MeasuredRow {
-    kind: HeadKind,
-    layer: i64,
-    target_head: usize,
-    k: usize,
-    reference_heads: String,
-    reference_layers: Option<String>,
-    r2_heldout: f64,
-}
-
 #[derive(Serialize)]
 struct Manifest<'a> {
     tool: ToolVersion,
@@ -63,10 +51,10 @@ struct Manifest<'a> {
     seconds: f64,
 }
 
-fn read_measured(path: &Path) -> Result<Vec<MeasuredRow>> {
+fn read_measured(path: &Path) -> Result<Vec<MeasuredReferenceSet>> {
     let mut reader = csv::Reader::from_path(path)
         .with_context(|| format!("--predictions {}", path.display()))?;
-    let rows: Vec<MeasuredRow> = reader
+    let rows: Vec<MeasuredReferenceSet> = reader
         .deserialize()
         .collect::<Result<_, _>>()
         .with_context(|| {
@@ -81,8 +69,9 @@ fn read_measured(path: &Path) -> Result<Vec<MeasuredRow>> {
     Ok(rows)
 }
 
-/// A measured held-out R² and its reference set, to set beside the weights' prediction.
-#[derive(Clone, Debug)]
+/// A measured held-out R² and its reference set, to set beside the weights' prediction (a row of
+/// `predict`'s predictability.csv).
+#[derive(Clone, Debug, Deserialize)]
 pub struct MeasuredReferenceSet {
     pub kind: HeadKind,
     pub layer: i64,
@@ -90,7 +79,18 @@ pub struct MeasuredReferenceSet {
     pub k: usize,
     /// `;`-separated head indices, as predict writes them.
     pub reference_heads: String,
+    /// The layer of each reference head; absent in files that predate cross-layer candidates.
+    pub reference_layers: Option<String>,
     pub r2_heldout: f64,
+}
+
+impl MeasuredReferenceSet {
+    /// Whether every reference head is in the target's layer (only those have weights to compare).
+    fn is_same_layer(&self) -> bool {
+        self.reference_layers
+            .as_deref()
+            .is_none_or(|l| l.split(';').all(|x| x == self.layer.to_string()))
+    }
 }
 
 impl From<&PredictionRow> for MeasuredReferenceSet {
@@ -101,6 +101,7 @@ impl From<&PredictionRow> for MeasuredReferenceSet {
             target_head: row.target_head,
             k: row.k,
             reference_heads: row.reference_heads.clone(),
+            reference_layers: Some(row.reference_layers.clone()),
             r2_heldout: row.r2_heldout,
         }
     }
@@ -146,7 +147,7 @@ pub fn run_alignment(
 ) -> Result<AlignOutput> {
     let config = source.config();
     let mut by_layer: HashMap<(HeadKind, i64), Vec<&MeasuredReferenceSet>> = HashMap::new();
-    for row in measured {
+    for row in measured.iter().filter(|r| r.is_same_layer()) {
         by_layer.entry((row.kind, row.layer)).or_default().push(row);
     }
     let nulls: HashMap<HeadKind, (f64, f64)> = options
@@ -237,25 +238,12 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
         null_samples: args.null_samples,
         seed: args.seed,
     };
-    let measured = args.predictions.as_deref().map(read_measured).transpose()?;
-    // Same-layer reference sets only: cross-layer sets need other layers' weights.
-    let same_layer: Vec<MeasuredReferenceSet> = measured
-        .iter()
-        .flatten()
-        .filter(|row| {
-            row.reference_layers
-                .as_deref()
-                .is_none_or(|l| l.split(';').all(|x| x == row.layer.to_string()))
-        })
-        .map(|row| MeasuredReferenceSet {
-            kind: row.kind,
-            layer: row.layer,
-            target_head: row.target_head,
-            k: row.k,
-            reference_heads: row.reference_heads.clone(),
-            r2_heldout: row.r2_heldout,
-        })
-        .collect();
+    let measured = args
+        .predictions
+        .as_deref()
+        .map(read_measured)
+        .transpose()?
+        .unwrap_or_default();
     let mut progress = |layer: i64, layers: i64| {
         printer.note(format!(
             "  layer {layer}/{layers} ({:.1} s)",
@@ -266,7 +254,7 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
         source.as_ref(),
         &options,
         args.max_refs,
-        &same_layer,
+        &measured,
         &mut progress,
     )?;
     let AlignOutput {
@@ -283,7 +271,7 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
     write_csv(&out_dir.join("alignment_pairs.csv"), pairs)?;
     write_csv(&out_dir.join("weight_r2.csv"), weight_rows)?;
     let spearman_by_kind = output.spearman_by_kind(&options.kinds);
-    if measured.is_some() {
+    if args.predictions.is_some() {
         write_csv(&out_dir.join("weight_vs_measured.csv"), versus)?;
     }
     let manifest = Manifest {
