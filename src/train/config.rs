@@ -64,9 +64,11 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// The default series: small enough to train on 2 CPU cores in minutes, with enough heads per
-    /// layer (32 of width 8) that k = 5 reference heads span only 5·8/256 = 0.16 of the residual
-    /// stream (issue 3 asks ≤ 0.31).
+    /// The default series: small enough to train on 2 idle CPU cores in about 10 minutes
+    /// (0.25 s per update), with enough heads per layer (32 of width 8) that k = 5 reference heads
+    /// span only 5·8/256 = 0.16 of the residual stream (issue 3 asks ≤ 0.31). 2000 updates of
+    /// 8 × 128 tokens (2.0 M) stay under one epoch of the ~3 M-token corpus; 1000 updates ended
+    /// at 60.6% of the step-0 held-out loss, short of the 60% the series is meant to reach.
     pub fn tiny() -> Self {
         TrainConfig {
             name: "olmo2-tiny".into(),
@@ -81,7 +83,7 @@ impl TrainConfig {
             rms_norm_eps: 1e-6,
             seq_len: 128,
             batch_size: 8,
-            steps: 1000,
+            steps: 2000,
             learning_rate: 4e-3,
             warmup_steps: 30,
             final_lr_fraction: 0.1,
@@ -90,10 +92,10 @@ impl TrainConfig {
             beta2: 0.95,
             adam_eps: 1e-8,
             max_grad_norm: 1.0,
-            corpus_bytes_per_source: 800_000,
+            corpus_bytes_per_source: 1_600_000,
             heldout_percent: 5,
             heldout_tokens: 4_096,
-            eval_interval: 100,
+            eval_interval: 200,
             threads: 2,
         }
     }
