@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::infer::reference_heads::KvMode;
+use crate::model::head_map::KeySpace;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
@@ -341,4 +343,29 @@ pub struct ValidateArgs {
     /// Output folder (default reports/validate-<source>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Compressed KV cache: the fraction of KV heads (per kind) that are not cached but rebuilt
+    /// from same-layer reference heads by linear maps fitted on calibration text.
+    #[arg(long)]
+    pub kv_compress: Option<f64>,
+    /// Which kinds the compressed cache rebuilds; each listed mode runs as its own mode.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["kv"])]
+    pub kv_mode: Vec<KvMode>,
+    /// Rebuild keys before RoPE (RoPE applied after the rebuild) or after it (the paper's code).
+    #[arg(long, value_enum, default_value_t = KeySpace::PreRope)]
+    pub kv_keys: KeySpace,
+    /// Fewest reference heads per rebuilt head (a layer keeps at least this many heads cached).
+    #[arg(long, default_value_t = 2)]
+    pub kv_min_refs: usize,
+    /// Most reference heads per rebuilt head.
+    #[arg(long, default_value_t = 5)]
+    pub kv_max_refs: usize,
+    /// Calibration text for the maps (never evaluation items): mix, or a text file.
+    #[arg(long, default_value = "mix")]
+    pub kv_calibration_text: String,
+    /// Calibration tokens (3/4 fit the maps, 1/4 held out to score them).
+    #[arg(long, default_value_t = 16384)]
+    pub kv_calibration_tokens: usize,
+    /// Calibration sequence length.
+    #[arg(long, default_value_t = 256)]
+    pub kv_calibration_seq_len: usize,
 }

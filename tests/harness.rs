@@ -52,7 +52,7 @@ fn smollm2_arc_easy_logliks_match_transformers() {
     let tokenizer = source.embedded_tokenizer().unwrap().unwrap();
     let model = ResidentModel::load(source.as_ref(), &LoadOptions::cpu_f32()).unwrap();
     // A small batch budget, so several batches of mixed lengths (and right padding) are exercised.
-    let (scores, stats) = score_items(&model, &tokenizer, &items, 256, None).unwrap();
+    let (scores, stats) = score_items(&model, &tokenizer, &items, 256, None, None).unwrap();
     assert!(stats.tokens > 0);
     let mut worst: f64 = 0.0;
     for (score, item) in scores.iter().zip(json["items"].as_array().unwrap()) {

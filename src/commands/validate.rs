@@ -11,11 +11,17 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::cli::ValidateArgs;
+use crate::data::corpora::TextSource;
 use crate::data::tasks::{eval_request_file, read_mc_items, select_items, McItem};
+use crate::data::token_set::TokenSetOptions;
 use crate::data::tokenizer::{encode, tokenizer_for};
 use crate::edit::AttentionEdit;
 use crate::infer::generate::{generate, GenerationOptions};
 use crate::infer::harness::{accuracy, score_items, ItemScore, Metric};
+use crate::infer::kv_calibration::{calibrate, plan as kv_plan, CalibrationRecord};
+use crate::infer::reference_heads::{
+    CompressionOptions, CompressionPlan, KindPlan, KvMode, TargetRow,
+};
 use crate::model::config::ModelConfig;
 use crate::model::kv_cache::KvCache;
 use crate::model::resident::ResidentModel;
@@ -30,10 +36,12 @@ use crate::source::{open_source_with, Provenance};
 /// Prompts the decode-speed measurement generates from (the first items of the first task).
 const DECODE_PROMPTS: usize = 4;
 
-/// One evaluation mode: a name and the attention edit it runs with.
+/// One evaluation mode: a name, the attention edit it runs with, and its KV cache layout.
 pub struct Mode<'a> {
-    pub name: &'static str,
+    pub name: String,
     pub edit: Option<&'a dyn AttentionEdit>,
+    /// `None`: the plain cache holding every head.
+    pub kv: Option<&'a CompressionPlan>,
 }
 
 #[derive(Serialize)]
@@ -76,6 +84,16 @@ pub struct SpeedRow {
     pub decode_tokens: i64,
     pub decode_tokens_per_second: f64,
     pub kv_bytes_per_token: f64,
+    /// Map parameters held by a compressed cache (shared by all sequences).
+    pub kv_map_bytes: i64,
+    /// Cached positions (all sequences) of the decode run, where the bytes below were measured.
+    pub kv_positions: i64,
+    /// (cache + maps) ÷ the baseline cache at those positions.
+    pub kv_bytes_vs_baseline: f64,
+    /// 1 / (1 − dropped fraction of K and V heads): the paper's accounting, maps not counted.
+    pub claimed_compression: f64,
+    /// Baseline bytes ÷ (cache + maps) bytes at the measured positions.
+    pub measured_compression: f64,
 }
 
 #[derive(Serialize)]
@@ -91,6 +109,16 @@ struct TaskManifest {
 }
 
 #[derive(Serialize)]
+struct KvManifest {
+    options: CompressionOptions,
+    modes: Vec<KvMode>,
+    calibration: CalibrationRecord,
+    /// Rebuilt heads per mode: (K targets, V targets) and the heads per kind.
+    targets: Vec<(String, usize, usize)>,
+    heads_per_kind: usize,
+}
+
+#[derive(Serialize)]
 struct Manifest<'a> {
     tool: ToolVersion,
     source: &'a Provenance,
@@ -102,6 +130,7 @@ struct Manifest<'a> {
     batch_tokens: usize,
     decode_tokens: usize,
     act: Option<PathBuf>,
+    kv_compression: Option<KvManifest>,
     device: String,
     peak_rss_bytes: Option<u64>,
     seconds: f64,
@@ -116,6 +145,15 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     }
     if args.batch_tokens == 0 {
         bail!("--batch-tokens must be at least 1");
+    }
+    let compression = args.kv_compress.map(|fraction| CompressionOptions {
+        fraction,
+        min_refs: args.kv_min_refs,
+        max_refs: args.kv_max_refs,
+        key_space: args.kv_keys,
+    });
+    if let Some(options) = &compression {
+        options.check()?;
     }
     let started = std::time::Instant::now();
     let source = open_source_with(&args.source, &settings.hub)?;
@@ -144,15 +182,72 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         Some(path) => Some(crate::edit::act::Act::from_file(path, source.config())?),
         None => None,
     };
+    let model = ResidentModel::load(source.as_ref(), &settings.load)?;
+    let kv_plans = match compression {
+        Some(options) => {
+            printer.note(format!(
+                "calibrating the compressed KV cache on {} tokens of {}",
+                args.kv_calibration_tokens, args.kv_calibration_text
+            ));
+            let calibration = calibrate(
+                source.as_ref(),
+                &tokenizer,
+                &TextSource::parse(&args.kv_calibration_text),
+                &TokenSetOptions {
+                    tokens: args.kv_calibration_tokens,
+                    seq_len: args.kv_calibration_seq_len,
+                    fit_fraction: 0.75,
+                    seed: args.seed,
+                    separator: model.config.eos_token_id,
+                },
+                args.kv_keys,
+                &settings.load,
+                &settings.hidden_budget,
+            )
+            .context("--kv-compress calibration")?;
+            let plans = args
+                .kv_mode
+                .iter()
+                .map(|&mode| {
+                    let plan = kv_plan(
+                        &calibration,
+                        mode,
+                        model.config.num_key_value_heads as usize,
+                        model.config.head_dim as usize,
+                        &options,
+                    )?;
+                    Ok((mode, plan))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some((calibration.record, options, plans))
+        }
+        None => None,
+    };
     let mut modes = vec![Mode {
-        name: "baseline",
+        name: "baseline".into(),
         edit: None,
+        kv: None,
     }];
     if let Some(act) = &act {
         modes.push(Mode {
-            name: "act",
+            name: "act".into(),
             edit: Some(act),
+            kv: None,
         });
+    }
+    for (mode, plan) in kv_plans.iter().flat_map(|(_, _, plans)| plans) {
+        modes.push(Mode {
+            name: format!("kv-{}", mode.name()),
+            edit: None,
+            kv: Some(plan),
+        });
+        if let Some(act) = &act {
+            modes.push(Mode {
+                name: format!("act+kv-{}", mode.name()),
+                edit: Some(act),
+                kv: Some(plan),
+            });
+        }
     }
     printer.note(format!(
         "validate {}: {} ({}), modes {}, {}",
@@ -163,10 +258,13 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
         args.variant,
-        modes.iter().map(|m| m.name).collect::<Vec<_>>().join("+"),
+        modes
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         describe(&settings.load)
     ));
-    let model = ResidentModel::load(source.as_ref(), &settings.load)?;
 
     let mut accuracy_rows = Vec::new();
     let mut choice_rows = Vec::new();
@@ -175,8 +273,14 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         let mut scoring_tokens = 0;
         let mut scoring_seconds = 0.0;
         for (task, items) in &task_items {
-            let (scores, stats) =
-                score_items(&model, &tokenizer, items, args.batch_tokens, mode.edit)?;
+            let (scores, stats) = score_items(
+                &model,
+                &tokenizer,
+                items,
+                args.batch_tokens,
+                mode.edit,
+                mode.kv,
+            )?;
             scoring_tokens += stats.tokens;
             scoring_seconds += stats.seconds;
             for metric in Metric::ALL {
@@ -200,7 +304,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
                 accuracy_rows.push(AccuracyRow {
                     task: task.clone(),
                     variant: args.variant.clone(),
-                    mode: mode.name.into(),
+                    mode: mode.name.clone(),
                     metric: metric.name().into(),
                     items: summary.items,
                     correct: summary.correct,
@@ -210,10 +314,10 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
                     delta_vs_baseline: summary.accuracy - baseline,
                 });
             }
-            choice_rows.extend(choice_rows_of(task, &args.variant, mode.name, &scores));
+            choice_rows.extend(choice_rows_of(task, &args.variant, &mode.name, &scores));
         }
         let mut speed = SpeedRow {
-            mode: mode.name.into(),
+            mode: mode.name.clone(),
             scoring_tokens,
             scoring_tokens_per_second: scoring_tokens as f64 / scoring_seconds.max(1e-9),
             prefill_tokens: 0,
@@ -221,9 +325,24 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             decode_tokens: 0,
             decode_tokens_per_second: f64::NAN,
             kv_bytes_per_token: f64::NAN,
+            kv_map_bytes: 0,
+            kv_positions: 0,
+            kv_bytes_vs_baseline: f64::NAN,
+            claimed_compression: 1.0 / (1.0 - mode.kv.map_or(0.0, |p| p.dropped_fraction())),
+            measured_compression: f64::NAN,
         };
         if args.decode_tokens > 0 {
             measure_decode(&model, &tokenizer, &task_items[0].1, args, mode, &mut speed)?;
+            let baseline = speed_rows
+                .first()
+                .map_or(speed.kv_bytes_per_token, |b: &SpeedRow| {
+                    b.kv_bytes_per_token
+                });
+            let held =
+                speed.kv_bytes_per_token * speed.kv_positions as f64 + speed.kv_map_bytes as f64;
+            let plain = baseline * speed.kv_positions as f64;
+            speed.kv_bytes_vs_baseline = held / plain;
+            speed.measured_compression = plain / held;
         }
         speed_rows.push(speed);
     }
@@ -235,6 +354,10 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     write_csv(&out_dir.join("accuracy.csv"), &accuracy_rows)?;
     write_csv(&out_dir.join("choices.csv"), &choice_rows)?;
     write_csv(&out_dir.join("speed.csv"), &speed_rows)?;
+    if let Some((_, _, plans)) = &kv_plans {
+        let rows: Vec<TargetRow> = plans.iter().flat_map(|(_, plan)| plan.rows()).collect();
+        write_csv(&out_dir.join("kv_targets.csv"), &rows)?;
+    }
     let manifest = Manifest {
         tool: tool_version(),
         source: source.provenance(),
@@ -246,6 +369,22 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         batch_tokens: args.batch_tokens,
         decode_tokens: args.decode_tokens,
         act: args.act.clone(),
+        kv_compression: kv_plans
+            .as_ref()
+            .map(|(record, options, plans)| KvManifest {
+                options: options.clone(),
+                modes: plans.iter().map(|(m, _)| *m).collect(),
+                calibration: record.clone(),
+                targets: plans
+                    .iter()
+                    .map(|(m, p)| {
+                        let count = |k: &Option<KindPlan>| k.as_ref().map_or(0, KindPlan::targets);
+                        (m.name().to_string(), count(&p.keys), count(&p.values))
+                    })
+                    .collect(),
+                heads_per_kind: (model.config.num_hidden_layers * model.config.num_key_value_heads)
+                    as usize,
+            }),
         device: describe(&settings.load),
         peak_rss_bytes: peak_rss_bytes(),
         seconds: started.elapsed().as_secs_f64(),
@@ -307,7 +446,10 @@ fn measure_decode(
     if prompts.is_empty() {
         return Ok(());
     }
-    let mut cache = KvCache::new(model.config.num_hidden_layers);
+    let mut cache = match mode.kv {
+        Some(plan) => plan.cache(),
+        None => KvCache::new(model.config.num_hidden_layers),
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let options = GenerationOptions {
         pad_token_id: model.config.pad_token_id.unwrap_or(0),
@@ -321,6 +463,8 @@ fn measure_decode(
     speed.decode_tokens = stats.decode_tokens;
     speed.decode_tokens_per_second = stats.decode_tokens as f64 / stats.decode_seconds.max(1e-9);
     speed.kv_bytes_per_token = stats.kv_bytes as f64 / stats.kv_positions.max(1) as f64;
+    speed.kv_positions = stats.kv_positions;
+    speed.kv_map_bytes = cache.map_bytes();
     Ok(())
 }
 
@@ -367,15 +511,21 @@ pub fn report_markdown(
             r.delta_vs_baseline
         ));
     }
-    md.push_str("\n| mode | scoring tokens/s | prefill tokens/s | decode tokens/s | KV bytes per token |\n|---|---|---|---|---|\n");
+    md.push_str("\nKV memory is measured on the decode run's cache: bytes per cached position (stored heads, plus positions when keys are rebuilt before RoPE), the maps' parameters once, and (cache + maps) against the baseline cache at the same positions. *Claimed* is the paper's accounting, 1/(1 − fraction of K and V heads dropped), without maps.\n\n");
+    md.push_str("| mode | scoring tokens/s | prefill tokens/s | decode tokens/s | KV bytes per position | map bytes | positions | KV + maps vs baseline | claimed compression | measured compression |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for s in speed {
         md.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.1} | {:.0} |\n",
+            "| {} | {:.0} | {:.0} | {:.1} | {:.0} | {} | {} | {:.3} | {:.2}× | {:.2}× |\n",
             s.mode,
             s.scoring_tokens_per_second,
             s.prefill_tokens_per_second,
             s.decode_tokens_per_second,
-            s.kv_bytes_per_token
+            s.kv_bytes_per_token,
+            s.kv_map_bytes,
+            s.kv_positions,
+            s.kv_bytes_vs_baseline,
+            s.claimed_compression,
+            s.measured_compression
         ));
     }
     if let Some(bytes) = peak_rss_bytes {

@@ -18,6 +18,7 @@ use tokenizers::Tokenizer;
 use crate::data::tasks::McItem;
 use crate::data::tokenizer::encode;
 use crate::edit::AttentionEdit;
+use crate::infer::reference_heads::CompressionPlan;
 use crate::model::mask::Visibility;
 use crate::model::resident::{ForwardState, ResidentModel};
 use crate::stats::interval::{wilson_interval, Z_95};
@@ -132,6 +133,7 @@ pub fn score_items(
     items: &[McItem],
     batch_tokens: usize,
     edit: Option<&dyn AttentionEdit>,
+    kv: Option<&CompressionPlan>,
 ) -> Result<(Vec<ItemScore>, ScoringStats)> {
     let max_positions = model.config.max_position_embeddings.max(2) as usize;
     let mut requests = Vec::new();
@@ -223,10 +225,12 @@ pub fn score_items(
                 width as i64,
             )
         });
+        // A compressed cache makes attention read rebuilt target heads, as decoding would.
+        let mut cache = kv.map(CompressionPlan::cache);
         let logits = model.forward(
             &Tensor::from_slice(&ids).view(shape),
             &mut ForwardState {
-                cache: None,
+                cache: cache.as_mut(),
                 visibility: visibility.as_ref(),
                 edit,
             },

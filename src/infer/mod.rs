@@ -2,3 +2,5 @@
 
 pub mod generate;
 pub mod harness;
+pub mod kv_calibration;
+pub mod reference_heads;

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::capture::{CapturePoint, CaptureSink, LayerCapture};
 use crate::edit::AttentionEdit;
 use crate::model::config::{Architecture, ModelConfig};
-use crate::model::kv_cache::LayerCache;
+use crate::model::kv_cache::{LayerCache, NewEntries};
 use crate::model::mask::Visibility;
 use crate::model::norm::RmsNorm;
 use crate::model::rope::Rope;
@@ -127,9 +127,24 @@ impl Attention {
             None => step.rope.apply(t, 0),
         };
         let q = rope_at(&heads(&q_normed, nq));
-        let k = rope_at(&heads(&k_normed, nkv));
+        let k_unrotated = heads(&k_normed, nkv);
+        let k = rope_at(&k_unrotated);
         let (keys, values) = match step.cache.as_deref_mut() {
-            Some(cache) => cache.append(&k, &v),
+            Some(cache) => {
+                let positions = match visibility {
+                    Some(v) => v.positions.shallow_clone(),
+                    None => Tensor::arange_start(past, past + s, (Kind::Int64, x.device()))
+                        .unsqueeze(0)
+                        .expand([b, s], false),
+                };
+                let new = NewEntries {
+                    keys_unrotated: &k_unrotated,
+                    keys: &k,
+                    values: &v,
+                    positions: &positions,
+                };
+                cache.append(&new, step.rope)
+            }
             None => (k.shallow_clone(), v.shallow_clone()),
         };
 

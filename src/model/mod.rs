@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod config;
 pub mod forward;
+pub mod head_map;
 pub mod hidden_store;
 pub mod kv_cache;
 pub mod layer;

@@ -1,0 +1,148 @@
+//! A linear map that rebuilds one layer's target KV heads from the heads the cache stores (the
+//! compressed KV cache: only reference heads are cached; targets are recomputed at attention time).
+
+use tch::{Kind, Tensor};
+
+/// Whether a key map works on keys before RoPE (after QK-norm) or after it. Values have no RoPE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeySpace {
+    /// Keys are cached and rebuilt before RoPE; RoPE is applied to every key after the rebuild
+    /// (the map then never has to learn a position-dependent rotation).
+    PreRope,
+    /// Keys are cached and rebuilt after RoPE, as the linear-predictability paper's code does.
+    PostRope,
+}
+
+/// One layer's map for one kind (K or V): `heads` KV heads of `head_dim`, of which `stored` are
+/// cached and the rest rebuilt as `[stored vectors] · coefficients + intercept`.
+#[derive(Debug)]
+pub struct HeadMap {
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Cached heads, ascending.
+    pub stored: Vec<usize>,
+    /// Rebuilt heads, ascending.
+    pub targets: Vec<usize>,
+    /// f32 `[stored·head_dim, targets·head_dim]`: target `t`'s columns read only its references'
+    /// rows (zero elsewhere).
+    pub coefficients: Tensor,
+    /// f32 `[targets·head_dim]`.
+    pub intercept: Tensor,
+    /// Position in `[stored…, targets…]` of each head `0..heads`, for reordering after the rebuild.
+    order: Tensor,
+}
+
+impl HeadMap {
+    /// `coefficients`/`intercept` as [`HeadMap::coefficients`] describes; `stored` and `targets`
+    /// must partition `0..heads`.
+    pub fn new(
+        heads: usize,
+        head_dim: usize,
+        stored: Vec<usize>,
+        targets: Vec<usize>,
+        coefficients: Tensor,
+        intercept: Tensor,
+    ) -> Self {
+        let mut all: Vec<usize> = stored.iter().chain(&targets).copied().collect();
+        all.sort_unstable();
+        assert!(
+            all == (0..heads).collect::<Vec<_>>(),
+            "stored {stored:?} and targets {targets:?} must partition 0..{heads}"
+        );
+        let d = head_dim as i64;
+        assert_eq!(
+            coefficients.size(),
+            [stored.len() as i64 * d, targets.len() as i64 * d]
+        );
+        let order: Vec<i64> = (0..heads)
+            .map(|h| {
+                stored
+                    .iter()
+                    .chain(&targets)
+                    .position(|&x| x == h)
+                    .expect("partition checked above") as i64
+            })
+            .collect();
+        HeadMap {
+            heads,
+            head_dim,
+            stored,
+            targets,
+            coefficients: coefficients.to_kind(Kind::Float),
+            intercept: intercept.to_kind(Kind::Float),
+            order: Tensor::from_slice(&order),
+        }
+    }
+
+    /// The stored heads of `all` `[batch, heads, seq, head_dim]` → `[batch, stored, seq, head_dim]`.
+    pub fn stored_part(&self, all: &Tensor) -> Tensor {
+        let index: Vec<i64> = self.stored.iter().map(|&h| h as i64).collect();
+        all.index_select(1, &Tensor::from_slice(&index).to_device(all.device()))
+    }
+
+    /// Stored heads `[batch, stored, seq, head_dim]` → all heads `[batch, heads, seq, head_dim]`,
+    /// targets rebuilt, in `stored`'s kind.
+    pub fn rebuild(&self, stored: &Tensor) -> Tensor {
+        let (b, _, s, d) = stored.size4().expect("per-head tensors are 4-D");
+        let rows = stored
+            .permute([0, 2, 1, 3])
+            .reshape([b, s, self.stored.len() as i64 * d]);
+        let device = stored.device();
+        let targets = rows
+            .to_kind(Kind::Float)
+            .matmul(&self.coefficients.to_device(device))
+            + self.intercept.to_device(device);
+        Tensor::cat(&[rows, targets.to_kind(stored.kind())], 2)
+            .view([b, s, self.heads as i64, d])
+            .index_select(2, &self.order.to_device(device))
+            .transpose(1, 2)
+    }
+
+    /// Bytes of the map's parameters as held (coefficients and intercept).
+    pub fn bytes(&self) -> i64 {
+        (self.coefficients.numel() + self.intercept.numel()) as i64 * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn rebuild_keeps_stored_heads_and_applies_the_map_to_targets() {
+        tch::manual_seed(4);
+        let opts = (Kind::Float, Device::Cpu);
+        let (heads, d) = (4, 3);
+        let all = Tensor::randn([2, heads as i64, 5, d as i64], opts);
+        // Stored 0 and 2; target 1 = 2·head0 + 1, target 3 = head2 − head0 (built by hand).
+        let eye = Tensor::eye(d as i64, opts);
+        let zero = Tensor::zeros([d as i64, d as i64], opts);
+        let coefficients = Tensor::cat(
+            &[
+                Tensor::cat(&[&eye * 2.0, -&eye], 1),
+                Tensor::cat(&[zero, eye.shallow_clone()], 1),
+            ],
+            0,
+        );
+        let intercept = Tensor::cat(
+            &[
+                Tensor::ones([d as i64], opts),
+                Tensor::zeros([d as i64], opts),
+            ],
+            0,
+        );
+        let map = HeadMap::new(heads, d, vec![0, 2], vec![1, 3], coefficients, intercept);
+        let rebuilt = map.rebuild(&map.stored_part(&all));
+        let h = |t: &Tensor, i: i64| t.narrow(1, i, 1);
+        assert!(h(&rebuilt, 0).equal(&h(&all, 0)));
+        assert!(h(&rebuilt, 2).equal(&h(&all, 2)));
+        let expected1 = h(&all, 0) * 2.0 + 1.0;
+        let expected3 = h(&all, 2) - h(&all, 0);
+        let err = |a: Tensor, b: Tensor| f64::try_from((a - b).abs().max()).unwrap();
+        assert!(err(h(&rebuilt, 1), expected1) < 1e-6);
+        assert!(err(h(&rebuilt, 3), expected3) < 1e-6);
+        assert_eq!(map.bytes(), (6 * 6 + 6) * 4);
+    }
+}
