@@ -393,12 +393,15 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         &out_dir.join("manifest.json"),
         serde_json::to_string_pretty(&manifest)?.as_bytes(),
     )?;
-    let report = report_markdown(
+    let mut report = report_markdown(
         &accuracy_rows,
         &speed_rows,
         &manifest_line(&manifest),
         manifest.peak_rss_bytes,
     );
+    if let Some((record, options, plans)) = &kv_plans {
+        report.push_str(&kv_section(record, options, plans));
+    }
     write_atomic(&out_dir.join("report.md"), report.as_bytes())?;
     printer.result(report);
     printer.note(format!("wrote {}", out_dir.display()));
@@ -533,6 +536,54 @@ pub fn report_markdown(
             "\nPeak resident memory: {:.1} MiB.\n",
             bytes as f64 / (1u64 << 20) as f64
         ));
+    }
+    md
+}
+
+/// What the compressed modes rebuild: targets asked and reached per kind, and how well the maps
+/// predict them on held-out calibration text.
+fn kv_section(
+    record: &CalibrationRecord,
+    options: &CompressionOptions,
+    plans: &[(KvMode, CompressionPlan)],
+) -> String {
+    let mut md = format!(
+        "\n## Compressed KV cache\n\nMaps fitted on {} tokens of `{}` (sequences of {}, {} of {} sequences fit, the rest held out; token set sha256 `{}`); keys rebuilt {:?}; {}–{} same-layer references per rebuilt head. Per-head rows: kv_targets.csv.\n\n",
+        record.tokens,
+        record.text,
+        record.seq_len,
+        record.fit_sequences,
+        record.sequences,
+        record.token_set_sha256,
+        options.key_space,
+        options.min_refs,
+        options.max_refs
+    );
+    md.push_str("| mode | kind | heads | rebuilt (asked) | rebuilt (reached) | mean held-out R² of rebuilt heads | worst |\n|---|---|---|---|---|---|---|\n");
+    for (mode, plan) in plans {
+        for kind_plan in [&plan.keys, &plan.values].into_iter().flatten() {
+            let r2: Vec<f64> = kind_plan.rows.iter().map(|r| r.r2_heldout).collect();
+            let mean = r2.iter().sum::<f64>() / r2.len().max(1) as f64;
+            let worst = r2.iter().copied().fold(f64::INFINITY, f64::min);
+            md.push_str(&format!(
+                "| kv-{} | {} | {} | {} | {} | {:.3} | {:.3} |\n",
+                mode.name(),
+                kind_plan.kind.name(),
+                kind_plan.heads_total,
+                kind_plan.targets_wanted,
+                kind_plan.targets(),
+                mean,
+                worst
+            ));
+        }
+    }
+    if plans.iter().any(|(_, p)| {
+        [&p.keys, &p.values]
+            .into_iter()
+            .flatten()
+            .any(|k| k.targets() < k.targets_wanted)
+    }) {
+        md.push_str(&format!("\nFewer heads were rebuilt than asked: every layer keeps at least {} cached heads as references (`--kv-min-refs`).\n", options.min_refs));
     }
     md
 }
