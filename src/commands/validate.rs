@@ -32,6 +32,7 @@ use crate::report::default_out_dir;
 use crate::report::manifest::{tool_version, ToolVersion};
 use crate::settings::{describe, Settings};
 use crate::source::{open_source_with, Provenance};
+use crate::stats::interval::{paired_difference_interval, Z_95};
 
 /// Prompts the decode-speed measurement generates from (the first items of the first task).
 const DECODE_PROMPTS: usize = 4;
@@ -57,6 +58,9 @@ pub struct AccuracyRow {
     pub high_95: f64,
     /// Accuracy minus the baseline's on the same items (0 for the baseline).
     pub delta_vs_baseline: f64,
+    /// Paired 95% interval of that difference (Agresti–Min; see `stats::interval`).
+    pub delta_low_95: f64,
+    pub delta_high_95: f64,
 }
 
 #[derive(Serialize)]
@@ -267,12 +271,13 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     ));
 
     let mut accuracy_rows = Vec::new();
+    let mut baseline_scores: Vec<Vec<ItemScore>> = Vec::new();
     let mut choice_rows = Vec::new();
     let mut speed_rows = Vec::new();
     for mode in &modes {
         let mut scoring_tokens = 0;
         let mut scoring_seconds = 0.0;
-        for (task, items) in &task_items {
+        for (task_index, (task, items)) in task_items.iter().enumerate() {
             let (scores, stats) = score_items(
                 &model,
                 &tokenizer,
@@ -283,14 +288,26 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             )?;
             scoring_tokens += stats.tokens;
             scoring_seconds += stats.seconds;
+            if baseline_scores.len() <= task_index {
+                // The first mode is the baseline: later modes are paired against its items.
+                baseline_scores.push(scores.clone());
+            }
             for metric in Metric::ALL {
                 let summary = accuracy(&scores, metric);
-                let baseline = accuracy_rows
-                    .iter()
-                    .find(|r: &&AccuracyRow| {
-                        r.mode == "baseline" && &r.task == task && r.metric == metric.name()
-                    })
-                    .map_or(summary.accuracy, |r| r.accuracy);
+                let baseline = accuracy(&baseline_scores[task_index], metric).accuracy;
+                let (gained, lost) = scores.iter().zip(&baseline_scores[task_index]).fold(
+                    (0, 0),
+                    |(gained, lost), (now, before)| match (
+                        now.correct(metric),
+                        before.correct(metric),
+                    ) {
+                        (true, false) => (gained + 1, lost),
+                        (false, true) => (gained, lost + 1),
+                        _ => (gained, lost),
+                    },
+                );
+                let (delta_low_95, delta_high_95) =
+                    paired_difference_interval(gained, lost, summary.items, Z_95);
                 printer.note(format!(
                     "{task} {} {}: {:.4} [{:.4}, {:.4}] ({}/{})",
                     mode.name,
@@ -312,6 +329,8 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
                     low_95: summary.low_95,
                     high_95: summary.high_95,
                     delta_vs_baseline: summary.accuracy - baseline,
+                    delta_low_95,
+                    delta_high_95,
                 });
             }
             choice_rows.extend(choice_rows_of(task, &args.variant, &mode.name, &scores));
@@ -498,11 +517,11 @@ pub fn report_markdown(
 ) -> String {
     let mut md = String::from("# Inference validation\n\n");
     md.push_str(&format!("{provenance}.\n\n"));
-    md.push_str("Accuracy with its 95% Wilson interval; `acc` picks the highest summed log-likelihood, `acc_per_char` the highest per character (OLMo's `len_norm`). Δ is against the baseline on the same items.\n\n");
-    md.push_str("| task | variant | mode | metric | items | accuracy | 95% interval | Δ vs baseline |\n|---|---|---|---|---|---|---|---|\n");
+    md.push_str("Accuracy with its 95% Wilson interval; `acc` picks the highest summed log-likelihood, `acc_per_char` the highest per character (OLMo's `len_norm`). Δ is against the baseline on the same items, with a paired 95% interval (Agresti–Min: only items one mode gets right and the other wrong carry information).\n\n");
+    md.push_str("| task | variant | mode | metric | items | accuracy | 95% interval | Δ vs baseline | paired 95% interval of Δ |\n|---|---|---|---|---|---|---|---|---|\n");
     for r in accuracy {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.4} | [{:.4}, {:.4}] | {:+.4} |\n",
+            "| {} | {} | {} | {} | {} | {:.4} | [{:.4}, {:.4}] | {:+.4} | [{:+.4}, {:+.4}] |\n",
             r.task,
             r.variant,
             r.mode,
@@ -511,7 +530,9 @@ pub fn report_markdown(
             r.accuracy,
             r.low_95,
             r.high_95,
-            r.delta_vs_baseline
+            r.delta_vs_baseline,
+            r.delta_low_95,
+            r.delta_high_95
         ));
     }
     md.push_str("\nKV memory is measured on the decode run's cache: bytes per cached position (stored heads, plus positions when keys are rebuilt before RoPE), the maps' parameters once, and (cache + maps) against the baseline cache at the same positions. *Claimed* is the paper's accounting, 1/(1 − fraction of K and V heads dropped), without maps.\n\n");

@@ -19,6 +19,23 @@ pub fn wilson_interval(successes: u64, trials: u64, z: f64) -> (f64, f64) {
     ((center - half).max(0.0), (center + half).min(1.0))
 }
 
+/// A 95%-style interval for the difference of two accuracies measured on the *same* items:
+/// `gained` items only the new mode gets right, `lost` items only the baseline gets right, of
+/// `items`. Agresti–Min (2005): add ½ to each cell of the paired 2×2 table, then the Wald interval
+/// of (gained − lost)/n. Pairing removes the items both modes get right or wrong from the noise,
+/// so the interval is far narrower than two independent Wilson intervals. `(−1, 1)` with no items.
+pub fn paired_difference_interval(gained: u64, lost: u64, items: u64, z: f64) -> (f64, f64) {
+    if items == 0 {
+        return (-1.0, 1.0);
+    }
+    let n = items as f64 + 2.0;
+    let (gained, lost) = (gained as f64 + 0.5, lost as f64 + 0.5);
+    let difference = (gained - lost) / n;
+    let variance = ((gained + lost) - (gained - lost).powi(2) / n) / (n * n);
+    let half = z * variance.max(0.0).sqrt();
+    ((difference - half).max(-1.0), (difference + half).min(1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +53,19 @@ mod tests {
         let (low, high) = wilson_interval(20, 20, Z_95);
         assert!((low - 20.0 / (20.0 + Z_95 * Z_95)).abs() < 1e-12);
         assert!((high - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn paired_difference_matches_the_agresti_min_closed_form() {
+        // 7 gained, 3 lost of 100: cells 7.5 and 3.5, n 102, Δ 4/102,
+        // var (11 − 16/102)/102² → half-width 1.96·sqrt(var).
+        let (low, high) = paired_difference_interval(7, 3, 100, 1.96);
+        let var: f64 = (11.0 - 16.0 / 102.0) / (102.0 * 102.0);
+        assert!((low - (4.0 / 102.0 - 1.96 * var.sqrt())).abs() < 1e-12);
+        assert!((high - (4.0 / 102.0 + 1.96 * var.sqrt())).abs() < 1e-12);
+        // Identical modes: centred on 0, and narrower than the Wilson interval of either accuracy.
+        let (low, high) = paired_difference_interval(0, 0, 100, Z_95);
+        assert!((low + high).abs() < 1e-12 && high < 0.03);
+        assert_eq!(paired_difference_interval(0, 0, 0, Z_95), (-1.0, 1.0));
     }
 }
