@@ -165,6 +165,7 @@ fn layer_chart_draws_k1_and_the_largest_k_per_source_and_kind() {
         isotropic: 0.25,
         monte_carlo_rho_bar: f64::NAN,
         monte_carlo_r2_pooled: f64::NAN,
+        weight_sd: 0.005,
         tolerance: 0.02,
         margin: 0.1,
         verdict: "pass".into(),

@@ -545,7 +545,7 @@ pub fn pass_fail_table(
     if !init.is_empty() {
         let passed = init.iter().filter(|r| r.verdict == "pass").count();
         md.push_str(&format!(
-            "| (b) models at init: held-out R² ≤ B(Σ̂ℓ, k·d_h) | {} | {passed} | selection slack √(2 ln C(H−1,k)/(2 r d_h + 4)) + {HEAD_SPREAD_SIGMAS} standard errors across target heads |\n",
+            "| (b) models at init: held-out R² ≤ B(Σ̂ℓ, k·d_h) | {} | {passed} | selection slack √(2 ln C(H−1,k)/(2 r d_h + 4)) + {HEAD_SPREAD_SIGMAS} × max(standard error across target heads, sd of one head's R² over weight draws) |\n",
             init.len()
         ));
     }
@@ -663,7 +663,7 @@ pub fn verification_markdown(
 
     md.push_str("## (b) Models at init and (c) trained checkpoints, per layer\n\n");
     md.push_str(&format!(
-        "Per layer: the attention input's covariance $\\hat\\Sigma_\\ell$ on the fit split (OLMo-2: the raw residual stream entering self-attention; Llama: the input-normed stream), its bound $B_\\ell = B(\\hat\\Sigma_\\ell, k d_h)$, and the held-out $R^2$ of `predict` at capture point `proj` (pre-norm, pre-RoPE: $y = W_t^\\top x$, the theorems' setting), references chosen by `topn` on the fit split, split by sequence (held-out $R^2$ is then conservative, §6.7). Measured = mean over target heads of the held-out pooled $R^2$ (uniform beside it). A row passes when both are $\\le B_\\ell$ + tolerance; tolerance = selection slack (§6.8) + {HEAD_SPREAD_SIGMAS} SE across target heads. MC ρ̄ / E R² = Monte Carlo of Gaussian projections of $\\hat\\Sigma_\\ell$ ({} draws), i.e. what Theorem 2 predicts for this spectrum before finite-sample deflation. Settings: text `{}`, {} tokens, seq-len {}, fit split {}, kinds {}, k ≤ {} (capped at heads − 1 per kind), layers {}, seed {}. Every row is in `verification_layers.csv`.\n\n",
+        "Per layer: the attention input's covariance $\\hat\\Sigma_\\ell$ on the fit split (OLMo-2: the raw residual stream entering self-attention; Llama: the input-normed stream), its bound $B_\\ell = B(\\hat\\Sigma_\\ell, k d_h)$, and the held-out $R^2$ of `predict` at capture point `proj` (pre-norm, pre-RoPE: $y = W_t^\\top x$, the theorems' setting), references chosen by `topn` on the fit split, split by sequence (held-out $R^2$ is then conservative, §6.7). Measured = mean over target heads of the held-out pooled $R^2$ (uniform beside it). A row passes when both are $\\le B_\\ell$ + tolerance; tolerance = selection slack (§6.8) + {HEAD_SPREAD_SIGMAS} × max(SE across target heads, σ_W), where σ_W is the sd of one head's $R^2$ over weight draws — from the Monte Carlo below when drawn, else the isotropic Beta sd — which bounds the weight-draw spread of the mean over heads whatever their correlation (init_bound.md §7 check 3). MC ρ̄ / E R² = Monte Carlo of Gaussian projections of $\\hat\\Sigma_\\ell$ ({} draws), i.e. what Theorem 2 predicts for this spectrum before finite-sample deflation. Settings: text `{}`, {} tokens, seq-len {}, fit split {}, kinds {}, k ≤ {} (capped at heads − 1 per kind), layers {}, seed {}. Every row is in `verification_layers.csv`.\n\n",
         check.layer_draws,
         check.text,
         check.tokens,
@@ -719,7 +719,7 @@ pub fn verification_markdown(
                     .join(", ")
             ));
         }
-        md.push_str("\nPer layer at k = 1 (K, or the first kind checked):\n\n| layer | rank | measured pooled | measured uniform | B | floor m/r | MC ρ̄ | MC E R²pool | tolerance | verdict |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("\nPer layer at k = 1 (K, or the first kind checked):\n\n| layer | rank | measured pooled | measured uniform | B | floor m/r | MC ρ̄ | MC E R²pool | σ_W | tolerance | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         let first_kind = if rows.iter().any(|r| r.kind == crate::capture::HeadKind::K) {
             Some(crate::capture::HeadKind::K)
         } else {
@@ -730,7 +730,7 @@ pub fn verification_markdown(
             .filter(|r| Some(r.kind) == first_kind && r.k == 1)
         {
             md.push_str(&format!(
-                "| {} | {} | {} ± {:.4} | {} ± {:.4} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} ± {:.4} | {} ± {:.4} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.layer,
                 r.rank,
                 fmt(r.r2_pooled_heldout),
@@ -741,6 +741,7 @@ pub fn verification_markdown(
                 fmt(r.floor),
                 fmt(r.monte_carlo_rho_bar),
                 fmt(r.monte_carlo_r2_pooled),
+                fmt(r.weight_sd),
                 fmt(r.tolerance),
                 r.verdict
             ));
