@@ -162,8 +162,9 @@ pub fn finite_sample_row(
         ("in-sample", estimate.in_sample, in_sample_formula),
         ("held-out", estimate.heldout, heldout_formula),
     ] {
-        // A NaN anywhere fails too.
-        if !((simulated.value - formula).abs() <= FINITE_SAMPLE_SIGMAS * simulated.se) {
+        let within = (simulated.value - formula).abs() <= FINITE_SAMPLE_SIGMAS * simulated.se;
+        // A NaN anywhere compares false, so it fails too.
+        if !within {
             failures.push(format!(
                 "{name} {:.5} ± {:.5} vs formula {formula:.5}",
                 simulated.value, simulated.se
