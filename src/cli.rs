@@ -310,6 +310,9 @@ pub struct TheoryArgs {
     /// tokenizer.json to use when a source has none (default: OLMo-2's dolma2 for init sources).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Simulated data sets per case of the finite-sample check (§7 check 2).
+    #[arg(long, default_value_t = 2000)]
+    pub replications: usize,
 }
 
 #[derive(Args, Debug)]

@@ -165,6 +165,7 @@ fn layer_chart_draws_k1_and_the_largest_k_per_source_and_kind() {
         isotropic: 0.25,
         monte_carlo_rho_bar: f64::NAN,
         monte_carlo_r2_pooled: f64::NAN,
+        weight_sd: 0.005,
         tolerance: 0.02,
         margin: 0.1,
         verdict: "pass".into(),
@@ -241,6 +242,8 @@ fn theory_end_to_end_on_tiny_models_writes_its_files_and_init_rows_pass() {
         "64",
         "--layer-draws",
         "8",
+        "--replications",
+        "200",
         "--out",
         dir.to_str().unwrap(),
     ]);
@@ -249,6 +252,7 @@ fn theory_end_to_end_on_tiny_models_writes_its_files_and_init_rows_pass() {
         "verification.md",
         "verification_grid.csv",
         "verification_layers.csv",
+        "verification_finite_sample.csv",
         "verification_grid.png",
         "verification_grid.svg",
         "verification_layers.png",
@@ -260,6 +264,11 @@ fn theory_end_to_end_on_tiny_models_writes_its_files_and_init_rows_pass() {
     // 60 model-free rows (d = 64) + 4 measured spectra × k = 1..4 (m ≤ d = 32).
     assert!(
         stdout.contains("| (a) Monte Carlo of Theorems 1–3 | 76 | 76 |"),
+        "{stdout}"
+    );
+    // Check 2: 2 spectra × 6 (k, n, n_t) cases, each within 4 SE of both formulas.
+    assert!(
+        stdout.contains("| (a2) finite-sample formulas of §6.6") && stdout.contains("| 12 | 12 |"),
         "{stdout}"
     );
     let mut reader = csv::Reader::from_path(dir.join("verification_layers.csv")).unwrap();
@@ -285,6 +294,23 @@ fn theory_end_to_end_on_tiny_models_writes_its_files_and_init_rows_pass() {
     .unwrap();
     assert_eq!(manifest["sources"].as_array().unwrap().len(), 2);
     assert_eq!(manifest["model_checks"]["capture"], "proj");
+    assert_eq!(manifest["finite_sample_replications"], 200);
+    assert!(
+        markdown.contains("## (a2) Finite-sample formulas"),
+        "{markdown}"
+    );
+    let mut reader = csv::Reader::from_path(dir.join("verification_finite_sample.csv")).unwrap();
+    let finite: Vec<std::collections::HashMap<String, String>> =
+        reader.deserialize().map(|r| r.unwrap()).collect();
+    assert_eq!(finite.len(), 12);
+    for r in &finite {
+        let value = |c: &str| r[c].parse::<f64>().unwrap();
+        assert_eq!(r["failures"], "", "{r:?}");
+        // Inflated in-sample, deflated held-out, around the population value.
+        assert!(
+            value("heldout_formula") < value("rho2") && value("rho2") < value("in_sample_formula")
+        );
+    }
     let png = image::open(dir.join("verification_layers.png")).unwrap();
     assert!(png.width() > 500 && png.height() > 300);
 }
@@ -299,6 +325,7 @@ fn theory_bad_flag_values_are_one_line_errors() {
         (vec!["--grid-dims", "100"], "--grid-dims"),
         (vec!["--max-refs", "0"], "--max-refs"),
         (vec!["--seq-len", "1"], "--seq-len"),
+        (vec!["--replications", "1"], "--replications"),
     ] {
         let mut full = vec!["theory", "--no-default-sources"];
         full.extend(args.iter());

@@ -19,13 +19,14 @@ use crate::data::token_set::Split;
 use crate::model::config::ModelConfig;
 use crate::stats::gram::Gram;
 use crate::stats::init_bound::{
-    beta_variance, choose, gaussian_floor, mean_se, monte_carlo, numerical_rank, selection_slack,
-    spectrum_of, top_share_bound, MonteCarloPoint, Spectrum, WeightLaw,
+    beta_variance, choose, gaussian_floor, isotropic_pooled_sd, mean_se, monte_carlo,
+    numerical_rank, selection_slack, spectrum_of, top_share_bound, MonteCarloPoint, Spectrum,
+    WeightLaw,
 };
 
 /// Monte Carlo assertions hold within this many standard errors (§7 check 1).
 pub const MONTE_CARLO_SIGMAS: f64 = 4.0;
-/// Per-layer checks allow this many standard errors across target heads (§7 check 3).
+/// Per-layer checks allow this many times the spread of the mean over target heads (§7 check 3).
 pub const HEAD_SPREAD_SIGMAS: f64 = 3.0;
 /// Round-off allowance for identities that hold exactly per draw (ρ̄ = m/r, Ky Fan).
 pub const EXACT_TOLERANCE: f64 = 1e-9;
@@ -251,7 +252,11 @@ pub struct LayerRow {
     /// Monte Carlo ρ̄ and E R²_pool of Gaussian projections of this Σ̂ (NaN when not drawn).
     pub monte_carlo_rho_bar: f64,
     pub monte_carlo_r2_pooled: f64,
-    /// Selection slack (§6.8) + HEAD_SPREAD_SIGMAS × the larger of the two standard errors.
+    /// Standard deviation of one head's R² over weight draws (the larger of pooled and uniform):
+    /// from the Monte Carlo when drawn, else the isotropic Beta value (Theorem 3(b)).
+    pub weight_sd: f64,
+    /// Selection slack (§6.8) + HEAD_SPREAD_SIGMAS × the largest of the two standard errors
+    /// across heads and `weight_sd` (theory/init_bound.md §7 check 3).
     pub tolerance: f64,
     /// bound + tolerance − measured (the larger of pooled and uniform): negative means above the bound.
     pub margin: f64,
@@ -455,9 +460,22 @@ pub fn layer_rows(
             let (uniform_mean, uniform_se) = mean_and_se(&uniform);
             let bound = top_share_bound(&spectrum.eigenvalues, m);
             let slack = selection_slack(choose(heads - 1, k), rank, head_dim);
-            let spread = pooled_se.max(uniform_se);
-            let tolerance =
-                slack + HEAD_SPREAD_SIGMAS * if spread.is_finite() { spread } else { 0.0 };
+            let point = monte_carlo_points.iter().find(|p| p.k == k);
+            let weight_sd = match point {
+                Some(p) => p.r2_pooled_variance.max(p.r2_uniform_variance).sqrt(),
+                // m ≥ r: R² = 1 on every draw.
+                None if m >= rank => 0.0,
+                None => isotropic_pooled_sd(m, rank, head_dim),
+            };
+            // The heads' R² are positively correlated (a reciprocal pair shares its principal
+            // angles), so the standard error across heads can understate the spread of their
+            // mean; one head's spread over weight draws bounds the weight part whatever the
+            // correlation (§7 check 3).
+            let spread = [pooled_se, uniform_se, weight_sd]
+                .into_iter()
+                .filter(|v| v.is_finite())
+                .fold(0.0, f64::max);
+            let tolerance = slack + HEAD_SPREAD_SIGMAS * spread;
             let margin = bound + tolerance - pooled_mean.max(uniform_mean);
             let within = margin >= 0.0;
             let verdict = match (options.role, within) {
@@ -466,7 +484,6 @@ pub fn layer_rows(
                 (SourceRole::Trained, true) => "within bound",
                 (SourceRole::Trained, false) => "above bound",
             };
-            let point = monte_carlo_points.iter().find(|p| p.k == k);
             rows.push(LayerRow {
                 role: options.role,
                 source: source.to_string(),
@@ -488,6 +505,7 @@ pub fn layer_rows(
                 isotropic: (m as f64 / dimension as f64).min(1.0),
                 monte_carlo_rho_bar: point.map_or(f64::NAN, |p| p.rho_bar),
                 monte_carlo_r2_pooled: point.map_or(f64::NAN, |p| p.r2_pooled),
+                weight_sd,
                 tolerance,
                 margin,
                 verdict: verdict.to_string(),
@@ -505,4 +523,84 @@ fn mean_and_se(values: &[f64]) -> (f64, f64) {
     }
     let (mean, se, _) = mean_se(&finite);
     (mean, se)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::olmo2_preset;
+
+    /// Prediction rows of layer 0, K, k = 1 for 16 target heads with the given held-out R².
+    fn rows(values: &[f64]) -> Vec<PredictionRow> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(head, &r2)| PredictionRow {
+                checkpoint: "init:olmo2-1b".into(),
+                kind: HeadKind::K,
+                layer: 0,
+                target_head: head,
+                k: 1,
+                reference_heads: ((head + 1) % values.len()).to_string(),
+                reference_layers: "0".into(),
+                r2_heldout: r2,
+                r2_insample: r2,
+                r2_pooled_heldout: r2,
+                r2_pooled_insample: r2,
+                n_fit: 6144,
+                n_heldout: 2048,
+                status: String::new(),
+            })
+            .collect()
+    }
+
+    fn tolerance_of(values: &[f64]) -> (f64, f64) {
+        let config = olmo2_preset("olmo2-1b").unwrap();
+        let spectrum = LayerSpectrum {
+            layer: 0,
+            rows: 6144,
+            eigenvalues: vec![1.0; 2048],
+        };
+        let predictions = rows(values);
+        let refs: Vec<&PredictionRow> = predictions.iter().collect();
+        let options = LayerCheckOptions {
+            role: SourceRole::Init,
+            monte_carlo_draws: 0,
+            seed: 0,
+        };
+        let out = layer_rows("init:olmo2-1b", &config, &[spectrum], &refs, &options);
+        assert_eq!(out.len(), 1);
+        (out[0].tolerance, out[0].weight_sd)
+    }
+
+    #[test]
+    fn identical_heads_still_get_the_weight_draw_spread() {
+        // 16 equal values: SE across heads 0. The tolerance keeps 3 × one head's isotropic sd
+        // over weight draws (Theorem 3(b): 6.7e-4 for d = 2048, d_h = 128, k = 1) on top of the
+        // selection slack of C(15, 1) = 15 sets (0.0032).
+        let (tolerance, weight_sd) = tolerance_of(&[0.0625; 16]);
+        let sd = isotropic_pooled_sd(128, 2048, 128);
+        assert!((weight_sd - sd).abs() < 1e-15, "{weight_sd} vs {sd}");
+        let expected = selection_slack(15.0, 2048, 128) + HEAD_SPREAD_SIGMAS * sd;
+        assert!(
+            (tolerance - expected).abs() < 1e-12,
+            "{tolerance} vs {expected}"
+        );
+        assert!((tolerance - (0.0032 + 3.0 * 6.7e-4)).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_wide_spread_across_heads_outweighs_the_weight_draw_spread() {
+        // Values 0 and 0.2 alternating: sd across heads 0.1033, SE 0.0258 ≫ 6.7e-4.
+        let values: Vec<f64> = (0..16)
+            .map(|h| if h % 2 == 0 { 0.0 } else { 0.2 })
+            .collect();
+        let (tolerance, _) = tolerance_of(&values);
+        let (_, se, _) = mean_se(&values);
+        let expected = selection_slack(15.0, 2048, 128) + HEAD_SPREAD_SIGMAS * se;
+        assert!(
+            (tolerance - expected).abs() < 1e-12,
+            "{tolerance} vs {expected}"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod alignment;
 pub mod cross_layer;
+pub mod finite_sample_check;
 pub mod init_check;
 pub mod predictability;
 pub mod sinks;

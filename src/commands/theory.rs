@@ -1,5 +1,6 @@
 //! `ckpt-scan theory`: verifies the init-time bound of theory/init_bound.md as its §7 specifies —
-//! (a) Monte Carlo of the theorems over a grid of (d, d_h, k, spectrum, weight law), (b) models at
+//! (a) Monte Carlo of the theorems over a grid of (d, d_h, k, spectrum, weight law), (a2) the
+//! finite-sample formulas of §6.6 against simulated OLS, (b) models at
 //! init per layer against the bound of their measured input spectrum, (c) where trained
 //! checkpoints exceed it — and writes verification.md, CSVs, plots and a manifest.
 
@@ -9,6 +10,9 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+use crate::analysis::finite_sample_check::{
+    default_cases, finite_sample_row, FiniteSampleRow, FINITE_SAMPLE_SIGMAS,
+};
 use crate::analysis::init_check::{
     grid_rows, layer_rows, BoundSink, GridRow, LayerCheckOptions, LayerRow, LayerSpectrum,
     SourceRole, HEAD_SPREAD_SIGMAS, MONTE_CARLO_SIGMAS,
@@ -206,6 +210,12 @@ pub fn check_args(args: &TheoryArgs) -> Result<()> {
             args.draws
         );
     }
+    if args.replications < 2 {
+        bail!(
+            "--replications must be at least 2 (a standard error needs two), got {}",
+            args.replications
+        );
+    }
     if args.layer_draws == 1 {
         bail!("--layer-draws must be 0 (no Monte Carlo per layer) or at least 2, got 1");
     }
@@ -379,6 +389,8 @@ struct Manifest<'a> {
     tool: ToolVersion,
     model_checks: &'a ModelCheckSettings,
     grid_draws_at_d64: usize,
+    finite_sample_replications: usize,
+    finite_sample_sigmas: f64,
     monte_carlo_sigmas: f64,
     head_spread_sigmas: f64,
     sources: &'a [SourceReport],
@@ -437,11 +449,25 @@ pub fn run(args: &TheoryArgs, settings: &Settings) -> Result<()> {
         grid_out.len(),
         grid_start.elapsed().as_secs_f64()
     ));
+    let finite_start = Instant::now();
+    let finite_out = single_threaded(|| {
+        default_cases()
+            .iter()
+            .map(|case| finite_sample_row(case, args.replications, args.seed))
+            .collect::<Result<Vec<FiniteSampleRow>>>()
+    })?;
+    printer.note(format!(
+        "theory: finite-sample check, {} cases × {} replications in {:.1} s",
+        finite_out.len(),
+        args.replications,
+        finite_start.elapsed().as_secs_f64()
+    ));
     let layer_out: Vec<LayerRow> = reports.iter().flat_map(|r| r.rows.clone()).collect();
 
     let out = &args.out;
     write_csv(&out.join("verification_grid.csv"), &grid_out)?;
     write_csv(&out.join("verification_layers.csv"), &layer_out)?;
+    write_csv(&out.join("verification_finite_sample.csv"), &finite_out)?;
     write_small_multiples(&grid_chart(&grid_out), &out.join("verification_grid"))?;
     if !layer_out.is_empty() {
         write_small_multiples(&layer_chart(&layer_out), &out.join("verification_layers"))?;
@@ -450,6 +476,8 @@ pub fn run(args: &TheoryArgs, settings: &Settings) -> Result<()> {
         tool: tool_version(),
         model_checks: &check,
         grid_draws_at_d64: args.draws,
+        finite_sample_replications: args.replications,
+        finite_sample_sigmas: FINITE_SAMPLE_SIGMAS,
         monte_carlo_sigmas: MONTE_CARLO_SIGMAS,
         head_spread_sigmas: HEAD_SPREAD_SIGMAS,
         sources: &reports,
@@ -460,9 +488,16 @@ pub fn run(args: &TheoryArgs, settings: &Settings) -> Result<()> {
         &out.join("verification_manifest.json"),
         serde_json::to_string_pretty(&manifest)?.as_bytes(),
     )?;
-    let markdown = verification_markdown(&grid_out, &layer_out, &reports, &check, args.draws);
+    let markdown = verification_markdown(
+        &grid_out,
+        &finite_out,
+        &layer_out,
+        &reports,
+        &check,
+        args.draws,
+    );
     write_atomic(&out.join("verification.md"), markdown.as_bytes())?;
-    let summary = pass_fail_table(&grid_out, &layer_out);
+    let summary = pass_fail_table(&grid_out, &finite_out, &layer_out);
     printer.result(&summary);
     printer.note(format!(
         "wrote {} ({:.1} s)",
@@ -470,13 +505,14 @@ pub fn run(args: &TheoryArgs, settings: &Settings) -> Result<()> {
         start.elapsed().as_secs_f64()
     ));
     let failed_grid = grid_out.iter().filter(|r| !r.passed()).count();
+    let failed_finite = finite_out.iter().filter(|r| !r.passed()).count();
     let failed_init = layer_out
         .iter()
         .filter(|r| r.role == SourceRole::Init && r.verdict != "pass")
         .count();
-    if failed_grid + failed_init > 0 {
+    if failed_grid + failed_finite + failed_init > 0 {
         bail!(
-            "theory: {failed_grid} Monte Carlo rows and {failed_init} init rows failed (see {})",
+            "theory: {failed_grid} Monte Carlo rows, {failed_finite} finite-sample rows and {failed_init} init rows failed (see {})",
             out.join("verification.md").display()
         );
     }
@@ -484,13 +520,24 @@ pub fn run(args: &TheoryArgs, settings: &Settings) -> Result<()> {
 }
 
 /// The headline table: per check, rows, passed, and the tolerance used.
-pub fn pass_fail_table(grid: &[GridRow], layers: &[LayerRow]) -> String {
+pub fn pass_fail_table(
+    grid: &[GridRow],
+    finite: &[FiniteSampleRow],
+    layers: &[LayerRow],
+) -> String {
     let mut md = String::from("| check | rows | passed | tolerance |\n|---|---|---|---|\n");
     let grid_passed = grid.iter().filter(|r| r.passed()).count();
     md.push_str(&format!(
         "| (a) Monte Carlo of Theorems 1–3 | {} | {grid_passed} | {MONTE_CARLO_SIGMAS} standard errors of the Monte Carlo mean (paired for E R² ≤ ρ̄); 1e-9 for per-draw identities |\n",
         grid.len()
     ));
+    if !finite.is_empty() {
+        md.push_str(&format!(
+            "| (a2) finite-sample formulas of §6.6 (in-sample and held-out R² of OLS with intercept) | {} | {} | {FINITE_SAMPLE_SIGMAS} standard errors of the replication mean (delta method for the ratio of means), per formula |\n",
+            finite.len(),
+            finite.iter().filter(|r| r.passed()).count()
+        ));
+    }
     let init: Vec<&LayerRow> = layers
         .iter()
         .filter(|r| r.role == SourceRole::Init)
@@ -498,7 +545,7 @@ pub fn pass_fail_table(grid: &[GridRow], layers: &[LayerRow]) -> String {
     if !init.is_empty() {
         let passed = init.iter().filter(|r| r.verdict == "pass").count();
         md.push_str(&format!(
-            "| (b) models at init: held-out R² ≤ B(Σ̂ℓ, k·d_h) | {} | {passed} | selection slack √(2 ln C(H−1,k)/(2 r d_h + 4)) + {HEAD_SPREAD_SIGMAS} standard errors across target heads |\n",
+            "| (b) models at init: held-out R² ≤ B(Σ̂ℓ, k·d_h) | {} | {passed} | selection slack √(2 ln C(H−1,k)/(2 r d_h + 4)) + {HEAD_SPREAD_SIGMAS} × max(standard error across target heads, sd of one head's R² over weight draws) |\n",
             init.len()
         ));
     }
@@ -519,6 +566,47 @@ pub fn pass_fail_table(grid: &[GridRow], layers: &[LayerRow]) -> String {
     md
 }
 
+/// The (a2) section: each finite-sample case, simulated beside its closed forms.
+fn finite_sample_markdown(finite: &[FiniteSampleRow]) -> String {
+    if finite.is_empty() {
+        return String::new();
+    }
+    let replications = finite.first().map_or(0, |r| r.replications);
+    let mut md = String::from("## (a2) Finite-sample formulas (§7 check 2)\n\n");
+    md.push_str(&format!(
+        "No model. Gaussian rows $x \\sim N(\\mathbf 1, \\operatorname{{diag}}\\lambda)$, one fixed Gaussian draw of the target ($d_h$ columns) and reference ($p = k\\,d_h$ columns) weights per row, whose population pooled $R^2$ is $\\rho^2$ (formula (2)). Each of {replications} replications draws $n$ fit and $n_t$ held-out rows, fits OLS with intercept with the tool's own Gram regression (`src/stats/regression.rs`) and scores it on both splits, the held-out SST about the held-out split's own mean. Simulated = $1-\\sum\\mathrm{{SSE}}/\\sum\\mathrm{{SST}}$ over the replications, the ratio of expectations that §6.6 gives in closed form: in-sample $\\rho^2+(1-\\rho^2)\\,p/(n-1)$, held-out $1-(1-\\rho^2)(1+\\frac1n)\\frac{{n-2}}{{n-p-2}}\\frac{{n_t}}{{n_t-1}}$. `±` is its delta-method standard error from the replications; a row passes when each simulated value lies within {FINITE_SAMPLE_SIGMAS} standard errors of its formula. \"mean of ratio\" is the mean of each replication's own $R^2$ (reported, not asserted). Every row is in `verification_finite_sample.csv`.\n\n"
+    ));
+    md.push_str("| spectrum | d | d_h | k | p | n | n_t | ρ² | in-sample (sim) | formula | mean of ratio | held-out (sim) | formula | mean of ratio | result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in finite {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ± {:.4} | {} | {} | {} ± {:.4} | {} | {} | {} |\n",
+            r.spectrum,
+            r.dimension,
+            r.head_dim,
+            r.k,
+            r.features,
+            r.fit_rows,
+            r.heldout_rows,
+            fmt(r.rho2),
+            fmt(r.in_sample),
+            r.in_sample_se,
+            fmt(r.in_sample_formula),
+            fmt(r.in_sample_mean_of_ratio),
+            fmt(r.heldout),
+            r.heldout_se,
+            fmt(r.heldout_formula),
+            fmt(r.heldout_mean_of_ratio),
+            if r.passed() {
+                "pass".to_string()
+            } else {
+                format!("FAIL: {}", r.failures)
+            }
+        ));
+    }
+    md.push('\n');
+    md
+}
+
 fn fmt(v: f64) -> String {
     if v.is_finite() {
         format!("{v:.4}")
@@ -530,6 +618,7 @@ fn fmt(v: f64) -> String {
 /// verification.md from the rows (no statistics computed here).
 pub fn verification_markdown(
     grid: &[GridRow],
+    finite: &[FiniteSampleRow],
     layers: &[LayerRow],
     reports: &[SourceReport],
     check: &ModelCheckSettings,
@@ -539,7 +628,7 @@ pub fn verification_markdown(
     let mut md = String::from("# Verification of the init-time bound\n\n");
     md.push_str("Written by `ckpt-scan theory` (`make theory`); do not edit by hand. The statements and proofs are in [init_bound.md](init_bound.md); this file checks them as its §7 specifies. Notation: $m = k\\,d_h$, $r$ = numerical rank of $\\Sigma$, $B(\\Sigma,m)$ = top-$m$ eigenvalue share, floor = $m/r$, $\\bar\\rho = \\mathbb{E}\\operatorname{tr}(P_M\\Sigma)/\\operatorname{tr}\\Sigma$.\n\n");
     md.push_str("## Pass/fail\n\n");
-    md.push_str(&pass_fail_table(grid, layers));
+    md.push_str(&pass_fail_table(grid, finite, layers));
     md.push('\n');
 
     md.push_str("## (a) Monte Carlo of the theorems\n\n");
@@ -570,9 +659,11 @@ pub fn verification_markdown(
     }
     md.push('\n');
 
+    md.push_str(&finite_sample_markdown(finite));
+
     md.push_str("## (b) Models at init and (c) trained checkpoints, per layer\n\n");
     md.push_str(&format!(
-        "Per layer: the attention input's covariance $\\hat\\Sigma_\\ell$ on the fit split (OLMo-2: the raw residual stream entering self-attention; Llama: the input-normed stream), its bound $B_\\ell = B(\\hat\\Sigma_\\ell, k d_h)$, and the held-out $R^2$ of `predict` at capture point `proj` (pre-norm, pre-RoPE: $y = W_t^\\top x$, the theorems' setting), references chosen by `topn` on the fit split, split by sequence (held-out $R^2$ is then conservative, §6.7). Measured = mean over target heads of the held-out pooled $R^2$ (uniform beside it). A row passes when both are $\\le B_\\ell$ + tolerance; tolerance = selection slack (§6.8) + {HEAD_SPREAD_SIGMAS} SE across target heads. MC ρ̄ / E R² = Monte Carlo of Gaussian projections of $\\hat\\Sigma_\\ell$ ({} draws), i.e. what Theorem 2 predicts for this spectrum before finite-sample deflation. Settings: text `{}`, {} tokens, seq-len {}, fit split {}, kinds {}, k ≤ {} (capped at heads − 1 per kind), layers {}, seed {}. Every row is in `verification_layers.csv`.\n\n",
+        "Per layer: the attention input's covariance $\\hat\\Sigma_\\ell$ on the fit split (OLMo-2: the raw residual stream entering self-attention; Llama: the input-normed stream), its bound $B_\\ell = B(\\hat\\Sigma_\\ell, k d_h)$, and the held-out $R^2$ of `predict` at capture point `proj` (pre-norm, pre-RoPE: $y = W_t^\\top x$, the theorems' setting), references chosen by `topn` on the fit split, split by sequence (held-out $R^2$ is then conservative, §6.7). Measured = mean over target heads of the held-out pooled $R^2$ (uniform beside it). A row passes when both are $\\le B_\\ell$ + tolerance; tolerance = selection slack (§6.8) + {HEAD_SPREAD_SIGMAS} × max(SE across target heads, σ_W), where σ_W is the sd of one head's $R^2$ over weight draws — from the Monte Carlo below when drawn, else the isotropic Beta sd — which bounds the weight-draw spread of the mean over heads whatever their correlation (init_bound.md §7 check 3). MC ρ̄ / E R² = Monte Carlo of Gaussian projections of $\\hat\\Sigma_\\ell$ ({} draws), i.e. what Theorem 2 predicts for this spectrum before finite-sample deflation. Settings: text `{}`, {} tokens, seq-len {}, fit split {}, kinds {}, k ≤ {} (capped at heads − 1 per kind), layers {}, seed {}. Every row is in `verification_layers.csv`.\n\n",
         check.layer_draws,
         check.text,
         check.tokens,
@@ -628,7 +719,7 @@ pub fn verification_markdown(
                     .join(", ")
             ));
         }
-        md.push_str("\nPer layer at k = 1 (K, or the first kind checked):\n\n| layer | rank | measured pooled | measured uniform | B | floor m/r | MC ρ̄ | MC E R²pool | tolerance | verdict |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("\nPer layer at k = 1 (K, or the first kind checked):\n\n| layer | rank | measured pooled | measured uniform | B | floor m/r | MC ρ̄ | MC E R²pool | σ_W | tolerance | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         let first_kind = if rows.iter().any(|r| r.kind == crate::capture::HeadKind::K) {
             Some(crate::capture::HeadKind::K)
         } else {
@@ -639,7 +730,7 @@ pub fn verification_markdown(
             .filter(|r| Some(r.kind) == first_kind && r.k == 1)
         {
             md.push_str(&format!(
-                "| {} | {} | {} ± {:.4} | {} ± {:.4} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} ± {:.4} | {} ± {:.4} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.layer,
                 r.rank,
                 fmt(r.r2_pooled_heldout),
@@ -650,6 +741,7 @@ pub fn verification_markdown(
                 fmt(r.floor),
                 fmt(r.monte_carlo_rho_bar),
                 fmt(r.monte_carlo_r2_pooled),
+                fmt(r.weight_sd),
                 fmt(r.tolerance),
                 r.verdict
             ));

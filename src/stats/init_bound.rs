@@ -180,6 +180,8 @@ pub struct MonteCarloPoint {
     pub rho_bar_se: f64,
     /// Sample variance of R²_pool across draws (for the Beta law check).
     pub r2_pooled_variance: f64,
+    /// Sample variance of R²_unif across draws.
+    pub r2_uniform_variance: f64,
     /// Mean and standard error of the paired differences R²_pool − tr(P_M Σ)/tr Σ and
     /// R²_unif − tr(P_M Σ)/tr Σ (Theorem 2(ii) says both means are ≤ 0).
     pub pooled_minus_rho: (f64, f64),
@@ -292,7 +294,7 @@ pub fn monte_carlo(
             let diff =
                 |a: &[f64]| -> Vec<f64> { a.iter().zip(&share).map(|(x, s)| x - s).collect() };
             let (p, p_se, p_var) = mean_se(&pooled);
-            let (u, u_se, _) = mean_se(&uniform);
+            let (u, u_se, u_var) = mean_se(&uniform);
             let (s, s_se, _) = mean_se(&share);
             let (pd, pd_se, _) = mean_se(&diff(&pooled));
             let (ud, ud_se, _) = mean_se(&diff(&uniform));
@@ -306,6 +308,7 @@ pub fn monte_carlo(
                 rho_bar: s,
                 rho_bar_se: s_se,
                 r2_pooled_variance: p_var,
+                r2_uniform_variance: u_var,
                 pooled_minus_rho: (pd, pd_se),
                 uniform_minus_rho: (ud, ud_se),
                 worst_ky_fan_excess: share

@@ -1,5 +1,6 @@
 //! Pure math on tensors: streaming Gram accumulators and regression from them.
 
+pub mod finite_sample;
 pub mod gram;
 pub mod init_bound;
 pub mod interval;
