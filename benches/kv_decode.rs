@@ -93,13 +93,7 @@ fn main() -> anyhow::Result<()> {
         &load,
         &HiddenBudget::default(),
     )?;
-    let compressed = plan(
-        &calibration,
-        mode,
-        model.config.num_key_value_heads as usize,
-        model.config.head_dim as usize,
-        &options,
-    )?;
+    let compressed = plan(&calibration, mode, &model.config, &options)?;
     println!(
         "calibrated in {:.1} s; {} of K and V head slots dropped",
         started.elapsed().as_secs_f64(),

@@ -89,12 +89,10 @@ fn no_targets_is_the_plain_cache_bit_for_bit() {
             record(),
         )
         .unwrap();
-        let kv_heads = model.config.num_key_value_heads as usize;
         let compressed = plan(
             &calibration,
             KvMode::Kv,
-            kv_heads,
-            8,
+            &model.config,
             &options(0.0, KeySpace::PreRope),
         )
         .unwrap();
@@ -223,8 +221,7 @@ fn fitted_maps_score_as_an_independent_least_squares_fit() {
     let compressed = plan(
         &calibration,
         KvMode::K,
-        4,
-        8,
+        &tiny_config(Architecture::Olmo2),
         &options(0.5, KeySpace::PreRope),
     )
     .unwrap();

@@ -212,16 +212,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             let plans = args
                 .kv_mode
                 .iter()
-                .map(|&mode| {
-                    let plan = kv_plan(
-                        &calibration,
-                        mode,
-                        model.config.num_key_value_heads as usize,
-                        model.config.head_dim as usize,
-                        &options,
-                    )?;
-                    Ok((mode, plan))
-                })
+                .map(|&mode| Ok((mode, kv_plan(&calibration, mode, &model.config, &options)?)))
                 .collect::<Result<Vec<_>>>()?;
             Some((calibration.record, options, plans))
         }

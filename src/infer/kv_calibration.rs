@@ -12,6 +12,7 @@ use crate::capture::{CapturePoint, CaptureSink, HeadKind, LayerCapture};
 use crate::data::corpora::{load_documents, TextSource};
 use crate::data::token_set::{Split, TokenSet, TokenSetOptions};
 use crate::infer::reference_heads::{plan_kind, CompressionOptions, CompressionPlan, KvMode};
+use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, HiddenBudget, OutputHead};
 use crate::model::head_map::KeySpace;
 use crate::model::weights::LoadOptions;
@@ -144,11 +145,14 @@ pub fn calibrate_on(
 pub fn plan(
     calibration: &Calibration,
     mode: KvMode,
-    kv_heads: usize,
-    head_dim: usize,
+    config: &ModelConfig,
     options: &CompressionOptions,
 ) -> Result<CompressionPlan> {
     let kinds = mode.kinds();
+    let (kv_heads, head_dim) = (
+        config.num_key_value_heads as usize,
+        config.head_dim as usize,
+    );
     let for_kind = |kind: HeadKind, moments: &[[Moments; 2]]| {
         kinds
             .contains(&kind)
