@@ -11,6 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::cli::ValidateArgs;
+use crate::commands::validate_tasks::{ExtraManifest, ExtraResults, ExtraTasks};
 use crate::data::tasks::{eval_request_file, read_mc_items, select_items, McItem};
 use crate::data::tokenizer::{encode, tokenizer_for};
 use crate::edit::AttentionEdit;
@@ -105,6 +106,9 @@ struct Manifest<'a> {
     device: String,
     peak_rss_bytes: Option<u64>,
     seconds: f64,
+    /// gsm8k and bpb settings (absent keys when not run).
+    #[serde(flatten)]
+    extra: ExtraManifest,
 }
 
 pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
@@ -122,7 +126,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     let (tokenizer, tokenizer_name) = tokenizer_for(source.as_ref(), args.tokenizer.as_deref())?;
     let mut task_items = Vec::new();
     let mut task_manifests = Vec::new();
-    for task in &args.tasks {
+    for task in args.tasks.iter().filter(|t| !ExtraTasks::handles(t)) {
         let path = eval_request_file(task, &args.variant);
         let all = read_mc_items(&path)
             .with_context(|| format!("--tasks {task} --variant {}", args.variant))?;
@@ -140,6 +144,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         });
         task_items.push((task.clone(), items));
     }
+    let extra = ExtraTasks::plan(args, &tokenizer, source.config())?;
     let act = match &args.act {
         Some(path) => Some(crate::edit::act::Act::from_file(path, source.config())?),
         None => None,
@@ -160,6 +165,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         task_items
             .iter()
             .map(|(t, i)| format!("{t} {} items", i.len()))
+            .chain(extra.describe())
             .collect::<Vec<_>>()
             .join(", "),
         args.variant,
@@ -171,6 +177,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     let mut accuracy_rows = Vec::new();
     let mut choice_rows = Vec::new();
     let mut speed_rows = Vec::new();
+    let mut extra_results = ExtraResults::default();
     for mode in &modes {
         let mut scoring_tokens = 0;
         let mut scoring_seconds = 0.0;
@@ -212,6 +219,14 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             }
             choice_rows.extend(choice_rows_of(task, &args.variant, mode.name, &scores));
         }
+        extra.run_mode(
+            &model,
+            &tokenizer,
+            mode,
+            &printer,
+            &mut accuracy_rows,
+            &mut extra_results,
+        )?;
         let mut speed = SpeedRow {
             mode: mode.name.into(),
             scoring_tokens,
@@ -222,7 +237,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             decode_tokens_per_second: f64::NAN,
             kv_bytes_per_token: f64::NAN,
         };
-        if args.decode_tokens > 0 {
+        if args.decode_tokens > 0 && !task_items.is_empty() {
             measure_decode(&model, &tokenizer, &task_items[0].1, args, mode, &mut speed)?;
         }
         speed_rows.push(speed);
@@ -235,6 +250,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     write_csv(&out_dir.join("accuracy.csv"), &accuracy_rows)?;
     write_csv(&out_dir.join("choices.csv"), &choice_rows)?;
     write_csv(&out_dir.join("speed.csv"), &speed_rows)?;
+    extra_results.write(&out_dir)?;
     let manifest = Manifest {
         tool: tool_version(),
         source: source.provenance(),
@@ -249,6 +265,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         device: describe(&settings.load),
         peak_rss_bytes: peak_rss_bytes(),
         seconds: started.elapsed().as_secs_f64(),
+        extra: extra.manifest(),
     };
     write_atomic(
         &out_dir.join("manifest.json"),
@@ -260,6 +277,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         &manifest_line(&manifest),
         manifest.peak_rss_bytes,
     );
+    let report = report + &extra_results.markdown();
     write_atomic(&out_dir.join("report.md"), report.as_bytes())?;
     printer.result(report);
     printer.note(format!("wrote {}", out_dir.display()));
@@ -395,11 +413,11 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn sha256_file(path: &std::path::Path) -> Result<String> {
+pub(super) fn sha256_file(path: &std::path::Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     Ok(hex(&Sha256::digest(&bytes)))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
