@@ -319,7 +319,8 @@ pub struct TheoryArgs {
 pub struct ValidateArgs {
     /// hf:ORG/NAME@REV, a model folder, a .safetensors or .gguf file, or init:MODEL?seed=N.
     pub source: String,
-    /// Multiple-choice tasks (OLMo request files under oe_eval_tasks/).
+    /// Multiple-choice tasks (OLMo request files under oe_eval_tasks/), `gsm8k` (8-shot chain of
+    /// thought, generated) and `bpb` (bits per byte of --bpb-text).
     #[arg(long, value_delimiter = ',', default_values_t = vec!["arc_easy".to_string(), "hellaswag".to_string(), "piqa".to_string()])]
     pub tasks: Vec<String>,
     /// Request-file variant: `rc_0shot` (zero-shot ranked classification), `rc_5shot`, …
@@ -371,4 +372,21 @@ pub struct ValidateArgs {
     /// Calibration sequence length.
     #[arg(long, default_value_t = 256)]
     pub kv_calibration_seq_len: usize,
+    /// Held-out text for the `bpb` task (bits per byte): `mix` (passages disjoint from the
+    /// built-in training text), `gsm8k`, or a file (documents separated by blank lines).
+    #[arg(long, default_value = "mix")]
+    pub bpb_text: String,
+    /// Text tokens the `bpb` task reads (whole documents, a seed-stable selection).
+    #[arg(long, default_value_t = 16384)]
+    pub bpb_tokens: usize,
+    /// Tokens per `bpb` window (default: min(1024, the model's maximum)).
+    #[arg(long)]
+    pub bpb_window: Option<usize>,
+    /// Tokens between `bpb` window starts (default: half the window); every token is scored once,
+    /// with at least window − stride tokens of context.
+    #[arg(long)]
+    pub bpb_stride: Option<usize>,
+    /// New tokens per `gsm8k` question (default: the request file's 512).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
 }

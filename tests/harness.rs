@@ -6,11 +6,14 @@ mod common;
 
 use ckpt_scan::data::paths::smollm2_gguf;
 use ckpt_scan::data::tasks::{eval_request_file, read_mc_items, McChoice, McItem};
-use ckpt_scan::infer::harness::{score_items, Metric};
+use ckpt_scan::infer::harness::{score_items, target_logprobs, Metric, ScoringRequest};
+use ckpt_scan::model::config::Architecture;
 use ckpt_scan::model::resident::ResidentModel;
 use ckpt_scan::model::weights::LoadOptions;
+use ckpt_scan::source::init::{InitScheme, InitSource};
 use ckpt_scan::source::open_source;
-use common::{data_file, golden_dir};
+use common::{data_file, golden_dir, tiny_config};
+use tch::{Kind, Tensor};
 
 /// Summed log-likelihoods over a few tokens, both in f32 on the CPU by different code; measured
 /// worst 2.3e-5 over the 20 items. The bound matches tests/gguf.rs's logit tolerance.
@@ -87,6 +90,67 @@ fn smollm2_arc_easy_logliks_match_transformers() {
     }
     eprintln!("arc_easy, 20 items: max |Δ loglik| vs transformers {worst:e}");
     assert!(worst <= LOGLIK_TOLERANCE, "max |Δ loglik| {worst:e}");
+}
+
+/// The head on selected rows against the head on every position: the same f32 dot products, so
+/// equal up to the matrix kernel's blocking.
+const SELECTED_POSITION_TOLERANCE: f64 = 1e-6;
+
+#[test]
+fn selected_position_logprobs_equal_the_full_logits_path() {
+    for architecture in [Architecture::Olmo2, Architecture::Llama] {
+        let source = InitSource::new(tiny_config(architecture), 11, InitScheme::Hf, "init:tiny");
+        let model = ResidentModel::load(&source, &LoadOptions::cpu_f32()).unwrap();
+        let requests: Vec<ScoringRequest> = [
+            (vec![5, 9, 13, 21, 40, 7, 7, 33], 5),
+            (vec![12, 3], 1),
+            (vec![60, 61, 62, 63, 0, 4], 2),
+            (vec![8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 9], 12),
+        ]
+        .into_iter()
+        .map(|(ids, first_target)| ScoringRequest { ids, first_target })
+        .collect();
+        let mut worst: f64 = 0.0;
+        // One batch with padding, and several small ones.
+        for batch_tokens in [1024, 13] {
+            let (ours, stats) =
+                target_logprobs(&model, &requests, batch_tokens, None, None).unwrap();
+            assert_eq!(stats.tokens, 29);
+            for (request, values) in requests.iter().zip(&ours) {
+                let full = model
+                    .logits(&Tensor::from_slice(&request.ids).unsqueeze(0))
+                    .unwrap()
+                    .get(0)
+                    .log_softmax(-1, Kind::Float);
+                assert_eq!(values.len(), request.ids.len() - request.first_target);
+                for (t, value) in (request.first_target..request.ids.len()).zip(values) {
+                    let expected =
+                        f64::try_from(full.get(t as i64 - 1).get(request.ids[t])).unwrap();
+                    worst = worst.max((value - expected).abs());
+                }
+            }
+        }
+        eprintln!("{architecture:?}: selected vs full logits max |Δ logprob| {worst:e}");
+        assert!(
+            worst <= SELECTED_POSITION_TOLERANCE,
+            "{architecture:?}: {worst:e}"
+        );
+    }
+    let source = InitSource::new(
+        tiny_config(Architecture::Llama),
+        11,
+        InitScheme::Hf,
+        "init:tiny",
+    );
+    let model = ResidentModel::load(&source, &LoadOptions::cpu_f32()).unwrap();
+    let bad = ScoringRequest {
+        ids: vec![1, 2],
+        first_target: 0,
+    };
+    let error = target_logprobs(&model, &[bad], 64, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("scoring request 0"), "{error}");
 }
 
 #[test]

@@ -9,3 +9,4 @@ pub mod scan;
 pub mod theory;
 pub mod train;
 pub mod validate;
+pub mod validate_tasks;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::cli::ValidateArgs;
+use crate::commands::validate_tasks::{ExtraManifest, ExtraResults, ExtraTasks};
 use crate::data::corpora::TextSource;
 use crate::data::tasks::{eval_request_file, read_mc_items, select_items, McItem};
 use crate::data::token_set::TokenSetOptions;
@@ -138,6 +139,9 @@ struct Manifest<'a> {
     device: String,
     peak_rss_bytes: Option<u64>,
     seconds: f64,
+    /// gsm8k and bpb settings (absent keys when not run).
+    #[serde(flatten)]
+    extra: ExtraManifest,
 }
 
 pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
@@ -164,7 +168,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     let (tokenizer, tokenizer_name) = tokenizer_for(source.as_ref(), args.tokenizer.as_deref())?;
     let mut task_items = Vec::new();
     let mut task_manifests = Vec::new();
-    for task in &args.tasks {
+    for task in args.tasks.iter().filter(|t| !ExtraTasks::handles(t)) {
         let path = eval_request_file(task, &args.variant);
         let all = read_mc_items(&path)
             .with_context(|| format!("--tasks {task} --variant {}", args.variant))?;
@@ -182,6 +186,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         });
         task_items.push((task.clone(), items));
     }
+    let extra = ExtraTasks::plan(args, &tokenizer, source.config())?;
     let act = match &args.act {
         Some(path) => Some(crate::edit::act::Act::from_file(path, source.config())?),
         None => None,
@@ -250,6 +255,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         task_items
             .iter()
             .map(|(t, i)| format!("{t} {} items", i.len()))
+            .chain(extra.describe())
             .collect::<Vec<_>>()
             .join(", "),
         args.variant,
@@ -265,6 +271,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     let mut baseline_scores: Vec<Vec<ItemScore>> = Vec::new();
     let mut choice_rows = Vec::new();
     let mut speed_rows = Vec::new();
+    let mut extra_results = ExtraResults::default();
     for mode in &modes {
         let mut scoring_tokens = 0;
         let mut scoring_seconds = 0.0;
@@ -326,6 +333,14 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             }
             choice_rows.extend(choice_rows_of(task, &args.variant, &mode.name, &scores));
         }
+        extra.run_mode(
+            &model,
+            &tokenizer,
+            mode,
+            &printer,
+            &mut accuracy_rows,
+            &mut extra_results,
+        )?;
         let mut speed = SpeedRow {
             mode: mode.name.clone(),
             scoring_tokens,
@@ -341,7 +356,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             claimed_compression: 1.0 / (1.0 - mode.kv.map_or(0.0, |p| p.dropped_fraction())),
             measured_compression: f64::NAN,
         };
-        if args.decode_tokens > 0 {
+        if args.decode_tokens > 0 && !task_items.is_empty() {
             measure_decode(&model, &tokenizer, &task_items[0].1, args, mode, &mut speed)?;
             let baseline = speed_rows
                 .first()
@@ -368,6 +383,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         let rows: Vec<TargetRow> = plans.iter().flat_map(|(_, plan)| plan.rows()).collect();
         write_csv(&out_dir.join("kv_targets.csv"), &rows)?;
     }
+    extra_results.write(&out_dir)?;
     let manifest = Manifest {
         tool: tool_version(),
         source: source.provenance(),
@@ -398,6 +414,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         device: describe(&settings.load),
         peak_rss_bytes: peak_rss_bytes(),
         seconds: started.elapsed().as_secs_f64(),
+        extra: extra.manifest(),
     };
     write_atomic(
         &out_dir.join("manifest.json"),
@@ -412,6 +429,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     if let Some((record, options, plans)) = &kv_plans {
         report.push_str(&kv_section(record, options, plans));
     }
+    report.push_str(&extra_results.markdown());
     write_atomic(&out_dir.join("report.md"), report.as_bytes())?;
     printer.result(report);
     printer.note(format!("wrote {}", out_dir.display()));
@@ -608,11 +626,11 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn sha256_file(path: &std::path::Path) -> Result<String> {
+pub(super) fn sha256_file(path: &std::path::Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     Ok(hex(&Sha256::digest(&bytes)))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

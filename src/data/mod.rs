@@ -1,6 +1,7 @@
 //! Text and tokens: tokenizers, packaged data locations, corpora.
 
 pub mod corpora;
+pub mod gsm8k;
 pub mod paths;
 pub mod tasks;
 pub mod token_set;

@@ -62,14 +62,19 @@ pub fn eval_request_file(task: &str, variant: &str) -> PathBuf {
         .join("requests.jsonl.gz")
 }
 
-/// Reads a request file into items ordered by `doc_id`.
-pub fn read_mc_items(path: &Path) -> Result<Vec<McItem>> {
+/// A gzipped request file, opened for reading line by line (a missing file gets the fetch hint).
+pub fn open_request_file(path: &Path) -> Result<impl BufRead> {
     if !path.exists() {
         bail!("{}: not found\n{FETCH_HINT}", path.display());
     }
     let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
+    Ok(std::io::BufReader::new(flate2::read::GzDecoder::new(file)))
+}
+
+/// Reads a request file into items ordered by `doc_id`.
+pub fn read_mc_items(path: &Path) -> Result<Vec<McItem>> {
+    let reader = open_request_file(path)?;
     let mut by_doc: BTreeMap<i64, (McItem, BTreeMap<usize, McChoice>)> = BTreeMap::new();
     for (number, line) in reader.lines().enumerate() {
         let where_ = || format!("{}: line {}", path.display(), number + 1);
@@ -157,33 +162,40 @@ fn label_index(label: &serde_json::Value) -> Option<usize> {
 /// are shuffled by (seed, task) and the first `limit` kept, so a larger limit keeps every item a
 /// smaller one chose.
 pub fn select_items(items: Vec<McItem>, limit: Option<usize>, seed: u64) -> Vec<McItem> {
+    let label = items.first().map(|i| i.task.clone()).unwrap_or_default();
+    select_subset(items, limit, seed, &label)
+}
+
+/// [`select_items`] for any item type: the subset is drawn by (seed, `label`), `label` being the
+/// task name.
+pub fn select_subset<T>(items: Vec<T>, limit: Option<usize>, seed: u64, label: &str) -> Vec<T> {
     let Some(limit) = limit.filter(|&l| l < items.len()) else {
         return items;
     };
-    let label = items.first().map(|i| i.task.clone()).unwrap_or_default();
     let mut order: Vec<usize> = (0..items.len()).collect();
     seeded_shuffle(&mut order, seed, label.as_bytes());
     let mut keep = order[..limit].to_vec();
     keep.sort_unstable();
-    let mut items: Vec<Option<McItem>> = items.into_iter().map(Some).collect();
+    let mut items: Vec<Option<T>> = items.into_iter().map(Some).collect();
     keep.into_iter().filter_map(|i| items[i].take()).collect()
+}
+
+/// A gzipped request file of `lines` (one JSON object each), for tests.
+#[cfg(test)]
+pub(crate) fn write_gz(lines: &[serde_json::Value]) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(file.reopen().unwrap(), flate2::Compression::fast());
+    for line in lines {
+        writeln!(gz, "{line}").unwrap();
+    }
+    gz.finish().unwrap();
+    file
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn write_gz(lines: &[serde_json::Value]) -> tempfile::NamedTempFile {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        let mut gz =
-            flate2::write::GzEncoder::new(file.reopen().unwrap(), flate2::Compression::fast());
-        for line in lines {
-            writeln!(gz, "{line}").unwrap();
-        }
-        gz.finish().unwrap();
-        file
-    }
 
     fn request(doc_id: i64, idx: usize, label: usize, continuation: &str) -> serde_json::Value {
         serde_json::json!({"request_type": "loglikelihood", "doc": {},

@@ -134,7 +134,7 @@ pub fn generate(
         let started = Instant::now();
         let queries = input.size()[1];
         let visibility = Visibility::causal(&key_valid, queries);
-        let logits = model.forward(
+        let hidden = model.hidden_states(
             &input,
             &mut ForwardState {
                 cache: Some(cache),
@@ -142,7 +142,11 @@ pub fn generate(
                 edit,
             },
         )?;
-        let last = logits.select(1, queries - 1).to_device(tch::Device::Cpu);
+        // The head on the last position only: a prefill's full `[batch, prompt, vocab]` logits
+        // would be gigabytes for few-shot prompts.
+        let last = model
+            .head(&hidden.select(1, queries - 1))
+            .to_device(tch::Device::Cpu);
         let mut next = Vec::with_capacity(prompts.len());
         for (row, output) in outputs.iter_mut().enumerate() {
             if done[row] {

@@ -92,21 +92,27 @@ pub struct Accuracy {
     pub high_95: f64,
 }
 
+impl Accuracy {
+    /// `correct` of `items` with its Wilson interval (NaN accuracy when there are no items).
+    pub fn from_counts(correct: u64, items: u64) -> Self {
+        let (low_95, high_95) = wilson_interval(correct, items, Z_95);
+        Accuracy {
+            correct,
+            items,
+            accuracy: if items == 0 {
+                f64::NAN
+            } else {
+                correct as f64 / items as f64
+            },
+            low_95,
+            high_95,
+        }
+    }
+}
+
 pub fn accuracy(scores: &[ItemScore], metric: Metric) -> Accuracy {
     let correct = scores.iter().filter(|s| s.correct(metric)).count() as u64;
-    let items = scores.len() as u64;
-    let (low_95, high_95) = wilson_interval(correct, items, Z_95);
-    Accuracy {
-        correct,
-        items,
-        accuracy: if items == 0 {
-            f64::NAN
-        } else {
-            correct as f64 / items as f64
-        },
-        low_95,
-        high_95,
-    }
+    Accuracy::from_counts(correct, scores.len() as u64)
 }
 
 /// Token counts and wall time of a scoring run.
@@ -117,12 +123,12 @@ pub struct ScoringStats {
     pub seconds: f64,
 }
 
-struct Request {
-    item: usize,
-    choice: usize,
-    ids: Vec<i64>,
-    /// Index in `ids` of the first continuation token.
-    continuation_start: usize,
+/// One sequence to score: its token ids and the index of the first token whose log-probability is
+/// wanted (at least 1: the first token has nothing to be predicted from).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScoringRequest {
+    pub ids: Vec<i64>,
+    pub first_target: usize,
 }
 
 /// Scores every choice of every item. Requests are sorted by length and batched (right-padded) so
@@ -137,6 +143,8 @@ pub fn score_items(
 ) -> Result<(Vec<ItemScore>, ScoringStats)> {
     let max_positions = model.config.max_position_embeddings.max(2) as usize;
     let mut requests = Vec::new();
+    // (item, choice) of each request.
+    let mut owners = Vec::new();
     let mut scores: Vec<ItemScore> = Vec::with_capacity(items.len());
     for (item_index, item) in items.iter().enumerate() {
         let mut choices = Vec::with_capacity(item.choices.len());
@@ -171,12 +179,11 @@ pub fn score_items(
                 );
             }
             let ids = ids[cut..].to_vec();
-            requests.push(Request {
-                item: item_index,
-                choice: choice_index,
-                continuation_start: ids.len() - continuation.len(),
+            requests.push(ScoringRequest {
+                first_target: ids.len() - continuation.len(),
                 ids,
             });
+            owners.push((item_index, choice_index));
             choices.push(ChoiceScore {
                 loglik: f64::NAN,
                 continuation_tokens: continuation.len(),
@@ -189,20 +196,54 @@ pub fn score_items(
             choices,
         });
     }
-    requests.sort_by_key(|r| std::cmp::Reverse(r.ids.len()));
+    let (logprobs, stats) = target_logprobs(model, &requests, batch_tokens, edit, kv)?;
+    for ((item, choice), values) in owners.into_iter().zip(logprobs) {
+        scores[item].choices[choice].loglik = values.iter().sum();
+    }
+    Ok((scores, stats))
+}
+
+/// Natural-log probabilities of each request's target tokens `ids[first_target..]`, each given
+/// every token before it, in request order. Requests are sorted by length and batched
+/// (right-padded) so that a batch holds at most `batch_tokens` padded positions.
+///
+/// The LM head runs only on the positions that predict a target (the hidden states of the other
+/// positions are dropped first), so the cost of the 49k-vocabulary head scales with the targets,
+/// not the contexts.
+pub fn target_logprobs(
+    model: &ResidentModel,
+    requests: &[ScoringRequest],
+    batch_tokens: usize,
+    edit: Option<&dyn AttentionEdit>,
+    kv: Option<&CompressionPlan>,
+) -> Result<(Vec<Vec<f64>>, ScoringStats)> {
+    if let Some((index, _)) = requests
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.first_target == 0 || r.first_target >= r.ids.len())
+    {
+        bail!("scoring request {index}: the first target must be in 1..(number of tokens)");
+    }
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(requests[i].ids.len()));
 
     let started = Instant::now();
     let mut stats = ScoringStats::default();
+    let mut out = vec![Vec::new(); requests.len()];
     let device = model.options().device;
     let mut at = 0;
-    while at < requests.len() {
-        let width = requests[at].ids.len();
-        let rows = (batch_tokens / width).max(1).min(requests.len() - at);
-        let batch = &requests[at..at + rows];
+    while at < order.len() {
+        let width = requests[order[at]].ids.len();
+        let rows = (batch_tokens / width).max(1).min(order.len() - at);
+        let batch = &order[at..at + rows];
         at += rows;
         let mut ids = Vec::with_capacity(rows * width);
         let mut valid = Vec::with_capacity(rows * width);
-        for request in batch {
+        // Flat positions (row · width + t − 1) predicting the targets, and the targets.
+        let mut predicting: Vec<i64> = Vec::new();
+        let mut targets: Vec<i64> = Vec::new();
+        for (row, &index) in batch.iter().enumerate() {
+            let request = &requests[index];
             let pad = width - request.ids.len();
             ids.extend(
                 request
@@ -214,6 +255,10 @@ pub fn score_items(
             valid.extend(
                 std::iter::repeat_n(true, request.ids.len()).chain(std::iter::repeat_n(false, pad)),
             );
+            predicting.extend(
+                (request.first_target..request.ids.len()).map(|t| (row * width + t - 1) as i64),
+            );
+            targets.extend(&request.ids[request.first_target..]);
             stats.tokens += request.ids.len() as i64;
         }
         let shape = [rows as i64, width as i64];
@@ -227,7 +272,7 @@ pub fn score_items(
         });
         // A compressed cache makes attention read rebuilt target heads, as decoding would.
         let mut cache = kv.map(CompressionPlan::cache);
-        let logits = model.forward(
+        let hidden = model.hidden_states(
             &Tensor::from_slice(&ids).view(shape),
             &mut ForwardState {
                 cache: cache.as_mut(),
@@ -235,24 +280,31 @@ pub fn score_items(
                 edit,
             },
         )?;
-        for (row, request) in batch.iter().enumerate() {
-            let start = request.continuation_start as i64;
-            let count = request.ids.len() as i64 - start;
-            let predicting = logits
-                .get(row as i64)
-                .narrow(0, start - 1, count)
-                .log_softmax(-1, Kind::Float);
-            let targets = Tensor::from_slice(&request.ids[request.continuation_start..])
-                .to_device(predicting.device());
-            let picked = predicting
-                .gather(1, &targets.unsqueeze(1), false)
-                .to_kind(Kind::Double);
-            scores[request.item].choices[request.choice].loglik =
-                f64::try_from(picked.sum(Kind::Double))?;
+        let hidden_size = hidden.size()[2];
+        let selected = hidden
+            .reshape([-1, hidden_size])
+            .index_select(0, &Tensor::from_slice(&predicting).to_device(device));
+        let picked = model
+            .head(&selected)
+            .log_softmax(-1, Kind::Float)
+            .gather(
+                1,
+                &Tensor::from_slice(&targets).to_device(device).unsqueeze(1),
+                false,
+            )
+            .squeeze_dim(1)
+            .to_kind(Kind::Double);
+        let mut values = Vec::<f64>::try_from(picked.to_device(tch::Device::Cpu))?.into_iter();
+        for &index in batch {
+            let request = &requests[index];
+            out[index] = values
+                .by_ref()
+                .take(request.ids.len() - request.first_target)
+                .collect();
         }
     }
     stats.seconds = started.elapsed().as_secs_f64();
-    Ok((scores, stats))
+    Ok((out, stats))
 }
 
 #[cfg(test)]

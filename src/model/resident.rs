@@ -74,6 +74,22 @@ impl ResidentModel {
         self.forward_logits(ids, state)
     }
 
+    /// Runs new tokens `ids` `[batch, seq]` on top of `state.cache` (appending to it) → the final
+    /// normed hidden states `[batch, seq, hidden]` in the model's dtype, before the LM head. With
+    /// [`ResidentModel::head`] on the rows a caller needs, this equals `forward` on those rows.
+    pub fn hidden_states(&self, ids: &Tensor, state: &mut ForwardState) -> Result<Tensor> {
+        let _no_grad = tch::no_grad_guard();
+        self.forward_hidden(ids, state)
+    }
+
+    /// The LM head: hidden states `[..., hidden]` → f32 logits `[..., vocab]`. Scoring and
+    /// generation need only a few positions' logits; the head over a 49k vocabulary at every
+    /// position is a fifth of SmolLM2's compute and by far its largest tensor.
+    pub fn head(&self, hidden: &Tensor) -> Tensor {
+        let _no_grad = tch::no_grad_guard();
+        self.head_logits(hidden)
+    }
+
     /// `logits` with autograd recording, for training (`train::trainer`); the parameters must
     /// have `requires_grad` set (see [`ResidentModel::parameters`]).
     pub fn logits_with_grad(&self, ids: &Tensor) -> Result<Tensor> {
@@ -131,6 +147,17 @@ impl ResidentModel {
 
     /// The shared forward of `forward` and `logits_with_grad`.
     fn forward_logits(&self, ids: &Tensor, state: &mut ForwardState) -> Result<Tensor> {
+        Ok(self.head_logits(&self.forward_hidden(ids, state)?))
+    }
+
+    fn head_logits(&self, hidden: &Tensor) -> Tensor {
+        hidden
+            .linear::<Tensor>(&self.lm_head, None)
+            .to_kind(Kind::Float)
+    }
+
+    /// Embedding, layers and final norm.
+    fn forward_hidden(&self, ids: &Tensor, state: &mut ForwardState) -> Result<Tensor> {
         let seq = ids.size()[1];
         let past = state.cache.as_ref().map_or(0, |c| c.len());
         let rope = Rope::new(
@@ -162,11 +189,7 @@ impl ResidentModel {
             };
             x = layer.forward(&x, &mut step, &mut ctx)?;
         }
-        Ok(self
-            .norm
-            .forward(&x)
-            .linear::<Tensor>(&self.lm_head, None)
-            .to_kind(Kind::Float))
+        Ok(self.norm.forward(&x))
     }
 
     pub fn options(&self) -> &LoadOptions {
