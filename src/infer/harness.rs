@@ -18,6 +18,7 @@ use tokenizers::Tokenizer;
 use crate::data::tasks::McItem;
 use crate::data::tokenizer::encode;
 use crate::edit::AttentionEdit;
+use crate::model::config::ModelConfig;
 use crate::model::mask::Visibility;
 use crate::model::resident::{ForwardState, ResidentModel};
 use crate::stats::interval::{wilson_interval, Z_95};
@@ -116,12 +117,13 @@ pub struct ScoringStats {
     pub seconds: f64,
 }
 
-struct Request {
-    item: usize,
-    choice: usize,
-    ids: Vec<i64>,
+/// One (item, choice) sequence to score: context then continuation tokens.
+pub struct Request {
+    pub item: usize,
+    pub choice: usize,
+    pub ids: Vec<i64>,
     /// Index in `ids` of the first continuation token.
-    continuation_start: usize,
+    pub continuation_start: usize,
 }
 
 /// Scores every choice of every item. Requests are sorted by length and batched (right-padded) so
@@ -133,60 +135,7 @@ pub fn score_items(
     batch_tokens: usize,
     edit: Option<&dyn AttentionEdit>,
 ) -> Result<(Vec<ItemScore>, ScoringStats)> {
-    let max_positions = model.config.max_position_embeddings.max(2) as usize;
-    let mut requests = Vec::new();
-    let mut scores: Vec<ItemScore> = Vec::with_capacity(items.len());
-    for (item_index, item) in items.iter().enumerate() {
-        let mut choices = Vec::with_capacity(item.choices.len());
-        for (choice_index, choice) in item.choices.iter().enumerate() {
-            let context = encode(tokenizer, &choice.context)?;
-            let continuation = encode(tokenizer, &choice.continuation)?;
-            if context.is_empty() || continuation.is_empty() {
-                bail!(
-                    "{} doc {} choice {choice_index}: the context or continuation encodes to no tokens",
-                    item.task,
-                    item.doc_id
-                );
-            }
-            let mut ids = context;
-            ids.extend(&continuation);
-            if let Some(&id) = ids.iter().find(|&&id| id >= model.config.vocab_size) {
-                bail!(
-                    "{} doc {} choice {choice_index}: the tokenizer gives id {id}, outside the model's vocabulary of {}\nhint: pass the checkpoint's own tokenizer with --tokenizer",
-                    item.task,
-                    item.doc_id,
-                    model.config.vocab_size
-                );
-            }
-            // Too long for the model: drop the oldest context tokens, as OLMo does.
-            let cut = ids.len().saturating_sub(max_positions);
-            if cut >= ids.len() - continuation.len() {
-                bail!(
-                    "{} doc {} choice {choice_index}: the continuation alone ({} tokens) exceeds the model's {max_positions} positions",
-                    item.task,
-                    item.doc_id,
-                    continuation.len()
-                );
-            }
-            let ids = ids[cut..].to_vec();
-            requests.push(Request {
-                item: item_index,
-                choice: choice_index,
-                continuation_start: ids.len() - continuation.len(),
-                ids,
-            });
-            choices.push(ChoiceScore {
-                loglik: f64::NAN,
-                continuation_tokens: continuation.len(),
-                continuation_chars: choice.continuation.chars().count().saturating_sub(1).max(1),
-            });
-        }
-        scores.push(ItemScore {
-            doc_id: item.doc_id,
-            gold: item.gold,
-            choices,
-        });
-    }
+    let (mut requests, mut scores) = requests_of(&model.config, tokenizer, items)?;
     requests.sort_by_key(|r| std::cmp::Reverse(r.ids.len()));
 
     let started = Instant::now();
@@ -249,6 +198,70 @@ pub fn score_items(
     }
     stats.seconds = started.elapsed().as_secs_f64();
     Ok((scores, stats))
+}
+
+/// The tokenised requests of every choice of every item (in item, choice order), and the items'
+/// score slots with log-likelihoods still NaN. Too-long sequences lose their oldest context tokens.
+pub fn requests_of(
+    config: &ModelConfig,
+    tokenizer: &Tokenizer,
+    items: &[McItem],
+) -> Result<(Vec<Request>, Vec<ItemScore>)> {
+    let max_positions = config.max_position_embeddings.max(2) as usize;
+    let mut requests = Vec::new();
+    let mut scores: Vec<ItemScore> = Vec::with_capacity(items.len());
+    for (item_index, item) in items.iter().enumerate() {
+        let mut choices = Vec::with_capacity(item.choices.len());
+        for (choice_index, choice) in item.choices.iter().enumerate() {
+            let context = encode(tokenizer, &choice.context)?;
+            let continuation = encode(tokenizer, &choice.continuation)?;
+            if context.is_empty() || continuation.is_empty() {
+                bail!(
+                    "{} doc {} choice {choice_index}: the context or continuation encodes to no tokens",
+                    item.task,
+                    item.doc_id
+                );
+            }
+            let mut ids = context;
+            ids.extend(&continuation);
+            if let Some(&id) = ids.iter().find(|&&id| id >= config.vocab_size) {
+                bail!(
+                    "{} doc {} choice {choice_index}: the tokenizer gives id {id}, outside the model's vocabulary of {}\nhint: pass the checkpoint's own tokenizer with --tokenizer",
+                    item.task,
+                    item.doc_id,
+                    config.vocab_size
+                );
+            }
+            // Too long for the model: drop the oldest context tokens, as OLMo does.
+            let cut = ids.len().saturating_sub(max_positions);
+            if cut >= ids.len() - continuation.len() {
+                bail!(
+                    "{} doc {} choice {choice_index}: the continuation alone ({} tokens) exceeds the model's {max_positions} positions",
+                    item.task,
+                    item.doc_id,
+                    continuation.len()
+                );
+            }
+            let ids = ids[cut..].to_vec();
+            requests.push(Request {
+                item: item_index,
+                choice: choice_index,
+                continuation_start: ids.len() - continuation.len(),
+                ids,
+            });
+            choices.push(ChoiceScore {
+                loglik: f64::NAN,
+                continuation_tokens: continuation.len(),
+                continuation_chars: choice.continuation.chars().count().saturating_sub(1).max(1),
+            });
+        }
+        scores.push(ItemScore {
+            doc_id: item.doc_id,
+            gold: item.gold,
+            choices,
+        });
+    }
+    Ok((requests, scores))
 }
 
 #[cfg(test)]
