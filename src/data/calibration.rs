@@ -42,28 +42,22 @@ impl TaskFamily {
     }
 
     pub fn tasks(self) -> &'static [&'static str] {
-        const MC: &[&str] = &[
+        // The multiple-choice six first, then boolq, so each family is a slice of this list.
+        const ALL: &[&str] = &[
             "arc_easy",
             "arc_challenge",
             "hellaswag",
             "piqa",
             "openbookqa",
             "csqa",
+            "boolq",
+            "socialiqa",
+            "winogrande",
         ];
         match self {
-            TaskFamily::Mc => MC,
-            TaskFamily::Classification => &["boolq"],
-            TaskFamily::All => &[
-                "arc_easy",
-                "arc_challenge",
-                "hellaswag",
-                "piqa",
-                "openbookqa",
-                "csqa",
-                "boolq",
-                "socialiqa",
-                "winogrande",
-            ],
+            TaskFamily::Mc => &ALL[..6],
+            TaskFamily::Classification => &ALL[6..7],
+            TaskFamily::All => ALL,
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::capture::{CapturePoint, CaptureSink, LayerCapture, NoCapture};
 use crate::data::tasks::McItem;
 use crate::edit::act::{sink_columns, Act, SinkThreshold};
 use crate::edit::AttentionEdit;
-use crate::infer::harness::{requests_of, ItemScore, Metric, Request};
+use crate::infer::harness::{requests_of, right_padded, ItemScore, Metric, Request};
 use crate::model::attention::{AttentionStep, CaptureContext};
 use crate::model::mask::Visibility;
 use crate::model::resident::ResidentModel;
@@ -259,21 +259,7 @@ fn make_batches(model: &ResidentModel, requests: &[Request], batch_tokens: usize
     while at < requests.len() {
         let width = requests[at].ids.len();
         let rows = (batch_tokens / width).max(1).min(requests.len() - at);
-        let mut ids = Vec::with_capacity(rows * width);
-        let mut valid = Vec::with_capacity(rows * width);
-        for request in &requests[at..at + rows] {
-            let pad = width - request.ids.len();
-            ids.extend(
-                request
-                    .ids
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(0, pad)),
-            );
-            valid.extend(
-                std::iter::repeat_n(true, request.ids.len()).chain(std::iter::repeat_n(false, pad)),
-            );
-        }
+        let (ids, valid) = right_padded(&requests[at..at + rows], width);
         let shape = [rows as i64, width as i64];
         let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
         batches.push(Batch {

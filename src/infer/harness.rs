@@ -147,22 +147,8 @@ pub fn score_items(
         let rows = (batch_tokens / width).max(1).min(requests.len() - at);
         let batch = &requests[at..at + rows];
         at += rows;
-        let mut ids = Vec::with_capacity(rows * width);
-        let mut valid = Vec::with_capacity(rows * width);
-        for request in batch {
-            let pad = width - request.ids.len();
-            ids.extend(
-                request
-                    .ids
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(0, pad)),
-            );
-            valid.extend(
-                std::iter::repeat_n(true, request.ids.len()).chain(std::iter::repeat_n(false, pad)),
-            );
-            stats.tokens += request.ids.len() as i64;
-        }
+        let (ids, valid) = right_padded(batch, width);
+        stats.tokens += batch.iter().map(|r| r.ids.len() as i64).sum::<i64>();
         let shape = [rows as i64, width as i64];
         // Right padding cannot reach a real token through a causal mask, so a plain forward is exact;
         // an edit that pools over queries (ACT) needs to know which queries are padding.
@@ -198,6 +184,26 @@ pub fn score_items(
     }
     stats.seconds = started.elapsed().as_secs_f64();
     Ok((scores, stats))
+}
+
+/// The requests' tokens right-padded with 0 to `width`, row after row, and which are real.
+pub fn right_padded(requests: &[Request], width: usize) -> (Vec<i64>, Vec<bool>) {
+    let mut ids = Vec::with_capacity(requests.len() * width);
+    let mut valid = Vec::with_capacity(requests.len() * width);
+    for request in requests {
+        let pad = width - request.ids.len();
+        ids.extend(
+            request
+                .ids
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(0, pad)),
+        );
+        valid.extend(
+            std::iter::repeat_n(true, request.ids.len()).chain(std::iter::repeat_n(false, pad)),
+        );
+    }
+    (ids, valid)
 }
 
 /// The tokenised requests of every choice of every item (in item, choice order), and the items'
