@@ -82,6 +82,9 @@ pub enum Command {
     Theory(TheoryArgs),
     /// Inference validation: multiple-choice accuracy (± 95% interval), speed and KV memory.
     Validate(ValidateArgs),
+    /// ACT head search: each query head calibrated alone on train-split items, kept when accuracy
+    /// beats the baseline; writes the head list `validate --act` reads.
+    ActSearch(ActSearchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -389,4 +392,41 @@ pub struct ValidateArgs {
     /// New tokens per `gsm8k` question (default: the request file's 512).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
+}
+
+/// `ckpt-scan act-search`: which query heads ACT should calibrate (research/act.md §3.2).
+#[derive(Args, Debug)]
+pub struct ActSearchArgs {
+    /// hf:ORG/NAME@REV, a model folder, a .safetensors or .gguf file, or init:MODEL?seed=N.
+    pub source: String,
+    /// Task family whose train splits make the calibration set.
+    #[arg(long, value_enum, default_value_t = crate::data::calibration::TaskFamily::Mc)]
+    pub family: crate::data::calibration::TaskFamily,
+    /// Calibration items in all, spread evenly over the family's tasks (a seed-stable subset). The
+    /// default keeps SmolLM2-135M's full search near 20 min on 2 cores (benches/README.md); on so
+    /// few items one item moves accuracy by 3 points, so see also the JSON's mean gold log-probability.
+    #[arg(long, default_value_t = 30)]
+    pub calibration_items: usize,
+    /// Seed of the calibration subset.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// ACT's β: sink columns are scaled by it.
+    #[arg(long, default_value_t = 0.4)]
+    pub beta: f64,
+    /// ACT's τ: a key is a sink candidate when its mean attention over the queries that see it exceeds it.
+    #[arg(long, default_value_t = 0.1)]
+    pub tau: f64,
+    /// Layers to search, inclusive ranges and single layers: `2..28`, `3,5,7`, `2..4,9`
+    /// (default 2..L−2, the layers ACT may calibrate).
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// Padded tokens per scoring batch.
+    #[arg(long, default_value_t = 2048)]
+    pub batch_tokens: usize,
+    /// tokenizer.json to use when the source has none (default: OLMo-2's dolma2 for init sources).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Output head list (default reports/act-<source>/<family>.json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }

@@ -37,5 +37,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => commands::train::run(args, &settings),
         Command::Theory(args) => commands::theory::run(args, &settings),
         Command::Validate(args) => commands::validate::run(args, &settings),
+        Command::ActSearch(args) => commands::act_search::run(args, &settings),
     }
 }

@@ -1,5 +1,6 @@
 //! One file per subcommand: orchestration only.
 
+pub mod act_search;
 pub mod align;
 pub mod forward;
 pub mod inspect;

@@ -1,5 +1,6 @@
 //! Text and tokens: tokenizers, packaged data locations, corpora.
 
+pub mod calibration;
 pub mod corpora;
 pub mod gsm8k;
 pub mod paths;

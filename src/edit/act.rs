@@ -154,6 +154,20 @@ pub fn calibrate(
     beta: f64,
     threshold: SinkThreshold,
 ) -> Tensor {
+    let sink = sink_columns(p, visibility, threshold).to_kind(Kind::Float); // [batch, heads, 1, keys]
+    let mass = (p * &sink).sum_dim_intlist(-1, true, Kind::Float); // [batch, heads, queries, 1]
+    let free = mass.neg() + 1.0;
+    let full = free.lt(FULL_SINK_EPSILON);
+    let other_scale = ((&mass * -beta) + 1.0) / free.clamp_min(FULL_SINK_EPSILON);
+    let other_scale = other_scale.masked_fill(&full, 1.0);
+    let sink_scale = Tensor::full_like(&mass, beta).masked_fill(&full, 1.0);
+    p * (&sink * sink_scale + (sink.neg() + 1.0) * other_scale)
+}
+
+/// The keys ACT calibrates: bool `[batch, heads, 1, keys]`, true for a sink (a candidate with
+/// another candidate before it). `p` and `visibility` as in [`calibrate`]. A sequence and head with
+/// no sink are left exactly unchanged by the calibration.
+pub fn sink_columns(p: &Tensor, visibility: &Visibility, threshold: SinkThreshold) -> Tensor {
     let (batch, queries) = (
         visibility.query_valid.size()[0],
         visibility.query_valid.size()[1],
@@ -179,17 +193,9 @@ pub fn calibrate(
     };
     let candidate = column_mean.gt_tensor(&tau).logical_and(&seen_by.gt(0.0)); // [batch, heads, keys]
                                                                                // The first candidate is exempt: a sink is a candidate with another candidate before it.
-    let sink = candidate
+    candidate
         .logical_and(&candidate.to_kind(Kind::Int64).cumsum(-1, Kind::Int64).gt(1))
         .unsqueeze(2)
-        .to_kind(Kind::Float); // [batch, heads, 1, keys]
-    let mass = (p * &sink).sum_dim_intlist(-1, true, Kind::Float); // [batch, heads, queries, 1]
-    let free = mass.neg() + 1.0;
-    let full = free.lt(FULL_SINK_EPSILON);
-    let other_scale = ((&mass * -beta) + 1.0) / free.clamp_min(FULL_SINK_EPSILON);
-    let other_scale = other_scale.masked_fill(&full, 1.0);
-    let sink_scale = Tensor::full_like(&mass, beta).masked_fill(&full, 1.0);
-    p * (&sink * sink_scale + (sink.neg() + 1.0) * other_scale)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::data::tasks::McItem;
 use crate::data::tokenizer::encode;
 use crate::edit::AttentionEdit;
 use crate::infer::reference_heads::CompressionPlan;
+use crate::model::config::ModelConfig;
 use crate::model::mask::Visibility;
 use crate::model::resident::{ForwardState, ResidentModel};
 use crate::stats::interval::{wilson_interval, Z_95};
@@ -131,6 +132,15 @@ pub struct ScoringRequest {
     pub first_target: usize,
 }
 
+/// One (item, choice) sequence to score: context then continuation tokens.
+pub struct Request {
+    pub item: usize,
+    pub choice: usize,
+    pub ids: Vec<i64>,
+    /// Index in `ids` of the first continuation token.
+    pub continuation_start: usize,
+}
+
 /// Scores every choice of every item. Requests are sorted by length and batched (right-padded) so
 /// that a batch holds at most `batch_tokens` padded positions.
 pub fn score_items(
@@ -141,64 +151,17 @@ pub fn score_items(
     edit: Option<&dyn AttentionEdit>,
     kv: Option<&CompressionPlan>,
 ) -> Result<(Vec<ItemScore>, ScoringStats)> {
-    let max_positions = model.config.max_position_embeddings.max(2) as usize;
-    let mut requests = Vec::new();
-    // (item, choice) of each request.
-    let mut owners = Vec::new();
-    let mut scores: Vec<ItemScore> = Vec::with_capacity(items.len());
-    for (item_index, item) in items.iter().enumerate() {
-        let mut choices = Vec::with_capacity(item.choices.len());
-        for (choice_index, choice) in item.choices.iter().enumerate() {
-            let context = encode(tokenizer, &choice.context)?;
-            let continuation = encode(tokenizer, &choice.continuation)?;
-            if context.is_empty() || continuation.is_empty() {
-                bail!(
-                    "{} doc {} choice {choice_index}: the context or continuation encodes to no tokens",
-                    item.task,
-                    item.doc_id
-                );
-            }
-            let mut ids = context;
-            ids.extend(&continuation);
-            if let Some(&id) = ids.iter().find(|&&id| id >= model.config.vocab_size) {
-                bail!(
-                    "{} doc {} choice {choice_index}: the tokenizer gives id {id}, outside the model's vocabulary of {}\nhint: pass the checkpoint's own tokenizer with --tokenizer",
-                    item.task,
-                    item.doc_id,
-                    model.config.vocab_size
-                );
-            }
-            // Too long for the model: drop the oldest context tokens, as OLMo does.
-            let cut = ids.len().saturating_sub(max_positions);
-            if cut >= ids.len() - continuation.len() {
-                bail!(
-                    "{} doc {} choice {choice_index}: the continuation alone ({} tokens) exceeds the model's {max_positions} positions",
-                    item.task,
-                    item.doc_id,
-                    continuation.len()
-                );
-            }
-            let ids = ids[cut..].to_vec();
-            requests.push(ScoringRequest {
-                first_target: ids.len() - continuation.len(),
-                ids,
-            });
-            owners.push((item_index, choice_index));
-            choices.push(ChoiceScore {
-                loglik: f64::NAN,
-                continuation_tokens: continuation.len(),
-                continuation_chars: choice.continuation.chars().count().saturating_sub(1).max(1),
-            });
-        }
-        scores.push(ItemScore {
-            doc_id: item.doc_id,
-            gold: item.gold,
-            choices,
-        });
-    }
-    let (logprobs, stats) = target_logprobs(model, &requests, batch_tokens, edit, kv)?;
-    for ((item, choice), values) in owners.into_iter().zip(logprobs) {
-        scores[item].choices[choice].loglik = values.iter().sum();
+    let (requests, mut scores) = requests_of(&model.config, tokenizer, items)?;
+    let scoring: Vec<ScoringRequest> = requests
+        .iter()
+        .map(|r| ScoringRequest {
+            ids: r.ids.clone(),
+            first_target: r.continuation_start,
+        })
+        .collect();
+    let (logprobs, stats) = target_logprobs(model, &scoring, batch_tokens, edit, kv)?;
+    for (request, values) in requests.iter().zip(logprobs) {
+        scores[request.item].choices[request.choice].loglik = values.iter().sum();
     }
     Ok((scores, stats))
 }
@@ -237,24 +200,13 @@ pub fn target_logprobs(
         let rows = (batch_tokens / width).max(1).min(order.len() - at);
         let batch = &order[at..at + rows];
         at += rows;
-        let mut ids = Vec::with_capacity(rows * width);
-        let mut valid = Vec::with_capacity(rows * width);
+        let rows_ids: Vec<&[i64]> = batch.iter().map(|&i| requests[i].ids.as_slice()).collect();
+        let (ids, valid) = right_padded(&rows_ids, width);
         // Flat positions (row · width + t − 1) predicting the targets, and the targets.
         let mut predicting: Vec<i64> = Vec::new();
         let mut targets: Vec<i64> = Vec::new();
         for (row, &index) in batch.iter().enumerate() {
             let request = &requests[index];
-            let pad = width - request.ids.len();
-            ids.extend(
-                request
-                    .ids
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(0, pad)),
-            );
-            valid.extend(
-                std::iter::repeat_n(true, request.ids.len()).chain(std::iter::repeat_n(false, pad)),
-            );
             predicting.extend(
                 (request.first_target..request.ids.len()).map(|t| (row * width + t - 1) as i64),
             );
@@ -305,6 +257,82 @@ pub fn target_logprobs(
     }
     stats.seconds = started.elapsed().as_secs_f64();
     Ok((out, stats))
+}
+
+/// Token rows right-padded with 0 to `width`, row after row, and which positions are real.
+pub fn right_padded(rows: &[&[i64]], width: usize) -> (Vec<i64>, Vec<bool>) {
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    let mut valid = Vec::with_capacity(rows.len() * width);
+    for row in rows {
+        let pad = width - row.len();
+        ids.extend(row.iter().copied().chain(std::iter::repeat_n(0, pad)));
+        valid.extend(std::iter::repeat_n(true, row.len()).chain(std::iter::repeat_n(false, pad)));
+    }
+    (ids, valid)
+}
+
+/// The tokenised requests of every choice of every item (in item, choice order), and the items'
+/// score slots with log-likelihoods still NaN. Too-long sequences lose their oldest context tokens.
+pub fn requests_of(
+    config: &ModelConfig,
+    tokenizer: &Tokenizer,
+    items: &[McItem],
+) -> Result<(Vec<Request>, Vec<ItemScore>)> {
+    let max_positions = config.max_position_embeddings.max(2) as usize;
+    let mut requests = Vec::new();
+    let mut scores: Vec<ItemScore> = Vec::with_capacity(items.len());
+    for (item_index, item) in items.iter().enumerate() {
+        let mut choices = Vec::with_capacity(item.choices.len());
+        for (choice_index, choice) in item.choices.iter().enumerate() {
+            let context = encode(tokenizer, &choice.context)?;
+            let continuation = encode(tokenizer, &choice.continuation)?;
+            if context.is_empty() || continuation.is_empty() {
+                bail!(
+                    "{} doc {} choice {choice_index}: the context or continuation encodes to no tokens",
+                    item.task,
+                    item.doc_id
+                );
+            }
+            let mut ids = context;
+            ids.extend(&continuation);
+            if let Some(&id) = ids.iter().find(|&&id| id >= config.vocab_size) {
+                bail!(
+                    "{} doc {} choice {choice_index}: the tokenizer gives id {id}, outside the model's vocabulary of {}\nhint: pass the checkpoint's own tokenizer with --tokenizer",
+                    item.task,
+                    item.doc_id,
+                    config.vocab_size
+                );
+            }
+            // Too long for the model: drop the oldest context tokens, as OLMo does.
+            let cut = ids.len().saturating_sub(max_positions);
+            if cut >= ids.len() - continuation.len() {
+                bail!(
+                    "{} doc {} choice {choice_index}: the continuation alone ({} tokens) exceeds the model's {max_positions} positions",
+                    item.task,
+                    item.doc_id,
+                    continuation.len()
+                );
+            }
+            let ids = ids[cut..].to_vec();
+            requests.push(Request {
+                item: item_index,
+                choice: choice_index,
+                continuation_start: ids.len() - continuation.len(),
+                ids,
+            });
+            choices.push(ChoiceScore {
+                loglik: f64::NAN,
+                continuation_tokens: continuation.len(),
+                continuation_chars: choice.continuation.chars().count().saturating_sub(1).max(1),
+            });
+        }
+        scores.push(ItemScore {
+            doc_id: item.doc_id,
+            gold: item.gold,
+            choices,
+        });
+    }
+    Ok((requests, scores))
 }
 
 #[cfg(test)]
