@@ -33,7 +33,7 @@ use crate::report::default_out_dir;
 use crate::report::manifest::{tool_version, ToolVersion};
 use crate::settings::{describe, Settings};
 use crate::source::{open_source_with, Provenance};
-use crate::stats::interval::{paired_difference_interval, Z_95};
+use crate::stats::interval::{paired_interval_of, Z_95};
 
 /// Prompts the decode-speed measurement generates from (the first items of the first task).
 const DECODE_PROMPTS: usize = 4;
@@ -293,19 +293,13 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             for metric in Metric::ALL {
                 let summary = accuracy(&scores, metric);
                 let baseline = accuracy(&baseline_scores[task_index], metric).accuracy;
-                let (gained, lost) = scores.iter().zip(&baseline_scores[task_index]).fold(
-                    (0, 0),
-                    |(gained, lost), (now, before)| match (
-                        now.correct(metric),
-                        before.correct(metric),
-                    ) {
-                        (true, false) => (gained + 1, lost),
-                        (false, true) => (gained, lost + 1),
-                        _ => (gained, lost),
-                    },
+                let (delta_low_95, delta_high_95) = paired_interval_of(
+                    scores
+                        .iter()
+                        .zip(&baseline_scores[task_index])
+                        .map(|(now, before)| (now.correct(metric), before.correct(metric))),
+                    Z_95,
                 );
-                let (delta_low_95, delta_high_95) =
-                    paired_difference_interval(gained, lost, summary.items, Z_95);
                 printer.note(format!(
                     "{task} {} {}: {:.4} [{:.4}, {:.4}] ({}/{})",
                     mode.name,

@@ -25,7 +25,7 @@ use crate::model::config::ModelConfig;
 use crate::model::resident::ResidentModel;
 use crate::printer::Printer;
 use crate::report::csv::write_csv;
-use crate::stats::interval::{paired_difference_interval, Z_95};
+use crate::stats::interval::{paired_interval_of, Z_95};
 
 /// The task name that runs bits per byte on --bpb-text.
 pub const BPB_TASK: &str = "bpb";
@@ -238,21 +238,13 @@ impl ExtraTasks {
                 .filter(|g| g.mode == "baseline")
                 .map(|g| (g.doc_id, g.correct))
                 .collect();
-            let (gained, lost) = run.results.iter().fold((0, 0), |(gained, lost), r| {
-                match (
-                    r.correct,
-                    baseline_correct
-                        .get(&r.doc_id)
-                        .copied()
-                        .unwrap_or(r.correct),
-                ) {
-                    (true, false) => (gained + 1, lost),
-                    (false, true) => (gained, lost + 1),
-                    _ => (gained, lost),
-                }
-            });
-            let (delta_low_95, delta_high_95) =
-                paired_difference_interval(gained, lost, summary.items, Z_95);
+            let (delta_low_95, delta_high_95) = paired_interval_of(
+                run.results.iter().map(|r| {
+                    let before = baseline_correct.get(&r.doc_id).copied();
+                    (r.correct, before.unwrap_or(r.correct))
+                }),
+                Z_95,
+            );
             printer.note(format!(
                 "{GSM8K_TASK} {} exact_match: {:.4} [{:.4}, {:.4}] ({}/{}) in {:.0} s",
                 mode.name,

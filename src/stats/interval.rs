@@ -36,6 +36,20 @@ pub fn paired_difference_interval(gained: u64, lost: u64, items: u64, z: f64) ->
     ((difference - half).max(-1.0), (difference + half).min(1.0))
 }
 
+/// [`paired_difference_interval`] from `(new mode correct, baseline correct)` per item.
+pub fn paired_interval_of(pairs: impl IntoIterator<Item = (bool, bool)>, z: f64) -> (f64, f64) {
+    let (mut gained, mut lost, mut items) = (0, 0, 0);
+    for (now, before) in pairs {
+        items += 1;
+        match (now, before) {
+            (true, false) => gained += 1,
+            (false, true) => lost += 1,
+            _ => {}
+        }
+    }
+    paired_difference_interval(gained, lost, items, z)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +81,11 @@ mod tests {
         let (low, high) = paired_difference_interval(0, 0, 100, Z_95);
         assert!((low + high).abs() < 1e-12 && high < 0.03);
         assert_eq!(paired_difference_interval(0, 0, 0, Z_95), (-1.0, 1.0));
+        // From per-item outcomes: 2 gained, 1 lost, 1 both right, of 4.
+        let pairs = [(true, false), (true, false), (false, true), (true, true)];
+        assert_eq!(
+            paired_interval_of(pairs, Z_95),
+            paired_difference_interval(2, 1, 4, Z_95)
+        );
     }
 }
