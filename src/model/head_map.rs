@@ -31,6 +31,8 @@ pub struct HeadMap {
     pub intercept: Tensor,
     /// Position in `[stored…, targets…]` of each head `0..heads`, for reordering after the rebuild.
     order: Tensor,
+    /// `stored` as an index tensor, built once (every decode step selects with it).
+    stored_index: Tensor,
 }
 
 impl HeadMap {
@@ -64,6 +66,8 @@ impl HeadMap {
                     .expect("partition checked above") as i64
             })
             .collect();
+        let stored_index: Vec<i64> = stored.iter().map(|&h| h as i64).collect();
+        let stored_index = Tensor::from_slice(&stored_index);
         HeadMap {
             heads,
             head_dim,
@@ -72,13 +76,13 @@ impl HeadMap {
             coefficients: coefficients.to_kind(Kind::Float),
             intercept: intercept.to_kind(Kind::Float),
             order: Tensor::from_slice(&order),
+            stored_index,
         }
     }
 
     /// The stored heads of `all` `[batch, heads, seq, head_dim]` → `[batch, stored, seq, head_dim]`.
     pub fn stored_part(&self, all: &Tensor) -> Tensor {
-        let index: Vec<i64> = self.stored.iter().map(|&h| h as i64).collect();
-        all.index_select(1, &Tensor::from_slice(&index).to_device(all.device()))
+        all.index_select(1, &self.stored_index.to_device(all.device()))
     }
 
     /// Stored heads `[batch, stored, seq, head_dim]` → all heads `[batch, heads, seq, head_dim]`,
