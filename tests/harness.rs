@@ -200,6 +200,8 @@ fn validate_writes_a_report_with_intervals_on_a_few_smollm2_items() {
         let value = |k: &str| row[k].parse::<f64>().unwrap();
         assert_eq!(value("items"), 3.0);
         assert!(value("low_95") <= value("accuracy") && value("accuracy") <= value("high_95"));
+        // The baseline has no Δ against itself.
+        assert!(value("delta_vs_baseline").is_nan() && value("delta_low_95").is_nan());
         seen += 1;
     }
     assert_eq!(seen, 2, "acc and acc_per_char");
@@ -267,4 +269,22 @@ fn missing_request_file_names_it_with_a_hint() {
         "{error}"
     );
     assert!(error.contains("hint:"), "{error}");
+}
+
+/// Packed rows with branch masks against each continuation as its own sequence: the same f32
+/// arithmetic on differently shaped attention, so equal up to rounding.
+const SHARED_PREFIX_TOLERANCE: f64 = 1e-5;
+
+#[test]
+fn shared_prefix_rows_score_as_separate_sequences() {
+    for architecture in [Architecture::Olmo2, Architecture::Llama] {
+        let source = InitSource::new(tiny_config(architecture), 11, InitScheme::Hf, "init:tiny");
+        let model = ResidentModel::load(&source, &LoadOptions::cpu_f32()).unwrap();
+        let worst = common::shared_vs_separate_logprobs(&model, None);
+        eprintln!("{architecture:?}: shared prefix vs separate max |Δ logprob| {worst:e}");
+        assert!(
+            worst <= SHARED_PREFIX_TOLERANCE,
+            "{architecture:?}: {worst:e}"
+        );
+    }
 }

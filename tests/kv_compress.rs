@@ -19,6 +19,7 @@ use ckpt_scan::model::kv_cache::KvCache;
 use ckpt_scan::model::resident::ResidentModel;
 use ckpt_scan::model::weights::LoadOptions;
 use ckpt_scan::source::init::{InitScheme, InitSource};
+use ckpt_scan::source::WeightSource;
 use common::tiny_config;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -75,27 +76,37 @@ fn record() -> CalibrationRecord {
     }
 }
 
+/// Maps fitted on the random calibration batches, planned for `mode` at `fraction`.
+fn fitted_plan(
+    source: &InitSource,
+    mode: KvMode,
+    fraction: f64,
+    key_space: KeySpace,
+) -> CompressionPlan {
+    let calibration = calibrate_on(
+        source,
+        &calibration_batches(64),
+        key_space,
+        &LoadOptions::cpu_f32(),
+        &HiddenBudget::default(),
+        record(),
+    )
+    .unwrap();
+    plan(
+        &calibration,
+        mode,
+        source.config(),
+        &options(fraction, key_space),
+    )
+    .unwrap()
+}
+
 #[test]
 fn no_targets_is_the_plain_cache_bit_for_bit() {
     for architecture in [Architecture::Olmo2, Architecture::Llama] {
         let source = source(architecture);
         let model = ResidentModel::load(&source, &LoadOptions::cpu_f32()).unwrap();
-        let calibration = calibrate_on(
-            &source,
-            &calibration_batches(64),
-            KeySpace::PreRope,
-            &LoadOptions::cpu_f32(),
-            &HiddenBudget::default(),
-            record(),
-        )
-        .unwrap();
-        let compressed = plan(
-            &calibration,
-            KvMode::Kv,
-            &model.config,
-            &options(0.0, KeySpace::PreRope),
-        )
-        .unwrap();
+        let compressed = fitted_plan(&source, KvMode::Kv, 0.0, KeySpace::PreRope);
         assert_eq!(compressed.dropped_fraction(), 0.0);
         let (plain, plain_cache) = step_logits(&model, KvCache::new(2));
         let (same, cache) = step_logits(&model, compressed.cache());
@@ -209,22 +220,7 @@ fn fitted_maps_score_as_an_independent_least_squares_fit() {
     use ckpt_scan::model::forward::{forward_streamed, OutputHead};
     let source = source(Architecture::Olmo2);
     let batches = calibration_batches(64);
-    let calibration = calibrate_on(
-        &source,
-        &batches,
-        KeySpace::PreRope,
-        &LoadOptions::cpu_f32(),
-        &HiddenBudget::default(),
-        record(),
-    )
-    .unwrap();
-    let compressed = plan(
-        &calibration,
-        KvMode::K,
-        &tiny_config(Architecture::Olmo2),
-        &options(0.5, KeySpace::PreRope),
-    )
-    .unwrap();
+    let compressed = fitted_plan(&source, KvMode::K, 0.5, KeySpace::PreRope);
     let keys = compressed.keys.as_ref().unwrap();
     assert_eq!(keys.targets(), 4, "half of 2 layers × 4 heads");
     assert!(compressed.values.is_none());
@@ -315,5 +311,19 @@ fn bad_compression_flags_give_one_line_errors() {
         assert!(!ok);
         assert!(stderr.contains(expected), "{stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}
+
+/// Scoring with a compressed cache: packed rows with branch masks rebuild the same target heads
+/// as separate sequences (positions of the stored keys follow each branch, not the packed column).
+#[test]
+fn shared_prefix_rows_score_as_separate_sequences_with_a_compressed_cache() {
+    let source = source(Architecture::Olmo2);
+    let model = ResidentModel::load(&source, &LoadOptions::cpu_f32()).unwrap();
+    for key_space in [KeySpace::PreRope, KeySpace::PostRope] {
+        let compressed = fitted_plan(&source, KvMode::Kv, 0.5, key_space);
+        let worst = common::shared_vs_separate_logprobs(&model, Some(&compressed));
+        eprintln!("{key_space:?}: shared prefix vs separate max |Δ logprob| {worst:e}");
+        assert!(worst <= 1e-5, "{key_space:?}: {worst:e}");
     }
 }

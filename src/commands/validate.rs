@@ -286,20 +286,26 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             )?;
             scoring_tokens += stats.tokens;
             scoring_seconds += stats.seconds;
-            if baseline_scores.len() <= task_index {
-                // The first mode is the baseline: later modes are paired against its items.
+            // The first mode is the baseline: later modes are paired against its items.
+            let is_baseline = baseline_scores.len() <= task_index;
+            if is_baseline {
                 baseline_scores.push(scores.clone());
             }
             for metric in Metric::ALL {
                 let summary = accuracy(&scores, metric);
                 let baseline = accuracy(&baseline_scores[task_index], metric).accuracy;
-                let (delta_low_95, delta_high_95) = paired_interval_of(
-                    scores
-                        .iter()
-                        .zip(&baseline_scores[task_index])
-                        .map(|(now, before)| (now.correct(metric), before.correct(metric))),
-                    Z_95,
-                );
+                // No Δ for the baseline against itself.
+                let (delta_low_95, delta_high_95) = if is_baseline {
+                    (f64::NAN, f64::NAN)
+                } else {
+                    paired_interval_of(
+                        scores
+                            .iter()
+                            .zip(&baseline_scores[task_index])
+                            .map(|(now, before)| (now.correct(metric), before.correct(metric))),
+                        Z_95,
+                    )
+                };
                 printer.note(format!(
                     "{task} {} {}: {:.4} [{:.4}, {:.4}] ({}/{})",
                     mode.name,
@@ -320,7 +326,11 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
                     accuracy: summary.accuracy,
                     low_95: summary.low_95,
                     high_95: summary.high_95,
-                    delta_vs_baseline: summary.accuracy - baseline,
+                    delta_vs_baseline: if is_baseline {
+                        f64::NAN
+                    } else {
+                        summary.accuracy - baseline
+                    },
                     delta_low_95,
                     delta_high_95,
                 });
@@ -524,7 +534,7 @@ pub fn report_markdown(
     md.push_str("| task | variant | mode | metric | items | accuracy | 95% interval | Δ vs baseline | paired 95% interval of Δ |\n|---|---|---|---|---|---|---|---|---|\n");
     for r in accuracy {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.4} | [{:.4}, {:.4}] | {:+.4} | [{:+.4}, {:+.4}] |\n",
+            "| {} | {} | {} | {} | {} | {:.4} | [{:.4}, {:.4}] | {} | {} |\n",
             r.task,
             r.variant,
             r.mode,
@@ -533,9 +543,12 @@ pub fn report_markdown(
             r.accuracy,
             r.low_95,
             r.high_95,
-            r.delta_vs_baseline,
-            r.delta_low_95,
-            r.delta_high_95
+            signed_or_dash(r.delta_vs_baseline),
+            if r.delta_low_95.is_nan() {
+                "—".to_string()
+            } else {
+                format!("[{:+.4}, {:+.4}]", r.delta_low_95, r.delta_high_95)
+            }
         ));
     }
     md.push_str("\nKV memory is measured on the decode run's cache: bytes per cached position (stored heads, plus positions when keys are rebuilt before RoPE), the maps' parameters once, and (cache + maps) against the baseline cache at the same positions. *Claimed* is the paper's accounting, 1/(1 − fraction of K and V heads dropped), without maps.\n\n");
@@ -627,4 +640,13 @@ pub(super) fn sha256_file(path: &std::path::Path) -> Result<String> {
 
 pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A signed difference to four places, or "—" where there is none (the baseline against itself).
+pub fn signed_or_dash(value: f64) -> String {
+    if value.is_nan() {
+        "—".to_string()
+    } else {
+        format!("{value:+.4}")
+    }
 }

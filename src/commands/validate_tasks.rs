@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use crate::cli::ValidateArgs;
-use crate::commands::validate::{hex, sha256_file, AccuracyRow, Mode};
+use crate::commands::validate::{hex, sha256_file, signed_or_dash, AccuracyRow, Mode};
 use crate::data::corpora::{load_documents, TextSource};
 use crate::data::gsm8k::{
     gsm8k_request_file, read_gsm8k_items, Gsm8kItem, GSM8K_TASK, GSM8K_VARIANT,
@@ -238,13 +238,18 @@ impl ExtraTasks {
                 .filter(|g| g.mode == "baseline")
                 .map(|g| (g.doc_id, g.correct))
                 .collect();
-            let (delta_low_95, delta_high_95) = paired_interval_of(
-                run.results.iter().map(|r| {
-                    let before = baseline_correct.get(&r.doc_id).copied();
-                    (r.correct, before.unwrap_or(r.correct))
-                }),
-                Z_95,
-            );
+            let is_baseline = mode.name == "baseline";
+            let (delta_low_95, delta_high_95) = if is_baseline {
+                (f64::NAN, f64::NAN)
+            } else {
+                paired_interval_of(
+                    run.results.iter().map(|r| {
+                        let before = baseline_correct.get(&r.doc_id).copied();
+                        (r.correct, before.unwrap_or(r.correct))
+                    }),
+                    Z_95,
+                )
+            };
             printer.note(format!(
                 "{GSM8K_TASK} {} exact_match: {:.4} [{:.4}, {:.4}] ({}/{}) in {:.0} s",
                 mode.name,
@@ -265,7 +270,11 @@ impl ExtraTasks {
                 accuracy: summary.accuracy,
                 low_95: summary.low_95,
                 high_95: summary.high_95,
-                delta_vs_baseline: summary.accuracy - baseline,
+                delta_vs_baseline: if is_baseline {
+                    f64::NAN
+                } else {
+                    summary.accuracy - baseline
+                },
                 delta_low_95,
                 delta_high_95,
             });
@@ -309,7 +318,11 @@ impl ExtraTasks {
                 separator: plan.separator,
                 bits: result.bits,
                 bits_per_byte: result.bits_per_byte,
-                delta_vs_baseline: result.bits_per_byte - baseline,
+                delta_vs_baseline: if mode.name == "baseline" {
+                    f64::NAN
+                } else {
+                    result.bits_per_byte - baseline
+                },
                 forward_tokens_per_second: result.forward_tokens as f64 / result.seconds.max(1e-9),
             });
         }
@@ -478,7 +491,7 @@ pub fn bpb_markdown(rows: &[BpbRow]) -> String {
             r.window.to_string(),
             r.stride.to_string(),
             format!("{:.4}", r.bits_per_byte),
-            format!("{:+.4}", r.delta_vs_baseline),
+            signed_or_dash(r.delta_vs_baseline),
         ]
     });
     format!(

@@ -141,8 +141,11 @@ pub struct Request {
     pub continuation_start: usize,
 }
 
-/// Scores every choice of every item. Requests are sorted by length and batched (right-padded) so
-/// that a batch holds at most `batch_tokens` padded positions.
+/// Scores every choice of every item. Choices of one item with the same context share it: the
+/// context runs once and each continuation follows it in the same row, seeing the context and its
+/// own earlier tokens only (see [`continuation_logprobs`]). Under an attention edit every choice
+/// runs as its own sequence instead, because an edit that pools over queries (ACT's sink
+/// statistic) would otherwise pool over the other choices' queries too.
 pub fn score_items(
     model: &ResidentModel,
     tokenizer: &Tokenizer,
@@ -152,27 +155,45 @@ pub fn score_items(
     kv: Option<&CompressionPlan>,
 ) -> Result<(Vec<ItemScore>, ScoringStats)> {
     let (requests, mut scores) = requests_of(&model.config, tokenizer, items)?;
-    let scoring: Vec<ScoringRequest> = requests
-        .iter()
-        .map(|r| ScoringRequest {
-            ids: r.ids.clone(),
-            first_target: r.continuation_start,
-        })
-        .collect();
-    let (logprobs, stats) = target_logprobs(model, &scoring, batch_tokens, edit, kv)?;
-    for (request, values) in requests.iter().zip(logprobs) {
-        scores[request.item].choices[request.choice].loglik = values.iter().sum();
+    let share = edit.is_none();
+    // Groups and, per group, the request behind each branch.
+    let mut groups: Vec<SharedPrefix> = Vec::new();
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    let mut item_start = 0;
+    for (index, request) in requests.iter().enumerate() {
+        if index > 0 && requests[index - 1].item != request.item {
+            item_start = groups.len();
+        }
+        let (prefix, continuation) = request.ids.split_at(request.continuation_start);
+        let same_context = share
+            .then(|| (item_start..groups.len()).find(|&g| groups[g].prefix == prefix))
+            .flatten();
+        match same_context {
+            Some(g) => {
+                groups[g].continuations.push(continuation.to_vec());
+                members[g].push(index);
+            }
+            None => {
+                groups.push(SharedPrefix {
+                    prefix: prefix.to_vec(),
+                    continuations: vec![continuation.to_vec()],
+                });
+                members.push(vec![index]);
+            }
+        }
+    }
+    let (logprobs, stats) = continuation_logprobs(model, &groups, batch_tokens, edit, kv)?;
+    for (group, values) in members.iter().zip(logprobs) {
+        for (&index, branch) in group.iter().zip(values) {
+            let request = &requests[index];
+            scores[request.item].choices[request.choice].loglik = branch.iter().sum();
+        }
     }
     Ok((scores, stats))
 }
 
 /// Natural-log probabilities of each request's target tokens `ids[first_target..]`, each given
-/// every token before it, in request order. Requests are sorted by length and batched
-/// (right-padded) so that a batch holds at most `batch_tokens` padded positions.
-///
-/// The LM head runs only on the positions that predict a target (the hidden states of the other
-/// positions are dropped first), so the cost of the 49k-vocabulary head scales with the targets,
-/// not the contexts.
+/// every token before it, in request order (see [`continuation_logprobs`]).
 pub fn target_logprobs(
     model: &ResidentModel,
     requests: &[ScoringRequest],
@@ -187,45 +208,97 @@ pub fn target_logprobs(
     {
         bail!("scoring request {index}: the first target must be in 1..(number of tokens)");
     }
-    let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(requests[i].ids.len()));
+    let groups: Vec<SharedPrefix> = requests
+        .iter()
+        .map(|r| SharedPrefix {
+            prefix: r.ids[..r.first_target].to_vec(),
+            continuations: vec![r.ids[r.first_target..].to_vec()],
+        })
+        .collect();
+    let (logprobs, stats) = continuation_logprobs(model, &groups, batch_tokens, edit, kv)?;
+    Ok((
+        logprobs
+            .into_iter()
+            .map(|mut g| g.pop().unwrap_or_default())
+            .collect(),
+        stats,
+    ))
+}
+
+/// A prefix and the continuations scored after it. Each continuation is scored as if it alone
+/// followed the prefix: it sees the prefix and its own earlier tokens, and its positions go on from
+/// the prefix's end.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedPrefix {
+    pub prefix: Vec<i64>,
+    pub continuations: Vec<Vec<i64>>,
+}
+
+impl SharedPrefix {
+    /// Tokens of the packed row: the prefix, then every continuation.
+    fn packed_len(&self) -> usize {
+        self.prefix.len() + self.continuations.iter().map(Vec::len).sum::<usize>()
+    }
+}
+
+/// Natural-log probabilities of every continuation token of every group, `[group][continuation]
+/// [token]`. Each group is one packed row (prefix, then its continuations back to back); rows are
+/// sorted by length and batched (right-padded) so that a batch holds at most `batch_tokens` padded
+/// positions. A row with several continuations gets a branched mask (each continuation sees the
+/// prefix and itself, [`Visibility::branched`]), so the prefix runs once instead of once per
+/// continuation, with the same log-probabilities as separate sequences up to rounding.
+///
+/// The LM head runs only on the positions that predict a target (the hidden states of the other
+/// positions are dropped first), so the cost of the 49k-vocabulary head scales with the targets,
+/// not the contexts.
+pub fn continuation_logprobs(
+    model: &ResidentModel,
+    groups: &[SharedPrefix],
+    batch_tokens: usize,
+    edit: Option<&dyn AttentionEdit>,
+    kv: Option<&CompressionPlan>,
+) -> Result<(Vec<Vec<Vec<f64>>>, ScoringStats)> {
+    if let Some((index, _)) = groups.iter().enumerate().find(|(_, g)| {
+        g.prefix.is_empty()
+            || g.continuations.is_empty()
+            || g.continuations.iter().any(Vec::is_empty)
+    }) {
+        bail!("scoring group {index}: the prefix and every continuation need at least one token");
+    }
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(groups[i].packed_len()));
 
     let started = Instant::now();
     let mut stats = ScoringStats::default();
-    let mut out = vec![Vec::new(); requests.len()];
+    let mut out = vec![Vec::new(); groups.len()];
     let device = model.options().device;
     let mut at = 0;
     while at < order.len() {
-        let width = requests[order[at]].ids.len();
+        let width = groups[order[at]].packed_len();
         let rows = (batch_tokens / width).max(1).min(order.len() - at);
         let batch = &order[at..at + rows];
         at += rows;
-        let rows_ids: Vec<&[i64]> = batch.iter().map(|&i| requests[i].ids.as_slice()).collect();
-        let (ids, valid) = right_padded(&rows_ids, width);
-        // Flat positions (row · width + t − 1) predicting the targets, and the targets.
-        let mut predicting: Vec<i64> = Vec::new();
-        let mut targets: Vec<i64> = Vec::new();
-        for (row, &index) in batch.iter().enumerate() {
-            let request = &requests[index];
-            predicting.extend(
-                (request.first_target..request.ids.len()).map(|t| (row * width + t - 1) as i64),
-            );
-            targets.extend(&request.ids[request.first_target..]);
-            stats.tokens += request.ids.len() as i64;
-        }
+        let packed = PackedRows::new(batch.iter().map(|&i| &groups[i]), width);
+        stats.tokens += packed.real_tokens;
         let shape = [rows as i64, width as i64];
-        // Right padding cannot reach a real token through a causal mask, so a plain forward is exact;
-        // an edit that pools over queries (ACT) needs to know which queries are padding.
-        let visibility = edit.map(|_| {
-            Visibility::causal(
-                &Tensor::from_slice(&valid).view(shape).to_device(device),
-                width as i64,
+        // With one continuation per row, right padding cannot reach a real token through a causal
+        // mask, so the fused causal path is exact; branches need their mask, and an edit that pools
+        // over queries (ACT) needs to know which queries are padding.
+        let branched = batch.iter().any(|&i| groups[i].continuations.len() > 1);
+        let visibility = (branched || edit.is_some()).then(|| {
+            Visibility::branched(
+                &Tensor::from_slice(&packed.segments)
+                    .view(shape)
+                    .to_device(device),
+                &Tensor::from_slice(&packed.positions)
+                    .view(shape)
+                    .to_device(device),
             )
         });
         // A compressed cache makes attention read rebuilt target heads, as decoding would.
         let mut cache = kv.map(CompressionPlan::cache);
         let hidden = model.hidden_states(
-            &Tensor::from_slice(&ids).view(shape),
+            &Tensor::from_slice(&packed.ids).view(shape),
             &mut ForwardState {
                 cache: cache.as_mut(),
                 visibility: visibility.as_ref(),
@@ -235,28 +308,84 @@ pub fn target_logprobs(
         let hidden_size = hidden.size()[2];
         let selected = hidden
             .reshape([-1, hidden_size])
-            .index_select(0, &Tensor::from_slice(&predicting).to_device(device));
+            .index_select(0, &Tensor::from_slice(&packed.predicting).to_device(device));
         let picked = model
             .head(&selected)
             .log_softmax(-1, Kind::Float)
             .gather(
                 1,
-                &Tensor::from_slice(&targets).to_device(device).unsqueeze(1),
+                &Tensor::from_slice(&packed.targets)
+                    .to_device(device)
+                    .unsqueeze(1),
                 false,
             )
             .squeeze_dim(1)
             .to_kind(Kind::Double);
         let mut values = Vec::<f64>::try_from(picked.to_device(tch::Device::Cpu))?.into_iter();
         for &index in batch {
-            let request = &requests[index];
-            out[index] = values
-                .by_ref()
-                .take(request.ids.len() - request.first_target)
+            out[index] = groups[index]
+                .continuations
+                .iter()
+                .map(|c| values.by_ref().take(c.len()).collect())
                 .collect();
         }
     }
     stats.seconds = started.elapsed().as_secs_f64();
     Ok((out, stats))
+}
+
+/// A batch of groups laid out as right-padded packed rows, flat over `[row, column]`.
+struct PackedRows {
+    ids: Vec<i64>,
+    /// 0 for the prefix, `j + 1` for continuation `j`, −1 for padding.
+    segments: Vec<i64>,
+    /// RoPE position: the prefix counts from 0, each continuation from the prefix's end.
+    positions: Vec<i64>,
+    /// Flat index of the position whose output predicts each target, in group, continuation,
+    /// token order: the prefix's last token for a continuation's first token.
+    predicting: Vec<i64>,
+    targets: Vec<i64>,
+    real_tokens: i64,
+}
+
+impl PackedRows {
+    fn new<'a>(groups: impl Iterator<Item = &'a SharedPrefix>, width: usize) -> Self {
+        let mut rows = PackedRows {
+            ids: Vec::new(),
+            segments: Vec::new(),
+            positions: Vec::new(),
+            predicting: Vec::new(),
+            targets: Vec::new(),
+            real_tokens: 0,
+        };
+        for (row, group) in groups.enumerate() {
+            let row_start = (row * width) as i64;
+            let prefix_len = group.prefix.len() as i64;
+            rows.ids.extend(&group.prefix);
+            rows.segments
+                .extend(std::iter::repeat_n(0, group.prefix.len()));
+            rows.positions.extend(0..prefix_len);
+            let mut column = prefix_len;
+            for (j, continuation) in group.continuations.iter().enumerate() {
+                let len = continuation.len() as i64;
+                rows.ids.extend(continuation);
+                rows.segments
+                    .extend(std::iter::repeat_n(j as i64 + 1, continuation.len()));
+                rows.positions.extend(prefix_len..prefix_len + len);
+                rows.predicting.push(row_start + prefix_len - 1);
+                rows.predicting
+                    .extend((column..column + len - 1).map(|c| row_start + c));
+                rows.targets.extend(continuation);
+                column += len;
+            }
+            let pad = width - column as usize;
+            rows.ids.extend(std::iter::repeat_n(0, pad));
+            rows.segments.extend(std::iter::repeat_n(-1, pad));
+            rows.positions.extend(std::iter::repeat_n(0, pad));
+            rows.real_tokens += column;
+        }
+        rows
+    }
 }
 
 /// Token rows right-padded with 0 to `width`, row after row, and which positions are real.

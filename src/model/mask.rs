@@ -31,7 +31,8 @@ impl Visibility {
         let query_valid = key_valid.narrow(1, past, queries);
         let visible = causal
             .view([1, 1, queries, keys])
-            .logical_and(&key_valid.view([batch, 1, 1, keys]));
+            .logical_and(&key_valid.view([batch, 1, 1, keys]))
+            .logical_and(&query_valid.view([batch, 1, queries, 1]));
         let padding_self = key_at
             .eq_tensor(&query_at)
             .view([1, 1, queries, keys])
@@ -43,6 +44,38 @@ impl Visibility {
             visible: visible.logical_or(&padding_self),
             query_valid,
             positions,
+        }
+    }
+
+    /// Packed rows of a shared prefix followed by branches, in one call without a cache.
+    /// `segments`: int64 `[batch, width]`, 0 for the prefix, `s ≥ 1` for the s-th branch, −1 for
+    /// padding; `positions`: int64 `[batch, width]` RoPE positions. A query sees the prefix and
+    /// its own branch up to itself, never another branch, so each branch attends exactly as it
+    /// would as a sequence of its own; padding queries see only themselves.
+    pub fn branched(segments: &Tensor, positions: &Tensor) -> Self {
+        let (batch, width) = (segments.size()[0], segments.size()[1]);
+        let device = segments.device();
+        let column = Tensor::arange(width, (Kind::Int64, device));
+        let causal = column
+            .view([1, width])
+            .le_tensor(&column.view([width, 1]))
+            .view([1, 1, width, width]);
+        let key_valid = segments.ge(0);
+        let same_branch = segments
+            .view([batch, 1, width, 1])
+            .eq_tensor(&segments.view([batch, 1, 1, width]));
+        let key_in_prefix = segments.eq(0).view([batch, 1, 1, width]);
+        let visible = causal
+            .logical_and(&key_valid.view([batch, 1, 1, width]))
+            .logical_and(&key_valid.view([batch, 1, width, 1]))
+            .logical_and(&same_branch.logical_or(&key_in_prefix));
+        let padding_self = Tensor::eye(width, (Kind::Bool, device))
+            .view([1, 1, width, width])
+            .logical_and(&key_valid.logical_not().view([batch, 1, width, 1]));
+        Visibility {
+            visible: visible.logical_or(&padding_self),
+            query_valid: key_valid,
+            positions: positions.shallow_clone(),
         }
     }
 
@@ -90,6 +123,38 @@ mod tests {
             ]
         );
         assert_eq!(rows(&v.query_valid), [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]);
+    }
+
+    #[test]
+    fn branches_see_the_prefix_and_themselves_only() {
+        // Prefix of two, branch 1 of two, branch 2 of one, one pad.
+        let segments = Tensor::from_slice(&[0i64, 0, 1, 1, 2, -1]).view([1, 6]);
+        let positions = Tensor::from_slice(&[0i64, 1, 2, 3, 2, 0]).view([1, 6]);
+        let v = Visibility::branched(&segments, &positions);
+        assert_eq!(
+            rows(&v.visible.view([6, 6])),
+            [
+                [1, 0, 0, 0, 0, 0],
+                [1, 1, 0, 0, 0, 0],
+                [1, 1, 1, 0, 0, 0],
+                [1, 1, 1, 1, 0, 0],
+                [1, 1, 0, 0, 1, 0],
+                [0, 0, 0, 0, 0, 1]
+            ]
+        );
+        assert_eq!(rows(&v.query_valid), [[1, 1, 1, 1, 1, 0]]);
+    }
+
+    #[test]
+    fn one_branch_is_the_right_padded_causal_mask() {
+        let segments = Tensor::from_slice(&[0i64, 0, 1, 1, -1, -1, 0, 1, 1, 1, 1, 1]).view([2, 6]);
+        let key_valid = segments.ge(0);
+        let positions = (key_valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
+        let branched = Visibility::branched(&segments, &positions);
+        let causal = Visibility::causal(&key_valid, 6);
+        assert!(branched.visible.equal(&causal.visible));
+        assert!(branched.query_valid.equal(&causal.query_valid));
+        assert!(branched.positions.equal(&causal.positions));
     }
 
     #[test]

@@ -137,3 +137,59 @@ pub fn cli(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Groups with several continuations of different lengths (and one of a single token), so packed
+/// rows of different widths are padded and branch masks matter.
+pub fn shared_prefix_groups() -> Vec<ckpt_scan::infer::harness::SharedPrefix> {
+    use ckpt_scan::infer::harness::SharedPrefix;
+    [
+        (
+            vec![5, 9, 13, 21, 40],
+            vec![vec![7, 7, 33], vec![2], vec![50, 51, 52, 53]],
+        ),
+        (vec![12], vec![vec![3, 4], vec![3, 8]]),
+        (vec![60, 61, 62, 63], vec![vec![0, 4]]),
+    ]
+    .into_iter()
+    .map(|(prefix, continuations)| SharedPrefix {
+        prefix,
+        continuations,
+    })
+    .collect()
+}
+
+/// Scores every group's continuations packed into shared rows and as separate (prefix +
+/// continuation) sequences, in one batch and in batches of one row; returns the worst |Δ logprob|.
+pub fn shared_vs_separate_logprobs(
+    model: &ckpt_scan::model::resident::ResidentModel,
+    kv: Option<&ckpt_scan::infer::reference_heads::CompressionPlan>,
+) -> f64 {
+    use ckpt_scan::infer::harness::{continuation_logprobs, target_logprobs, ScoringRequest};
+    let groups = shared_prefix_groups();
+    let separate: Vec<ScoringRequest> = groups
+        .iter()
+        .flat_map(|g| {
+            g.continuations.iter().map(|c| ScoringRequest {
+                ids: g.prefix.iter().chain(c).copied().collect(),
+                first_target: g.prefix.len(),
+            })
+        })
+        .collect();
+    let (expected, separate_stats) = target_logprobs(model, &separate, 1024, None, kv).unwrap();
+    let mut worst: f64 = 0.0;
+    for batch_tokens in [1024, 1] {
+        let (shared, stats) =
+            continuation_logprobs(model, &groups, batch_tokens, None, kv).unwrap();
+        // Each prefix runs once instead of once per continuation: 2 × 5 + 1 × 1 fewer tokens.
+        assert_eq!(separate_stats.tokens - stats.tokens, 2 * 5 + 1);
+        let flat: Vec<&Vec<f64>> = shared.iter().flatten().collect();
+        assert_eq!(flat.len(), expected.len());
+        for (ours, theirs) in flat.iter().zip(&expected) {
+            assert_eq!(ours.len(), theirs.len());
+            for (a, b) in ours.iter().zip(theirs) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+    }
+    worst
+}
