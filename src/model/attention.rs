@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::capture::{CapturePoint, CaptureSink, LayerCapture};
 use crate::edit::AttentionEdit;
 use crate::model::config::{Architecture, ModelConfig};
-use crate::model::kv_cache::{LayerCache, NewEntries};
+use crate::model::kv_cache::{CachedHeads, LayerCache, NewEntries};
 use crate::model::mask::Visibility;
 use crate::model::norm::RmsNorm;
 use crate::model::rope::Rope;
@@ -145,21 +145,29 @@ impl Attention {
                 };
                 cache.append(&new, step.rope)
             }
-            None => (k.shallow_clone(), v.shallow_clone()),
+            None => (
+                CachedHeads::Whole(k.shallow_clone()),
+                CachedHeads::Whole(v.shallow_clone()),
+            ),
         };
 
         let wants_attention = ctx.sink.wants_attention(ctx.layer);
         let points = ctx.sink.points(ctx.layer);
         let group = nq / nkv;
         let visible = visibility.map(|v| &v.visible);
-        let (out, probabilities) = if wants_attention || edit.is_some() {
-            let mut p = attention_probabilities(&q, &keys, group, visible);
-            if let (Some(edit), Some(visibility)) = (edit, visibility) {
-                p = edit.edit_probabilities(ctx.layer, &p, visibility);
+        let (out, probabilities) = match (&keys, &values) {
+            (CachedHeads::Whole(keys), CachedHeads::Whole(values))
+                if !wants_attention && edit.is_none() =>
+            {
+                (sdpa(&q, keys, values, group, visible), None)
             }
-            (p.matmul(&repeat_kv(&values, group)), Some(p))
-        } else {
-            (sdpa(&q, &keys, &values, group, visible), None)
+            _ => {
+                let mut p = probabilities_of(&scores_of(&q, &keys, group), visible);
+                if let (Some(edit), Some(visibility)) = (edit, visibility) {
+                    p = edit.edit_probabilities(ctx.layer, &p, visibility);
+                }
+                (mix_values(&p, &values, group), Some(p))
+            }
         };
         for point in points {
             let (queries, keys) = match point {
@@ -220,14 +228,51 @@ pub fn attention_probabilities(
     group: i64,
     visible: Option<&Tensor>,
 ) -> Tensor {
+    probabilities_of(
+        &scores_of(q, &CachedHeads::Whole(k.shallow_clone()), group),
+        visible,
+    )
+}
+
+/// Scaled scores `q·kᵀ/√d` `[batch, num_attention_heads, queries, keys]`. From stored rows, each
+/// query is first mapped into the rows' space (`q · readᵀ`), so a target key is never built:
+/// `q·(rows·R + b) = (q·Rᵀ)·rows + q·b`, and the `q·b` term is the same for every key of a query,
+/// which softmax ignores.
+fn scores_of(q: &Tensor, keys: &CachedHeads, group: i64) -> Tensor {
     let d = q.size()[3];
-    let k = repeat_kv(k, group);
-    let scores = q.matmul(&k.transpose(-2, -1)) * (d as f64).powf(-0.5);
+    let raw = match keys {
+        CachedHeads::Whole(k) => q.matmul(&repeat_kv(k, group).transpose(-2, -1)),
+        CachedHeads::Stored { rows, map } => {
+            let (read, _) = map.read_maps(q.device());
+            // [heads, rows, d] → per query head [1, nq, d, rows].
+            let read = repeat_kv(&read.unsqueeze(0), group).transpose(-2, -1);
+            q.matmul(&read).matmul(&rows.transpose(-2, -1))
+        }
+    };
+    raw * (d as f64).powf(-0.5)
+}
+
+/// Softmax over keys (in f32) of masked scores, in the scores' kind.
+fn probabilities_of(scores: &Tensor, visible: Option<&Tensor>) -> Tensor {
     let scores = match visible {
         Some(visible) => scores.masked_fill(&visible.logical_not(), f64::NEG_INFINITY),
-        None => scores + causal_mask(q.size()[2], q.device()),
+        None => scores + causal_mask(scores.size()[2], scores.device()),
     };
-    scores.softmax(-1, Kind::Float).to_kind(q.kind())
+    scores.softmax(-1, Kind::Float).to_kind(scores.kind())
+}
+
+/// Attention output `p · v` `[batch, num_attention_heads, queries, head_dim]`. From stored rows the
+/// map is applied after the mix: `p·(rows·R + b) = (p·rows)·R + b`, since each row of `p` sums to 1.
+fn mix_values(p: &Tensor, values: &CachedHeads, group: i64) -> Tensor {
+    match values {
+        CachedHeads::Whole(v) => p.matmul(&repeat_kv(v, group)),
+        CachedHeads::Stored { rows, map } => {
+            let (read, intercept) = map.read_maps(p.device());
+            let read = repeat_kv(&read.unsqueeze(0), group);
+            let intercept = repeat_kv(&intercept.unsqueeze(0).unsqueeze(2), group);
+            p.matmul(rows).matmul(&read) + intercept
+        }
+    }
 }
 
 /// `[seq, seq]` f32 mask: 0 on and below the diagonal, −∞ above.
@@ -238,6 +283,57 @@ pub fn causal_mask(seq: i64, device: Device) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::head_map::HeadMap;
+    use std::rc::Rc;
+
+    /// Reading keys and values through a map from the stored rows equals building every head
+    /// first and attending as usual (GQA: 6 query heads on 3 KV heads, one of them rebuilt).
+    #[test]
+    fn attention_through_a_map_equals_attention_on_rebuilt_heads() {
+        tch::manual_seed(2);
+        let opts = (Kind::Float, Device::Cpu);
+        let (b, d, len) = (2, 4, 7);
+        let map = || {
+            Rc::new(HeadMap::new(
+                3,
+                d as usize,
+                vec![0, 2],
+                vec![1],
+                Tensor::randn([2 * d, d], opts),
+                Tensor::randn([d], opts),
+            ))
+        };
+        let stored = |map: &Rc<HeadMap>| CachedHeads::Stored {
+            rows: Tensor::randn([b, 1, len, 2 * d], opts),
+            map: Rc::clone(map),
+        };
+        let (key_map, value_map) = (map(), map());
+        let (keys, values) = (stored(&key_map), stored(&value_map));
+        let whole = |heads: &CachedHeads| CachedHeads::Whole(heads.all_heads());
+        let q = Tensor::randn([b, 6, 3, d], opts);
+        // The last 3 of 7 positions are the queries; the first query cannot see position 5.
+        let visible = Tensor::ones([b, 1, 3, len], (Kind::Bool, Device::Cpu))
+            .tril(len - 3)
+            .logical_and(
+                &Tensor::from_slice(&[true, false])
+                    .view([b, 1, 1, 1])
+                    .logical_or(
+                        &Tensor::arange(len, (Kind::Int64, Device::Cpu))
+                            .ne(0)
+                            .view([1, 1, 1, len]),
+                    ),
+            );
+        let p_mapped = probabilities_of(&scores_of(&q, &keys, 2), Some(&visible));
+        let p_whole = probabilities_of(&scores_of(&q, &whole(&keys), 2), Some(&visible));
+        let err = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
+        assert!(err(&p_mapped, &p_whole) < 1e-5, "probabilities");
+        let out_mapped = mix_values(&p_whole, &values, 2);
+        let out_whole = mix_values(&p_whole, &whole(&values), 2);
+        assert!(err(&out_mapped, &out_whole) < 1e-5, "outputs");
+        // The map is really used: the rebuilt head differs from both stored ones.
+        let all = values.all_heads();
+        assert!(err(&all.narrow(1, 1, 1), &all.narrow(1, 0, 1)) > 0.1);
+    }
 
     #[test]
     fn eager_and_fused_attention_agree_and_rows_sum_to_one() {

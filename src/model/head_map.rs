@@ -33,6 +33,12 @@ pub struct HeadMap {
     order: Tensor,
     /// `stored` as an index tensor, built once (every decode step selects with it).
     stored_index: Tensor,
+    /// f32 `[heads, stored·head_dim, head_dim]`: head `h` = stored rows · `read[h]` +
+    /// `read_intercept[h]` (a block of the identity for a stored head, its coefficient columns for a
+    /// target), so attention can read every head straight from the stored rows.
+    read: Tensor,
+    /// f32 `[heads, head_dim]`: zero for stored heads, the intercept for targets.
+    read_intercept: Tensor,
 }
 
 impl HeadMap {
@@ -68,16 +74,57 @@ impl HeadMap {
             .collect();
         let stored_index: Vec<i64> = stored.iter().map(|&h| h as i64).collect();
         let stored_index = Tensor::from_slice(&stored_index);
+        let coefficients = coefficients.to_kind(Kind::Float);
+        let intercept = intercept.to_kind(Kind::Float);
+        let rows = stored.len() as i64 * d;
+        // Columns of [identity (stored heads) | coefficients (targets)], reordered to head order.
+        let columns = Tensor::cat(
+            &[
+                Tensor::eye(rows, (Kind::Float, coefficients.device())),
+                coefficients.shallow_clone(),
+            ],
+            1,
+        )
+        .view([rows, heads as i64, d])
+        .index_select(1, &Tensor::from_slice(&order))
+        .permute([1, 0, 2])
+        .contiguous();
+        let read_intercept = Tensor::cat(
+            &[
+                Tensor::zeros([rows], (Kind::Float, intercept.device())),
+                intercept.shallow_clone(),
+            ],
+            0,
+        )
+        .view([heads as i64, d])
+        .index_select(0, &Tensor::from_slice(&order));
         HeadMap {
             heads,
             head_dim,
             stored,
             targets,
-            coefficients: coefficients.to_kind(Kind::Float),
-            intercept: intercept.to_kind(Kind::Float),
+            coefficients,
+            intercept,
             order: Tensor::from_slice(&order),
             stored_index,
+            read: columns,
+            read_intercept,
         }
+    }
+
+    /// The stored heads of `all` `[batch, heads, seq, head_dim]` as token-major rows
+    /// `[batch, seq, stored, head_dim]` (the layout attention reads with [`HeadMap::read_maps`]).
+    pub fn stored_token_major(&self, all: &Tensor) -> Tensor {
+        self.stored_part(all).permute([0, 2, 1, 3])
+    }
+
+    /// `[heads, stored·head_dim, head_dim]` and `[heads, head_dim]`: how each head is read from a
+    /// row of stored heads , on `device`.
+    pub fn read_maps(&self, device: tch::Device) -> (Tensor, Tensor) {
+        (
+            self.read.to_device(device),
+            self.read_intercept.to_device(device),
+        )
     }
 
     /// The stored heads of `all` `[batch, heads, seq, head_dim]` → `[batch, stored, seq, head_dim]`.
@@ -147,6 +194,11 @@ mod tests {
         let err = |a: Tensor, b: Tensor| f64::try_from((a - b).abs().max()).unwrap();
         assert!(err(h(&rebuilt, 1), expected1) < 1e-6);
         assert!(err(h(&rebuilt, 3), expected3) < 1e-6);
+        // Reading each head from the stored rows through `read_maps` gives the same heads.
+        let (read, intercept) = map.read_maps(Device::Cpu);
+        let rows = map.stored_token_major(&all).reshape([2, 1, 5, 6]);
+        let read_back = rows.matmul(&read.unsqueeze(0)) + intercept.view([1, 4, 1, 3]);
+        assert!(err(read_back, rebuilt.shallow_clone()) < 1e-6);
         assert_eq!(map.bytes(), (6 * 6 + 6) * 4);
     }
 }
