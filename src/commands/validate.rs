@@ -249,16 +249,22 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             });
         }
     }
-    printer.note(format!(
-        "validate {}: {} ({}), modes {}, {}",
-        args.source,
-        task_items
+    // The request-file variant applies to the multiple-choice tasks only.
+    let multiple_choice = (!task_items.is_empty()).then(|| {
+        let tasks: Vec<String> = task_items
             .iter()
             .map(|(t, i)| format!("{t} {} items", i.len()))
+            .collect();
+        format!("{} ({})", tasks.join(", "), args.variant)
+    });
+    printer.note(format!(
+        "validate {}: {}, modes {}, {}",
+        args.source,
+        multiple_choice
+            .into_iter()
             .chain(extra.describe())
             .collect::<Vec<_>>()
             .join(", "),
-        args.variant,
         modes
             .iter()
             .map(|m| m.name.as_str())
