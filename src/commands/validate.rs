@@ -559,19 +559,39 @@ pub fn report_markdown(
     }
     md.push_str("\nKV memory is measured on the decode run's cache: bytes per cached position (stored heads, plus positions when keys are rebuilt before RoPE), the maps' parameters once, and (cache + maps) against the baseline cache at the same positions. *Claimed* is the paper's accounting, 1/(1 − fraction of K and V heads dropped), without maps.\n\n");
     md.push_str("| mode | scoring tokens/s | prefill tokens/s | decode tokens/s | KV bytes per position | map bytes | positions | KV + maps vs baseline | claimed compression | measured compression |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    // Without a decode run (`--decode-tokens 0`) the cache figures are not measured: "—".
+    let or_dash = |value: f64, text: String| {
+        if value.is_nan() {
+            "—".to_string()
+        } else {
+            text
+        }
+    };
     for s in speed {
         md.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.1} | {:.0} | {} | {} | {:.3} | {:.2}× | {:.2}× |\n",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.2}× | {} |\n",
             s.mode,
             s.scoring_tokens_per_second,
-            s.prefill_tokens_per_second,
-            s.decode_tokens_per_second,
-            s.kv_bytes_per_token,
+            or_dash(
+                s.prefill_tokens_per_second,
+                format!("{:.0}", s.prefill_tokens_per_second)
+            ),
+            or_dash(
+                s.decode_tokens_per_second,
+                format!("{:.1}", s.decode_tokens_per_second)
+            ),
+            or_dash(s.kv_bytes_per_token, format!("{:.0}", s.kv_bytes_per_token)),
             s.kv_map_bytes,
             s.kv_positions,
-            s.kv_bytes_vs_baseline,
+            or_dash(
+                s.kv_bytes_vs_baseline,
+                format!("{:.3}", s.kv_bytes_vs_baseline)
+            ),
             s.claimed_compression,
-            s.measured_compression
+            or_dash(
+                s.measured_compression,
+                format!("{:.2}×", s.measured_compression)
+            )
         ));
     }
     if let Some(bytes) = peak_rss_bytes {
