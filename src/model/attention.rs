@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::capture::{CapturePoint, CaptureSink, LayerCapture};
 use crate::edit::AttentionEdit;
 use crate::model::config::{Architecture, ModelConfig};
+use crate::model::head_map::HeadMap;
 use crate::model::kv_cache::{CachedHeads, LayerCache, NewEntries};
 use crate::model::mask::Visibility;
 use crate::model::norm::RmsNorm;
@@ -156,10 +157,8 @@ impl Attention {
         let group = nq / nkv;
         let visible = visibility.map(|v| &v.visible);
         let (out, probabilities) = match (&keys, &values) {
-            (CachedHeads::Whole(keys), CachedHeads::Whole(values))
-                if !wants_attention && edit.is_none() =>
-            {
-                (sdpa(&q, keys, values, group, visible), None)
+            _ if !wants_attention && edit.is_none() => {
+                (fused_attention(&q, &keys, &values, group, visible), None)
             }
             _ => {
                 let mut p = probabilities_of(&scores_of(&q, &keys, group), visible);
@@ -200,17 +199,68 @@ pub fn repeat_kv(x: &Tensor, group: i64) -> Tensor {
 }
 
 /// Attention through libtorch's fused kernel (no probabilities). `visible`: bool
-/// `[batch, 1, queries, keys]`, or `None` for plain causal attention over the same tokens.
-fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, group: i64, visible: Option<&Tensor>) -> Tensor {
-    Tensor::scaled_dot_product_attention(
-        q,
-        &repeat_kv(k, group),
-        &repeat_kv(v, group),
+/// `[batch, 1, queries, keys]`, or `None` for plain causal attention over the same tokens. Mapped
+/// heads are read from the stored rows as in [`scores_of`] and [`mix_values`]: the kernel's keys and
+/// values are the rows themselves (shared by every query head, wider than a head) and its queries
+/// are mapped into their space.
+fn fused_attention(
+    q: &Tensor,
+    keys: &CachedHeads,
+    values: &CachedHeads,
+    group: i64,
+    visible: Option<&Tensor>,
+) -> Tensor {
+    let (b, nq, _, d) = q.size4().expect("per-head tensors are 4-D");
+    let shared = |rows: &Tensor| {
+        let size = rows.size();
+        rows.expand([b, nq, size[2], size[3]], false)
+    };
+    let (query, key, scale) = match keys {
+        CachedHeads::Whole(k) => (q.shallow_clone(), repeat_kv(k, group), None),
+        // The mapped queries are wider than a head; the scale stays a head's 1/√d.
+        CachedHeads::Stored { rows, map } => (
+            q.matmul(&query_read(map, group, q.device())),
+            shared(rows),
+            Some((d as f64).powf(-0.5)),
+        ),
+    };
+    let value = match values {
+        CachedHeads::Whole(v) => repeat_kv(v, group),
+        CachedHeads::Stored { rows, .. } => shared(rows),
+    };
+    let out = Tensor::scaled_dot_product_attention(
+        &query,
+        &key,
+        &value,
         visible,
         0.0,
         visible.is_none(),
-        None,
+        scale,
         false,
+    );
+    match values {
+        CachedHeads::Whole(_) => out,
+        CachedHeads::Stored { map, .. } => {
+            let (read, intercept) = value_read(map, group, q.device());
+            out.matmul(&read) + intercept
+        }
+    }
+}
+
+/// `[1, num_attention_heads, head_dim, rows]`: maps a query head into the stored rows' space of its
+/// KV head's keys (the transposed read).
+fn query_read(map: &HeadMap, group: i64, device: Device) -> Tensor {
+    let (read, _) = map.read_maps(device);
+    repeat_kv(&read.unsqueeze(0), group).transpose(-2, -1)
+}
+
+/// `[1, num_attention_heads, rows, head_dim]` and `[1, num_attention_heads, 1, head_dim]`: reads a
+/// query head's KV head from mixed stored rows.
+fn value_read(map: &HeadMap, group: i64, device: Device) -> (Tensor, Tensor) {
+    let (read, intercept) = map.read_maps(device);
+    (
+        repeat_kv(&read.unsqueeze(0), group),
+        repeat_kv(&intercept.unsqueeze(0).unsqueeze(2), group),
     )
 }
 
@@ -221,7 +271,7 @@ pub fn eager_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: i64) -> (Tenso
 }
 
 /// `softmax(q·kᵀ/√d + mask)`: `[batch, num_attention_heads, queries, keys]` in `q`'s kind (softmax in
-/// f32). `visible` as in [`sdpa`].
+/// f32). `visible` as in [`fused_attention`].
 pub fn attention_probabilities(
     q: &Tensor,
     k: &Tensor,
@@ -242,12 +292,9 @@ fn scores_of(q: &Tensor, keys: &CachedHeads, group: i64) -> Tensor {
     let d = q.size()[3];
     let raw = match keys {
         CachedHeads::Whole(k) => q.matmul(&repeat_kv(k, group).transpose(-2, -1)),
-        CachedHeads::Stored { rows, map } => {
-            let (read, _) = map.read_maps(q.device());
-            // [heads, rows, d] → per query head [1, nq, d, rows].
-            let read = repeat_kv(&read.unsqueeze(0), group).transpose(-2, -1);
-            q.matmul(&read).matmul(&rows.transpose(-2, -1))
-        }
+        CachedHeads::Stored { rows, map } => q
+            .matmul(&query_read(map, group, q.device()))
+            .matmul(&rows.transpose(-2, -1)),
     };
     raw * (d as f64).powf(-0.5)
 }
@@ -267,9 +314,7 @@ fn mix_values(p: &Tensor, values: &CachedHeads, group: i64) -> Tensor {
     match values {
         CachedHeads::Whole(v) => p.matmul(&repeat_kv(v, group)),
         CachedHeads::Stored { rows, map } => {
-            let (read, intercept) = map.read_maps(p.device());
-            let read = repeat_kv(&read.unsqueeze(0), group);
-            let intercept = repeat_kv(&intercept.unsqueeze(0).unsqueeze(2), group);
+            let (read, intercept) = value_read(map, group, p.device());
             p.matmul(rows).matmul(&read) + intercept
         }
     }
@@ -283,7 +328,6 @@ pub fn causal_mask(seq: i64, device: Device) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::head_map::HeadMap;
     use std::rc::Rc;
 
     /// Reading keys and values through a map from the stored rows equals building every head
@@ -330,6 +374,15 @@ mod tests {
         let out_mapped = mix_values(&p_whole, &values, 2);
         let out_whole = mix_values(&p_whole, &whole(&values), 2);
         assert!(err(&out_mapped, &out_whole) < 1e-5, "outputs");
+        // The fused kernel on the stored rows, for either kind mapped or whole.
+        for (k, v) in [
+            (&keys, &values),
+            (&keys, &whole(&values)),
+            (&whole(&keys), &values),
+        ] {
+            let fused = fused_attention(&q, k, v, 2, Some(&visible));
+            assert!(err(&fused, &out_whole) < 1e-5, "fused");
+        }
         // The map is really used: the rebuilt head differs from both stored ones.
         let all = values.all_heads();
         assert!(err(&all.narrow(1, 1, 1), &all.narrow(1, 0, 1)) > 0.1);
@@ -343,7 +396,13 @@ mod tests {
         let k = Tensor::randn([2, 3, 5, 8], opts);
         let v = Tensor::randn([2, 3, 5, 8], opts);
         let (out, p) = eager_attention(&q, &k, &v, 2);
-        let fused = sdpa(&q, &k, &v, 2, None);
+        let fused = fused_attention(
+            &q,
+            &CachedHeads::Whole(k.shallow_clone()),
+            &CachedHeads::Whole(v.shallow_clone()),
+            2,
+            None,
+        );
         let diff = f64::try_from((&out - fused).abs().max()).unwrap();
         assert!(diff < 1e-5, "eager vs fused {diff}");
         let row_err = f64::try_from(
