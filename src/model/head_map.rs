@@ -133,8 +133,7 @@ impl HeadMap {
     }
 
     /// Stored heads `[batch, stored, seq, head_dim]` → all heads `[batch, heads, seq, head_dim]`,
-    /// targets rebuilt, in `stored`'s kind. Written out head by head (the cache reads through
-    /// [`HeadMap::read_maps`] instead); the tests use it as the plain reference.
+    /// targets rebuilt, in `stored`'s kind.
     pub fn rebuild(&self, stored: &Tensor) -> Tensor {
         let (b, _, s, d) = stored.size4().expect("per-head tensors are 4-D");
         let rows = stored

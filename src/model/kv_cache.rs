@@ -152,9 +152,11 @@ impl LayerCache {
         let len = self.len;
         let keys = match (&self.key_map, self.key_space) {
             (Some(map), Some(KeySpace::PreRope)) => {
-                let stored = CachedHeads::stored(&mut self.keys, map, new.keys_unrotated, len);
+                let stored = self
+                    .keys
+                    .append(&map.stored_part(new.keys_unrotated), len, 2);
                 let positions = self.positions.append(new.positions, len, 1);
-                CachedHeads::Whole(rope.apply_at(&stored.all_heads(), &positions))
+                CachedHeads::Whole(rope.apply_at(&map.rebuild(&stored), &positions))
             }
             (Some(map), _) => CachedHeads::stored(&mut self.keys, map, new.keys, len),
             (None, _) => CachedHeads::Whole(self.keys.append(new.keys, len, 2)),
