@@ -156,17 +156,14 @@ impl Attention {
         let points = ctx.sink.points(ctx.layer);
         let group = nq / nkv;
         let visible = visibility.map(|v| &v.visible);
-        let (out, probabilities) = match (&keys, &values) {
-            _ if !wants_attention && edit.is_none() => {
-                (fused_attention(&q, &keys, &values, group, visible), None)
+        let (out, probabilities) = if wants_attention || edit.is_some() {
+            let mut p = probabilities_of(&scores_of(&q, &keys, group), visible);
+            if let (Some(edit), Some(visibility)) = (edit, visibility) {
+                p = edit.edit_probabilities(ctx.layer, &p, visibility);
             }
-            _ => {
-                let mut p = probabilities_of(&scores_of(&q, &keys, group), visible);
-                if let (Some(edit), Some(visibility)) = (edit, visibility) {
-                    p = edit.edit_probabilities(ctx.layer, &p, visibility);
-                }
-                (mix_values(&p, &values, group), Some(p))
-            }
+            (mix_values(&p, &values, group), Some(p))
+        } else {
+            (fused_attention(&q, &keys, &values, group, visible), None)
         };
         for point in points {
             let (queries, keys) = match point {
@@ -219,7 +216,7 @@ fn fused_attention(
         CachedHeads::Whole(k) => (q.shallow_clone(), repeat_kv(k, group), None),
         // The mapped queries are wider than a head; the scale stays a head's 1/√d.
         CachedHeads::Stored { rows, map } => (
-            q.matmul(&query_read(map, group, q.device())),
+            q.matmul(&query_read(map, group, q)),
             shared(rows),
             Some((d as f64).powf(-0.5)),
         ),
@@ -241,23 +238,23 @@ fn fused_attention(
     match values {
         CachedHeads::Whole(_) => out,
         CachedHeads::Stored { map, .. } => {
-            let (read, intercept) = value_read(map, group, q.device());
+            let (read, intercept) = value_read(map, group, q);
             out.matmul(&read) + intercept
         }
     }
 }
 
-/// `[1, num_attention_heads, head_dim, rows]`: maps a query head into the stored rows' space of its
-/// KV head's keys (the transposed read).
-fn query_read(map: &HeadMap, group: i64, device: Device) -> Tensor {
-    let (read, _) = map.read_maps(device);
+/// `[1, num_attention_heads, head_dim, rows]` on `like`'s device and kind: maps a query head into
+/// the stored rows' space of its KV head's keys (the transposed read).
+fn query_read(map: &HeadMap, group: i64, like: &Tensor) -> Tensor {
+    let (read, _) = map.read_maps(like.device(), like.kind());
     repeat_kv(&read.unsqueeze(0), group).transpose(-2, -1)
 }
 
-/// `[1, num_attention_heads, rows, head_dim]` and `[1, num_attention_heads, 1, head_dim]`: reads a
-/// query head's KV head from mixed stored rows.
-fn value_read(map: &HeadMap, group: i64, device: Device) -> (Tensor, Tensor) {
-    let (read, intercept) = map.read_maps(device);
+/// `[1, num_attention_heads, rows, head_dim]` and `[1, num_attention_heads, 1, head_dim]` on `like`'s
+/// device and kind: reads a query head's KV head from mixed stored rows.
+fn value_read(map: &HeadMap, group: i64, like: &Tensor) -> (Tensor, Tensor) {
+    let (read, intercept) = map.read_maps(like.device(), like.kind());
     (
         repeat_kv(&read.unsqueeze(0), group),
         repeat_kv(&intercept.unsqueeze(0).unsqueeze(2), group),
@@ -293,7 +290,7 @@ fn scores_of(q: &Tensor, keys: &CachedHeads, group: i64) -> Tensor {
     let raw = match keys {
         CachedHeads::Whole(k) => q.matmul(&repeat_kv(k, group).transpose(-2, -1)),
         CachedHeads::Stored { rows, map } => q
-            .matmul(&query_read(map, group, q.device()))
+            .matmul(&query_read(map, group, q))
             .matmul(&rows.transpose(-2, -1)),
     };
     raw * (d as f64).powf(-0.5)
@@ -314,7 +311,7 @@ fn mix_values(p: &Tensor, values: &CachedHeads, group: i64) -> Tensor {
     match values {
         CachedHeads::Whole(v) => p.matmul(&repeat_kv(v, group)),
         CachedHeads::Stored { rows, map } => {
-            let (read, intercept) = value_read(map, group, p.device());
+            let (read, intercept) = value_read(map, group, p);
             p.matmul(rows).matmul(&read) + intercept
         }
     }
@@ -383,6 +380,27 @@ mod tests {
             let fused = fused_attention(&q, k, v, 2, Some(&visible));
             assert!(err(&fused, &out_whole) < 1e-5, "fused");
         }
+        // In bf16 (CUDA's default kind) the maps are read in the cache's kind: same result, rounded.
+        let bf16 = |heads: &CachedHeads| match heads {
+            CachedHeads::Stored { rows, map } => CachedHeads::Stored {
+                rows: rows.to_kind(Kind::BFloat16),
+                map: Rc::clone(map),
+            },
+            CachedHeads::Whole(t) => CachedHeads::Whole(t.to_kind(Kind::BFloat16)),
+        };
+        let half = fused_attention(
+            &q.to_kind(Kind::BFloat16),
+            &bf16(&keys),
+            &bf16(&values),
+            2,
+            Some(&visible),
+        );
+        assert_eq!(half.kind(), Kind::BFloat16);
+        let scale = f64::try_from(out_whole.abs().max()).unwrap();
+        assert!(
+            err(&half.to_kind(Kind::Float), &out_whole) < 0.05 * scale,
+            "bf16"
+        );
         // The map is really used: the rebuilt head differs from both stored ones.
         let all = values.all_heads();
         assert!(err(&all.narrow(1, 1, 1), &all.narrow(1, 0, 1)) > 0.1);

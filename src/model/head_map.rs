@@ -119,11 +119,12 @@ impl HeadMap {
     }
 
     /// `[heads, stored·head_dim, head_dim]` and `[heads, head_dim]`: how each head is read from a
-    /// row of stored heads , on `device`.
-    pub fn read_maps(&self, device: tch::Device) -> (Tensor, Tensor) {
+    /// row of stored heads, on `device` in `kind` (the cache's compute kind: the maps are fitted in
+    /// f64 and kept in f32, so bf16 inference reads them rounded like its own weights).
+    pub fn read_maps(&self, device: tch::Device, kind: Kind) -> (Tensor, Tensor) {
         (
-            self.read.to_device(device),
-            self.read_intercept.to_device(device),
+            self.read.to_device(device).to_kind(kind),
+            self.read_intercept.to_device(device).to_kind(kind),
         )
     }
 
@@ -195,7 +196,7 @@ mod tests {
         assert!(err(h(&rebuilt, 1), expected1) < 1e-6);
         assert!(err(h(&rebuilt, 3), expected3) < 1e-6);
         // Reading each head from the stored rows through `read_maps` gives the same heads.
-        let (read, intercept) = map.read_maps(Device::Cpu);
+        let (read, intercept) = map.read_maps(Device::Cpu, Kind::Float);
         let rows = map.stored_token_major(&all).reshape([2, 1, 5, 6]);
         let read_back = rows.matmul(&read.unsqueeze(0)) + intercept.view([1, 4, 1, 3]);
         assert!(err(read_back, rebuilt.shallow_clone()) < 1e-6);

@@ -86,7 +86,7 @@ impl CachedHeads {
         match self {
             CachedHeads::Whole(t) => t.shallow_clone(),
             CachedHeads::Stored { rows, map } => {
-                let (read, intercept) = map.read_maps(rows.device());
+                let (read, intercept) = map.read_maps(rows.device(), rows.kind());
                 let heads = read.size()[0];
                 rows.matmul(&read.unsqueeze(0)) + intercept.view([1, heads, 1, -1])
             }
