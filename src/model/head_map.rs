@@ -1,7 +1,9 @@
 //! A linear map that rebuilds one layer's target KV heads from the heads the cache stores (the
 //! compressed KV cache: only reference heads are cached; targets are recomputed at attention time).
 
-use tch::{Kind, Tensor};
+use std::cell::RefCell;
+
+use tch::{Device, Kind, Tensor};
 
 /// Whether a key map works on keys before RoPE (after QK-norm) or after it. Values have no RoPE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -39,6 +41,9 @@ pub struct HeadMap {
     read: Tensor,
     /// f32 `[heads, head_dim]`: zero for stored heads, the intercept for targets.
     read_intercept: Tensor,
+    /// `read` and `read_intercept` as last asked for (device, kind): every decode step asks, and on a
+    /// GPU or in bf16 converting each time would copy.
+    converted: RefCell<Option<(Device, Kind, Tensor, Tensor)>>,
 }
 
 impl HeadMap {
@@ -109,6 +114,7 @@ impl HeadMap {
             stored_index,
             read: columns,
             read_intercept,
+            converted: RefCell::new(None),
         }
     }
 
@@ -121,11 +127,24 @@ impl HeadMap {
     /// `[heads, stored·head_dim, head_dim]` and `[heads, head_dim]`: how each head is read from a
     /// row of stored heads, on `device` in `kind` (the cache's compute kind: the maps are fitted in
     /// f64 and kept in f32, so bf16 inference reads them rounded like its own weights).
-    pub fn read_maps(&self, device: tch::Device, kind: Kind) -> (Tensor, Tensor) {
-        (
-            self.read.to_device(device).to_kind(kind),
-            self.read_intercept.to_device(device).to_kind(kind),
-        )
+    pub fn read_maps(&self, device: Device, kind: Kind) -> (Tensor, Tensor) {
+        let mut converted = self.converted.borrow_mut();
+        match converted.as_ref() {
+            Some((d, k, read, intercept)) if *d == device && *k == kind => {
+                (read.shallow_clone(), intercept.shallow_clone())
+            }
+            _ => {
+                let read = self.read.to_device(device).to_kind(kind);
+                let intercept = self.read_intercept.to_device(device).to_kind(kind);
+                *converted = Some((
+                    device,
+                    kind,
+                    read.shallow_clone(),
+                    intercept.shallow_clone(),
+                ));
+                (read, intercept)
+            }
+        }
     }
 
     /// The stored heads of `all` `[batch, heads, seq, head_dim]` → `[batch, stored, seq, head_dim]`.
@@ -160,7 +179,6 @@ impl HeadMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
 
     #[test]
     fn rebuild_keeps_stored_heads_and_applies_the_map_to_targets() {
