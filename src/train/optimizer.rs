@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use tch::{Kind, Tensor};
 
+use crate::report::atomic::temp_file_in;
 use crate::train::config::TrainConfig;
 
 /// OLMo-2 does not decay the token embedding (`decay_embeddings: false`); everything else is.
@@ -104,9 +105,7 @@ impl AdamW {
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".optimizer-")
-            .tempfile_in(dir)
+        let tmp = temp_file_in(dir, ".optimizer-", "")
             .with_context(|| format!("{}: cannot create a temp file", dir.display()))?;
         Tensor::write_safetensors(&named, tmp.path())
             .with_context(|| format!("{}: cannot write optimizer state", path.display()))?;

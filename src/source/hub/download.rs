@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::client::{content_range, Attempt, Failure, HubClient, RemoteFile};
 use crate::error::{SourceError, SourceResult};
+use crate::report::atomic::temp_file_in;
 
 const COPY_CHUNK_BYTES: usize = 1 << 20;
 
@@ -25,11 +26,8 @@ impl HubClient {
     pub fn download(&self, repo: &str, remote: &RemoteFile, dest: &Path) -> SourceResult<()> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| SourceError::io(dir, e))?;
-        let mut temp = tempfile::Builder::new()
-            .prefix(".ckpt-scan-")
-            .suffix(".incomplete")
-            .tempfile_in(dir)
-            .map_err(|e| SourceError::io(dir, e))?;
+        let mut temp =
+            temp_file_in(dir, ".ckpt-scan-", ".incomplete").map_err(|e| SourceError::io(dir, e))?;
         let mut progress = Progress {
             hasher: Sha256::new(),
             written: 0,
