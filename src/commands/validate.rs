@@ -18,7 +18,7 @@ use crate::data::token_set::TokenSetOptions;
 use crate::data::tokenizer::{encode, tokenizer_for};
 use crate::edit::AttentionEdit;
 use crate::infer::generate::{generate, GenerationOptions};
-use crate::infer::harness::{accuracy, score_items, ItemScore, Metric};
+use crate::infer::harness::{accuracy, score_items, Accuracy, ItemScore, Metric};
 use crate::infer::kv_calibration::{calibrate, plan as kv_plan, CalibrationRecord};
 use crate::infer::reference_heads::{
     CompressionOptions, CompressionPlan, KindPlan, KvMode, TargetRow,
@@ -57,11 +57,46 @@ pub struct AccuracyRow {
     pub accuracy: f64,
     pub low_95: f64,
     pub high_95: f64,
-    /// Accuracy minus the baseline's on the same items (0 for the baseline).
+    /// Accuracy minus the baseline's on the same items (NaN for the baseline itself).
     pub delta_vs_baseline: f64,
     /// Paired 95% interval of that difference (Agresti–Min; see `stats::interval`).
     pub delta_low_95: f64,
     pub delta_high_95: f64,
+}
+
+impl AccuracyRow {
+    /// A row for `summary`; `paired` is `None` for the baseline, else the (correct now, correct in
+    /// the baseline) outcome of every item, for the Δ and its paired interval.
+    pub fn new(
+        [task, variant, mode, metric]: [&str; 4],
+        summary: &Accuracy,
+        paired: Option<Vec<(bool, bool)>>,
+    ) -> Self {
+        let (delta_vs_baseline, (delta_low_95, delta_high_95)) = match paired {
+            None => (f64::NAN, (f64::NAN, f64::NAN)),
+            Some(pairs) => {
+                let before = pairs.iter().filter(|(_, b)| *b).count() as f64;
+                (
+                    summary.accuracy - before / pairs.len().max(1) as f64,
+                    paired_interval_of(pairs, Z_95),
+                )
+            }
+        };
+        AccuracyRow {
+            task: task.into(),
+            variant: variant.into(),
+            mode: mode.into(),
+            metric: metric.into(),
+            items: summary.items,
+            correct: summary.correct,
+            accuracy: summary.accuracy,
+            low_95: summary.low_95,
+            high_95: summary.high_95,
+            delta_vs_baseline,
+            delta_low_95,
+            delta_high_95,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -299,19 +334,6 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             }
             for metric in Metric::ALL {
                 let summary = accuracy(&scores, metric);
-                let baseline = accuracy(&baseline_scores[task_index], metric).accuracy;
-                // No Δ for the baseline against itself.
-                let (delta_low_95, delta_high_95) = if is_baseline {
-                    (f64::NAN, f64::NAN)
-                } else {
-                    paired_interval_of(
-                        scores
-                            .iter()
-                            .zip(&baseline_scores[task_index])
-                            .map(|(now, before)| (now.correct(metric), before.correct(metric))),
-                        Z_95,
-                    )
-                };
                 printer.note(format!(
                     "{task} {} {}: {:.4} [{:.4}, {:.4}] ({}/{})",
                     mode.name,
@@ -322,24 +344,18 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
                     summary.correct,
                     summary.items
                 ));
-                accuracy_rows.push(AccuracyRow {
-                    task: task.clone(),
-                    variant: args.variant.clone(),
-                    mode: mode.name.clone(),
-                    metric: metric.name().into(),
-                    items: summary.items,
-                    correct: summary.correct,
-                    accuracy: summary.accuracy,
-                    low_95: summary.low_95,
-                    high_95: summary.high_95,
-                    delta_vs_baseline: if is_baseline {
-                        f64::NAN
-                    } else {
-                        summary.accuracy - baseline
-                    },
-                    delta_low_95,
-                    delta_high_95,
+                let paired = (!is_baseline).then(|| {
+                    scores
+                        .iter()
+                        .zip(&baseline_scores[task_index])
+                        .map(|(now, before)| (now.correct(metric), before.correct(metric)))
+                        .collect()
                 });
+                accuracy_rows.push(AccuracyRow::new(
+                    [task, &args.variant, &mode.name, metric.name()],
+                    &summary,
+                    paired,
+                ));
             }
             choice_rows.extend(choice_rows_of(task, &args.variant, &mode.name, &scores));
         }

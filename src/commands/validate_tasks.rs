@@ -25,7 +25,6 @@ use crate::model::config::ModelConfig;
 use crate::model::resident::ResidentModel;
 use crate::printer::Printer;
 use crate::report::csv::write_csv;
-use crate::stats::interval::{paired_interval_of, Z_95};
 
 /// The task name that runs bits per byte on --bpb-text.
 pub const BPB_TASK: &str = "bpb";
@@ -227,10 +226,6 @@ impl ExtraTasks {
                 mode.kv,
             )?;
             let summary = run.accuracy;
-            let baseline = accuracy_rows
-                .iter()
-                .find(|r| r.mode == "baseline" && r.task == GSM8K_TASK)
-                .map_or(summary.accuracy, |r| r.accuracy);
             // Paired against the baseline's answers to the same questions (none: this is it).
             let baseline_correct: std::collections::BTreeMap<i64, bool> = results
                 .generations
@@ -238,18 +233,15 @@ impl ExtraTasks {
                 .filter(|g| g.mode == "baseline")
                 .map(|g| (g.doc_id, g.correct))
                 .collect();
-            let is_baseline = mode.name == "baseline";
-            let (delta_low_95, delta_high_95) = if is_baseline {
-                (f64::NAN, f64::NAN)
-            } else {
-                paired_interval_of(
-                    run.results.iter().map(|r| {
+            let paired = (mode.name != "baseline").then(|| {
+                run.results
+                    .iter()
+                    .map(|r| {
                         let before = baseline_correct.get(&r.doc_id).copied();
                         (r.correct, before.unwrap_or(r.correct))
-                    }),
-                    Z_95,
-                )
-            };
+                    })
+                    .collect()
+            });
             printer.note(format!(
                 "{GSM8K_TASK} {} exact_match: {:.4} [{:.4}, {:.4}] ({}/{}) in {:.0} s",
                 mode.name,
@@ -260,24 +252,11 @@ impl ExtraTasks {
                 summary.items,
                 run.seconds
             ));
-            accuracy_rows.push(AccuracyRow {
-                task: GSM8K_TASK.into(),
-                variant: GSM8K_VARIANT.into(),
-                mode: mode.name.clone(),
-                metric: "exact_match".into(),
-                items: summary.items,
-                correct: summary.correct,
-                accuracy: summary.accuracy,
-                low_95: summary.low_95,
-                high_95: summary.high_95,
-                delta_vs_baseline: if is_baseline {
-                    f64::NAN
-                } else {
-                    summary.accuracy - baseline
-                },
-                delta_low_95,
-                delta_high_95,
-            });
+            accuracy_rows.push(AccuracyRow::new(
+                [GSM8K_TASK, GSM8K_VARIANT, &mode.name, "exact_match"],
+                &summary,
+                paired,
+            ));
             results
                 .generations
                 .extend(generation_rows_of(&mode.name, &run));
