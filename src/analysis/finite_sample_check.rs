@@ -34,17 +34,7 @@ pub struct FiniteSampleCase {
 /// held-out split where the n_t/(n_t − 1) factor shows.
 pub fn default_cases() -> Vec<FiniteSampleCase> {
     let d = 64;
-    let spectra = [
-        Spectrum::Isotropic {
-            dimension: d,
-            rank: d,
-        },
-        Spectrum::PowerLaw {
-            dimension: d,
-            alpha: 1.0,
-            rank: d,
-        },
-    ];
+    let spectra = Spectrum::isotropic_and_power_law(d);
     let shapes = [
         (1, 100, 400),
         (1, 400, 100),

@@ -126,17 +126,7 @@ pub fn default_grid(base_draws: usize, dims: &[usize]) -> Vec<GridSpec> {
         .into_iter()
         .filter(|(d, _)| dims.contains(d))
     {
-        for spectrum in [
-            Spectrum::Isotropic {
-                dimension: d,
-                rank: d,
-            },
-            Spectrum::PowerLaw {
-                dimension: d,
-                alpha: 1.0,
-                rank: d,
-            },
-        ] {
+        for spectrum in Spectrum::isotropic_and_power_law(d) {
             grid.push(GridSpec {
                 spectrum,
                 law: WeightLaw::Gaussian,

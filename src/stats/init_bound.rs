@@ -90,6 +90,21 @@ pub enum Spectrum {
 }
 
 impl Spectrum {
+    /// The two full-rank reference spectra at `dimension`: isotropic and power law α = 1.
+    pub fn isotropic_and_power_law(dimension: usize) -> [Spectrum; 2] {
+        [
+            Spectrum::Isotropic {
+                dimension,
+                rank: dimension,
+            },
+            Spectrum::PowerLaw {
+                dimension,
+                alpha: 1.0,
+                rank: dimension,
+            },
+        ]
+    }
+
     pub fn eigenvalues(&self) -> Vec<f64> {
         match self {
             Spectrum::Isotropic { dimension, rank } => (0..*dimension)
