@@ -248,6 +248,45 @@ fn finished_units(units: &Path) -> usize {
     })
 }
 
+/// Issue 13: `scan` read `HOME` for its unit cache while the rest honoured `CKPT_SCAN_CACHE`, so
+/// with the variable set the series and the units ended up in different trees.
+#[test]
+fn ckpt_scan_cache_decides_every_cache_path_and_nothing_is_written_under_home() {
+    let work = tempfile::tempdir().unwrap();
+    let manifest = local_series(work.path());
+    let (home, cache) = (work.path().join("home"), work.path().join("cache"));
+    std::fs::create_dir_all(&home).unwrap();
+    let out = work.path().join("report");
+    let status = std::process::Command::new(common::bin())
+        .args(["--quiet", "scan", manifest.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .env("HOME", &home)
+        .env("CKPT_SCAN_CACHE", &cache)
+        .env_remove("CKPT_SCAN_DATA")
+        .env_remove("HF_HOME")
+        .env_remove("XDG_CACHE_HOME")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(finished_units(&cache.join("units")), 5 * 4);
+    assert_eq!(
+        files_under(&home),
+        Vec::<PathBuf>::new(),
+        "written under HOME"
+    );
+    // The manifest's `${CKPT_SCAN_CACHE}` resolves to the same root when the variable is unset.
+    let expanded = ckpt_scan::series::manifest::expand(
+        "${CKPT_SCAN_CACHE}/series",
+        &ckpt_scan::data::paths::manifest_var,
+    )
+    .unwrap();
+    assert_eq!(
+        PathBuf::from(expanded),
+        ckpt_scan::data::paths::series_root()
+    );
+}
+
 #[test]
 fn a_scan_killed_mid_run_resumes_to_identical_csvs_without_recomputing_finished_units() {
     let work = tempfile::tempdir().unwrap();

@@ -1,11 +1,11 @@
 //! `ckpt-scan scan SERIES`: every checkpoint of a series through predict, align and sink
 //! statistics on one token set, each (checkpoint, analysis) a cached unit, then one report.
 
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::analysis::alignment::AlignmentOptions;
@@ -17,11 +17,13 @@ use crate::commands::align::{run_alignment, AlignOutput, MeasuredReferenceSet};
 use crate::commands::inspect::fingerprint;
 use crate::commands::predict::{run_predictability, TOKENS_PER_BATCH};
 use crate::data::corpora::{load_documents, TextSource};
+use crate::data::paths::{manifest_var, unit_cache_root};
 use crate::data::token_set::{TokenSet, TokenSetOptions};
 use crate::data::tokenizer::tokenizer_for;
 use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, OutputHead};
 use crate::printer::Printer;
+use crate::progress::Progress;
 use crate::report::atomic::write_atomic;
 use crate::report::manifest::{tool_version, ToolVersion};
 use crate::report::scan_report::{write_report, CheckpointRow, ScanTables};
@@ -156,8 +158,7 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let var = |name: &str| std::env::var(name).ok();
-    let plan = resolve_plan(&manifest, &manifest_dir, &settings.hub, &var)?;
+    let plan = resolve_plan(&manifest, &manifest_dir, &settings.hub, &manifest_var)?;
     for missing in &plan.missing_revisions {
         printer.warn(format!(
             "series {}: revision {missing} is not in the repo; skipped",
@@ -174,7 +175,7 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| Path::new("reports").join(&manifest.name));
-    let cache = UnitCache::new(&args.cache_dir.clone().unwrap_or_else(default_unit_cache));
+    let cache = UnitCache::new(&args.cache_dir.clone().unwrap_or_else(unit_cache_root));
 
     // The series' config fixes shapes and the token set: take it from the first real checkpoint.
     let first = plan
@@ -217,7 +218,7 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         &token_set.hash[..12]
     ));
 
-    let bars = Bars::new(settings.quiet, plan.checkpoints.len());
+    let bars = Bars::new(&printer, plan.checkpoints.len());
     let mut tables = ScanTables::default();
     let mut records = Vec::new();
     for planned in &plan.checkpoints {
@@ -299,13 +300,6 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         start.elapsed().as_secs_f64()
     ));
     Ok(())
-}
-
-fn default_unit_cache() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(".cache/ckpt-scan/units")
 }
 
 fn scan_options(
@@ -455,8 +449,7 @@ fn build_token_set(
         .tokenizer
         .as_deref()
         .map(|t| -> Result<PathBuf> {
-            let var = |name: &str| std::env::var(name).ok();
-            Ok(manifest_dir.join(crate::series::manifest::expand(t, &var)?))
+            Ok(manifest_dir.join(crate::series::manifest::expand(t, &manifest_var)?))
         })
         .transpose()?;
     let (tokenizer, name) = tokenizer_for(source, explicit.as_deref())?;
@@ -572,8 +565,13 @@ fn scan_checkpoint(
                 quiet: true,
                 ..settings.clone()
             };
-            let output =
-                run_predictability(source, token_set.clone(), &options.predictability, &quiet)?;
+            let output = run_predictability(
+                source,
+                token_set.clone(),
+                &options.predictability,
+                &quiet,
+                &mut |layer, _| bars.layer(layer),
+            )?;
             Ok(output.rows)
         },
         "predictability",
@@ -822,61 +820,67 @@ fn dry_run(
     Ok(())
 }
 
-/// Progress bars: checkpoints, and layers of the current analysis (hidden with --quiet).
+/// Scan progress: checkpoints done, with the checkpoint, analysis and layer under way as the message
+/// (a bar on a terminal, plain lines otherwise; hidden with --quiet). Interior mutability because
+/// the analyses report layers through `Fn` callbacks.
 struct Bars {
-    checkpoints: ProgressBar,
-    layers: ProgressBar,
-    _multi: MultiProgress,
+    progress: RefCell<Progress>,
+    checkpoints_done: Cell<usize>,
+    checkpoint: RefCell<String>,
+    analysis: RefCell<(String, i64)>,
 }
 
 impl Bars {
-    fn new(quiet: bool, checkpoints: usize) -> Self {
-        let multi = MultiProgress::with_draw_target(if quiet {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        });
-        let style = ProgressStyle::with_template(
-            "{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed}, ETA {eta})",
-        )
-        .expect("valid template")
-        .progress_chars("=> ");
-        let checkpoints_bar = multi.add(ProgressBar::new(checkpoints as u64));
-        checkpoints_bar.set_style(style.clone());
-        checkpoints_bar.set_prefix("checkpoints");
-        let layers = multi.add(ProgressBar::new(0));
-        layers.set_style(style);
+    fn new(printer: &Printer, checkpoints: usize) -> Self {
         Bars {
-            checkpoints: checkpoints_bar,
-            layers,
-            _multi: multi,
+            progress: RefCell::new(Progress::new(
+                printer,
+                "scan",
+                "checkpoint",
+                checkpoints as u64,
+            )),
+            checkpoints_done: Cell::new(0),
+            checkpoint: RefCell::new(String::new()),
+            analysis: RefCell::new((String::new(), 0)),
         }
     }
 
     fn checkpoint(&self, label: &str) {
-        self.checkpoints.set_message(label.to_string());
+        *self.checkpoint.borrow_mut() = label.to_string();
+        *self.analysis.borrow_mut() = (String::new(), 0);
+        self.show(None);
     }
 
     fn checkpoint_done(&self) {
-        self.checkpoints.inc(1);
+        self.checkpoints_done.set(self.checkpoints_done.get() + 1);
+        self.show(None);
     }
 
     fn analysis(&self, name: &str, layers: i64) {
-        self.layers.reset();
-        self.layers.set_length(layers as u64);
-        self.layers.set_prefix(name.to_string());
+        *self.analysis.borrow_mut() = (name.to_string(), layers);
+        self.show(Some(0));
     }
 
     fn layer(&self, done: i64) {
-        self.layers.set_position(done as u64);
+        self.show(Some(done));
+    }
+
+    fn show(&self, layer: Option<i64>) {
+        let mut message = self.checkpoint.borrow().clone();
+        let (analysis, layers) = &*self.analysis.borrow();
+        if let (Some(done), false) = (layer, analysis.is_empty()) {
+            message.push_str(&format!(" · {analysis} layer {done}/{layers}"));
+        }
+        let mut progress = self.progress.borrow_mut();
+        progress.set_message(message);
+        progress.set_position(self.checkpoints_done.get() as f64);
     }
 
     fn note(&self, message: String) {
-        self.checkpoints.println(message);
+        self.progress.borrow().println(message);
     }
 
     fn finish(&self) {
-        self.layers.finish_and_clear();
-        self.checkpoints.finish_and_clear();
+        self.progress.borrow().finish();
     }
 }

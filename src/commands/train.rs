@@ -1,27 +1,20 @@
 //! `ckpt-scan train`: resolve the config and folders, run the trainer, print the series.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 
 use crate::cli::TrainArgs;
-use crate::data::paths::{cache_root, data_root};
+use crate::data::paths::{data_root, series_root};
 use crate::printer::Printer;
 use crate::settings::Settings;
 use crate::train::config::TrainConfig;
 use crate::train::trainer::{train, TrainRequest};
-
-/// `~/.cache/ckpt-scan/series` (under `$CKPT_SCAN_CACHE` when set).
-pub fn default_series_dir() -> PathBuf {
-    cache_root().join("series")
-}
 
 pub fn run(args: &TrainArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
     let config = TrainConfig::resolve(&args.config)?;
-    let series_dir = args.out.clone().unwrap_or_else(default_series_dir);
+    let series_dir = args.out.clone().unwrap_or_else(series_root);
     let request = TrainRequest {
         config,
         series_dir: series_dir.clone(),

@@ -13,7 +13,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::data::paths::{data_root, FETCH_HINT};
+use crate::data::paths::{data_root, fetch_hint};
 use crate::data::tasks::{eval_request_file, read_mc_items, select_items, McItem};
 
 /// The blank line OLMo puts between few-shot examples and before the query.
@@ -117,9 +117,10 @@ pub fn calibration_set(family: TaskFamily, total: usize, seed: u64) -> Result<Ca
         .collect();
     if !missing.is_empty() {
         bail!(
-            "--family {}: no train request file {}\n{FETCH_HINT}",
+            "--family {}: no train request file {}\n{}",
             family.name(),
-            missing.join(", ")
+            missing.join(", "),
+            fetch_hint(&data_root().join("olmo"))
         );
     }
     let mut items = Vec::new();

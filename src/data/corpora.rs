@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
-use crate::data::paths::{data_root, FETCH_HINT};
+use crate::data::paths::{data_root, fetch_hint};
 
 /// Where `--text` takes its documents from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,8 +50,8 @@ fn tasks_root() -> PathBuf {
 
 /// Calls `each` with every `doc` object of an OLMo request file (`requests.jsonl.gz`).
 pub fn for_each_request_doc(path: &Path, mut each: impl FnMut(&Value)) -> Result<()> {
-    let file =
-        std::fs::File::open(path).map_err(|e| anyhow!("{}: {e}\n{FETCH_HINT}", path.display()))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| anyhow!("{}: {e}\n{}", path.display(), fetch_hint(path)))?;
     let reader = BufReader::new(flate2::read::GzDecoder::new(file));
     for (n, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("{}: line {}", path.display(), n + 1))?;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use crate::data::paths::{data_root, FETCH_HINT};
+use crate::data::paths::{data_root, fetch_hint};
 use crate::data::token_set::seeded_shuffle;
 
 /// oe-eval numbers the unconditional requests from here (`uncond_docid_offset`).
@@ -65,7 +65,7 @@ pub fn eval_request_file(task: &str, variant: &str) -> PathBuf {
 /// A gzipped request file, opened for reading line by line (a missing file gets the fetch hint).
 pub fn open_request_file(path: &Path) -> Result<impl BufRead> {
     if !path.exists() {
-        bail!("{}: not found\n{FETCH_HINT}", path.display());
+        bail!("{}: not found\n{}", path.display(), fetch_hint(path));
     }
     let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;

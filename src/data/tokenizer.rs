@@ -5,13 +5,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use tokenizers::Tokenizer;
 
-use crate::data::paths::{dolma2_tokenizer, FETCH_HINT};
+use crate::data::paths::{dolma2_tokenizer, fetch_hint};
 use crate::model::config::Architecture;
 use crate::source::WeightSource;
 
 pub fn load_tokenizer_file(path: &Path) -> Result<Tokenizer> {
     if !path.exists() {
-        return Err(anyhow!("{}: not found\n{FETCH_HINT}", path.display()));
+        return Err(anyhow!(
+            "{}: not found\n{}",
+            path.display(),
+            fetch_hint(path)
+        ));
     }
     Tokenizer::from_file(path)
         .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))

@@ -208,9 +208,7 @@ pub fn expand(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .with_context(|| format!("{text:?}: unclosed ${{"))?;
+        let end = closing_brace(after).with_context(|| format!("{text:?}: unclosed ${{"))?;
         let inner = &after[..end];
         let (name, default) = match inner.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
@@ -225,6 +223,22 @@ pub fn expand(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Index of the `}` that closes a `${` whose body starts `text`, skipping nested `${…}` (a default
+/// may name another variable: `${CKPT_SCAN_SERIES:-${CKPT_SCAN_CACHE}/series}`).
+fn closing_brace(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'{' if i > 0 && bytes[i - 1] == b'$' => depth += 1,
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -246,6 +260,12 @@ mod tests {
             expand("${NOPE:-~/cache}/s", &env).unwrap(),
             "/home/me/cache/s"
         );
+        assert_eq!(
+            expand("${NOPE:-${DATA}/series}/x", &env).unwrap(),
+            "/data/series/x"
+        );
+        assert_eq!(expand("${DATA:-${NOPE}}", &env).unwrap(), "/data");
+        assert!(expand("${NOPE:-${DATA}", &env).is_err());
         let err = expand("${NOPE}/x", &env).unwrap_err().to_string();
         assert!(err.contains("NOPE is not set"), "{err}");
     }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::data::corpora::{load_documents, TextSource};
-use crate::data::paths::FETCH_HINT;
+use crate::data::paths::fetch_hint;
 
 /// Words per shingle in the contamination filter.
 const SHINGLE_WORDS: usize = 13;
@@ -127,9 +127,10 @@ pub fn build(data_root: &Path, bytes_per_source: u64, heldout_percent: u64) -> R
     }
     if train.is_empty() || heldout.is_empty() {
         bail!(
-            "the training corpus came out empty (train {} documents, held out {})\n{FETCH_HINT}",
+            "the training corpus came out empty (train {} documents, held out {})\n{}",
             train.len(),
-            heldout.len()
+            heldout.len(),
+            fetch_hint(Path::new(""))
         );
     }
     let manifest = CorpusManifest {
@@ -186,12 +187,17 @@ fn sources(root: &Path) -> Result<Vec<Source>> {
         })
         .with_context(|| {
             format!(
-                "{}: cannot read the corpus folder\n{FETCH_HINT}",
-                folder.display()
+                "{}: cannot read the corpus folder\n{}",
+                folder.display(),
+                fetch_hint(&folder)
             )
         })?;
         if out.is_empty() {
-            bail!("{}: no *{suffix} files\n{FETCH_HINT}", folder.display());
+            bail!(
+                "{}: no *{suffix} files\n{}",
+                folder.display(),
+                fetch_hint(&folder)
+            );
         }
         out.sort();
         Ok(out)
