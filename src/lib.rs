@@ -12,6 +12,7 @@ pub mod error;
 pub mod infer;
 pub mod model;
 pub mod printer;
+pub mod progress;
 pub mod report;
 pub mod series;
 pub mod settings;

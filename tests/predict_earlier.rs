@@ -76,7 +76,14 @@ fn options(
 }
 
 fn predict(source: &dyn WeightSource, options: &PredictabilityOptions) -> PredictOutput {
-    run_predictability(source, token_set(source.config()), options, &settings()).unwrap()
+    run_predictability(
+        source,
+        token_set(source.config()),
+        options,
+        &settings(),
+        &mut |_, _| {},
+    )
+    .unwrap()
 }
 
 /// Every layer's token rows `[N, heads·head_dim]` f64 per kind, in token order, and the fit rows.

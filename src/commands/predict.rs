@@ -20,6 +20,7 @@ use crate::data::tokenizer::tokenizer_for;
 use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, OutputHead};
 use crate::printer::Printer;
+use crate::progress::Progress;
 use crate::report::atomic::write_atomic;
 use crate::report::csv::write_csv;
 use crate::report::default_out_dir;
@@ -40,12 +41,14 @@ pub struct PredictOutput {
     pub store_bytes: u64,
 }
 
-/// Runs the analysis on an open source with a ready token set.
+/// Runs the analysis on an open source with a ready token set; `on_layer(done, layers)` is called
+/// as the layer-streamed forward finishes each layer.
 pub fn run_predictability(
     source: &dyn WeightSource,
     token_set: TokenSet,
     options: &PredictabilityOptions,
     settings: &Settings,
+    on_layer: &mut dyn FnMut(i64, i64),
 ) -> Result<PredictOutput> {
     options.check(source.config())?;
     let config = source.config();
@@ -57,12 +60,6 @@ pub fn run_predictability(
         quiet: settings.quiet,
     };
     let start = Instant::now();
-    let mut progress = |layer: i64, layers: i64| {
-        printer.note(format!(
-            "  layer {layer}/{layers} ({:.1} s)",
-            start.elapsed().as_secs_f64()
-        ));
-    };
     let mut forward = |sink: &mut dyn CaptureSink| {
         forward_streamed(
             source,
@@ -71,7 +68,7 @@ pub fn run_predictability(
             &settings.load,
             OutputHead::None,
             &settings.hidden_budget,
-            Some(&mut progress),
+            Some(&mut *on_layer),
         )
     };
     let (rows, edges, store_bytes) = match options.candidates {
@@ -209,7 +206,16 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
         options.capture_point.name(),
         describe(&settings.load)
     ));
-    let output = run_predictability(source.as_ref(), token_set, &options, settings)?;
+    let layers = source.config().num_hidden_layers;
+    let mut progress = Progress::new(&printer, "predict", "layer", layers as u64);
+    let output = run_predictability(
+        source.as_ref(),
+        token_set,
+        &options,
+        settings,
+        &mut |done, _| progress.set_position(done as f64),
+    )?;
+    progress.finish();
     let out_dir = args
         .out
         .clone()

@@ -25,6 +25,7 @@ use crate::data::token_set::{Split, TokenSetOptions};
 use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, OutputHead};
 use crate::printer::Printer;
+use crate::progress::Progress;
 use crate::report::atomic::write_atomic;
 use crate::report::csv::write_csv;
 use crate::report::manifest::{tool_version, ToolVersion};
@@ -306,12 +307,9 @@ pub fn measure_source(
         &config,
         splits,
     )?;
-    let mut progress = |layer: i64, layers: i64| {
-        printer.note(format!(
-            "  layer {layer}/{layers} ({:.1} s)",
-            start.elapsed().as_secs_f64()
-        ));
-    };
+    let mut progress = Progress::new(&printer, "theory", "layer", config.num_hidden_layers as u64);
+    progress.set_message(label.clone());
+    progress.set_position(0.0);
     forward_streamed(
         source.as_ref(),
         &tokens,
@@ -319,8 +317,9 @@ pub fn measure_source(
         &settings.load,
         OutputHead::None,
         &settings.hidden_budget,
-        Some(&mut progress),
+        Some(&mut |done, _| progress.set_position(done as f64)),
     )?;
+    progress.finish();
     let options = LayerCheckOptions {
         role,
         monte_carlo_draws: check.layer_draws,

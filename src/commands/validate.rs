@@ -27,6 +27,7 @@ use crate::model::config::ModelConfig;
 use crate::model::kv_cache::KvCache;
 use crate::model::resident::ResidentModel;
 use crate::printer::Printer;
+use crate::progress::Progress;
 use crate::report::atomic::write_atomic;
 use crate::report::csv::write_csv;
 use crate::report::default_out_dir;
@@ -313,10 +314,22 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     let mut choice_rows = Vec::new();
     let mut speed_rows = Vec::new();
     let mut extra_results = ExtraResults::default();
+    // One unit per (mode, task); GSM8K and bits per byte count as one unit per mode.
+    let extra_tasks = extra.describe();
+    let units_per_mode = task_items.len() + usize::from(!extra_tasks.is_empty());
+    let mut progress = Progress::new(
+        &printer,
+        "validate",
+        "task",
+        (modes.len() * units_per_mode) as u64,
+    );
+    let mut units_done = 0;
     for mode in &modes {
         let mut scoring_tokens = 0;
         let mut scoring_seconds = 0.0;
         for (task_index, (task, items)) in task_items.iter().enumerate() {
+            progress.set_message(format!("{task} · {}", mode.name));
+            progress.set_position(units_done as f64);
             let (scores, stats) = score_items(
                 &model,
                 &tokenizer,
@@ -334,7 +347,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             }
             for metric in Metric::ALL {
                 let summary = accuracy(&scores, metric);
-                printer.note(format!(
+                progress.println(format!(
                     "{task} {} {}: {:.4} [{:.4}, {:.4}] ({}/{})",
                     mode.name,
                     metric.name(),
@@ -358,6 +371,11 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
                 ));
             }
             choice_rows.extend(choice_rows_of(task, &args.variant, &mode.name, &scores));
+            units_done += 1;
+        }
+        if !extra_tasks.is_empty() {
+            progress.set_message(format!("{} · {}", extra_tasks.join(", "), mode.name));
+            progress.set_position(units_done as f64);
         }
         extra.run_mode(
             &model,
@@ -396,7 +414,10 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             speed.measured_compression = plain / held;
         }
         speed_rows.push(speed);
+        units_done = units_per_mode * speed_rows.len();
+        progress.set_position(units_done as f64);
     }
+    progress.finish();
 
     let out_dir = args
         .out

@@ -19,6 +19,7 @@ use tch::{Device, Kind, Tensor};
 use crate::model::resident::ResidentModel;
 use crate::model::weights::LoadOptions;
 use crate::printer::Printer;
+use crate::progress::Progress;
 use crate::report::atomic::write_atomic;
 use crate::report::csv::write_csv;
 use crate::report::plot::{write_line_chart, LegendPosition, LineChart, Series};
@@ -208,6 +209,8 @@ pub fn train(request: &TrainRequest, printer: &Printer) -> Result<TrainOutcome> 
     };
 
     let clock = Instant::now();
+    let mut progress = Progress::new(printer, "train", "step", config.steps);
+    progress.set_position(start as f64);
     for update in start + 1..=config.steps {
         let (inputs, targets) = training_batch(&train_tokens, config, update);
         let logits = model.logits_with_grad(&inputs)?;
@@ -236,8 +239,10 @@ pub fn train(request: &TrainRequest, printer: &Printer) -> Result<TrainOutcome> 
             lr: Some(lr),
             grad_norm: Some(grad_norm),
         });
+        progress.set_message(format!("loss {train_loss:.3}"));
+        progress.set_position(update as f64);
         if let Some(h) = heldout_loss {
-            printer.note(format!(
+            progress.println(format!(
                 "step {update}/{}: train {train_loss:.4} held-out {h:.4} lr {lr:.2e} ({:.0} s)",
                 config.steps,
                 clock.elapsed().as_secs_f64()
@@ -257,6 +262,7 @@ pub fn train(request: &TrainRequest, printer: &Printer) -> Result<TrainOutcome> 
             checkpoints.push((update, branch, commit));
         }
     }
+    progress.finish();
     let (_, _, final_commit) = checkpoints.last().expect("step 0 at least");
     repo.point("main", final_commit)?;
     write_loss_plot(&run_dir, &rows)?;
