@@ -261,6 +261,62 @@ pub struct ScanArgs {
     /// Seed for document order and the null baseline (overrides the manifest; default 0).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Run only shard I of N (`I/N`, or `auto/N` with I from SLURM_ARRAY_TASK_ID or
+    /// JOB_COMPLETION_INDEX): its checkpoints' units go into the unit cache, no report is written.
+    #[arg(long, value_name = "I/N", conflicts_with_all = ["report", "status", "slurm"])]
+    pub shard: Option<String>,
+    /// Assemble the report from the unit cache only (after shards ran); lists what is missing or failed.
+    #[arg(long, conflicts_with_all = ["status", "slurm"])]
+    pub report: bool,
+    /// Print each unit's state (done, running, failed, pending) and stop.
+    #[arg(long, conflicts_with = "slurm")]
+    pub status: bool,
+    /// Seconds after which a unit claim whose heartbeat stopped is taken over by another worker.
+    #[arg(long, default_value_t = 600)]
+    pub claim_timeout: u64,
+    /// Write a Slurm job array (one task per shard) plus a report job that runs after it, and
+    /// submit both with sbatch (with --dry-run: print the scripts instead).
+    #[arg(long)]
+    pub slurm: bool,
+    /// Shards of the Slurm array (default: one per checkpoint).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    #[command(flatten)]
+    pub slurm_options: SlurmArgs,
+}
+
+/// sbatch options for `scan --slurm` (each overrides the manifest's `[slurm]` table).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SlurmArgs {
+    /// Array tasks running at once (the `%K` of `--array`).
+    #[arg(long = "slurm-concurrency", value_name = "K")]
+    pub concurrency: Option<usize>,
+    #[arg(long = "slurm-partition")]
+    pub partition: Option<String>,
+    /// Time limit per task (sbatch --time, e.g. 04:00:00).
+    #[arg(long = "slurm-time")]
+    pub time: Option<String>,
+    /// Memory per task (sbatch --mem, e.g. 64G).
+    #[arg(long = "slurm-mem")]
+    pub mem: Option<String>,
+    /// Generic resources per task (sbatch --gres, e.g. gpu:1).
+    #[arg(long = "slurm-gres")]
+    pub gres: Option<String>,
+    #[arg(long = "slurm-account")]
+    pub account: Option<String>,
+}
+
+impl SlurmArgs {
+    pub fn settings(&self) -> crate::series::manifest::SlurmSettings {
+        crate::series::manifest::SlurmSettings {
+            concurrency: self.concurrency,
+            partition: self.partition.clone(),
+            time: self.time.clone(),
+            mem: self.mem.clone(),
+            gres: self.gres.clone(),
+            account: self.account.clone(),
+        }
+    }
 }
 
 #[derive(Args, Debug)]

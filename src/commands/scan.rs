@@ -2,8 +2,9 @@
 //! statistics on one token set, each (checkpoint, analysis) a cached unit, then one report.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -25,12 +26,20 @@ use crate::model::forward::{forward_streamed, OutputHead};
 use crate::printer::Printer;
 use crate::progress::Progress;
 use crate::report::atomic::write_atomic;
-use crate::report::manifest::{tool_version, ToolVersion};
+use crate::report::claim::ClaimTimeouts;
+use crate::report::csv::write_csv;
+use crate::report::manifest::{tool_version, ToolVersion, ANALYSIS_VERSION};
 use crate::report::scan_report::{write_report, CheckpointRow, ScanTables};
 use crate::report::unit_cache::{Table, UnitCache, UnitKey};
 use crate::series::manifest::{parse_scheme, SeriesManifest};
 use crate::series::plan::{
     init_config, init_spec, resolve_plan, Plan, PlannedCheckpoint, PlannedSource,
+};
+use crate::series::shard::{partition, Shard};
+use crate::series::slurm;
+use crate::series::units::{
+    clear_failure, record_failure, recorded_failure, Acquired, MissingUnit, UnitMode, UnitState,
+    UnitWork,
 };
 use crate::settings::Settings;
 use crate::source::hub::HubSource;
@@ -42,6 +51,8 @@ use crate::stats::selection::Selection;
 const IN_PROGRESS: &str = ".scan-in-progress";
 /// Nominal CPU throughput behind `--dry-run`'s time estimate (f32 matmuls on 2 cores).
 const ESTIMATE_FLOPS_PER_SECOND: f64 = 5e10;
+/// Nominal download rate behind the shard balance (only the ratio to compute matters).
+const ESTIMATE_BYTES_PER_SECOND: f64 = 1e8;
 
 /// The analysis settings of one scan, after manifest defaults and command-line overrides.
 #[derive(Clone, Debug, Serialize)]
@@ -145,6 +156,8 @@ struct ScanManifest<'a> {
     missing_revisions: &'a [String],
     duplicates: &'a [(String, String)],
     checkpoints: &'a [CheckpointRecord],
+    /// Checkpoints `--report` found missing or failed (empty for a complete report).
+    incomplete: &'a [IncompleteRow],
     seconds: f64,
 }
 
@@ -187,17 +200,44 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
     let series_config = open_planned(first, &plan, None)?.source().config().clone();
     let options = scan_options(args, &manifest, &series_config)?;
 
-    if args.dry_run {
+    if args.dry_run && !args.slurm {
         return dry_run(&plan, &options, &series_config, &cache, &printer);
     }
-    let marker = out_dir.join(IN_PROGRESS);
-    if marker.exists() && !args.resume && !args.force {
-        bail!(
-            "{}: a previous scan into this folder did not finish\nhint: --resume continues it (finished units are reused), --force recomputes everything",
-            out_dir.display()
+    if args.slurm {
+        return submit_slurm(
+            args,
+            &manifest,
+            &manifest_path,
+            &plan,
+            &out_dir,
+            &cache,
+            &printer,
         );
     }
-    write_atomic(&marker, b"scan running\n")?;
+    let shard = args
+        .shard
+        .as_deref()
+        .map(|text| Shard::parse(text, &|name| std::env::var(name).ok()))
+        .transpose()?;
+    let mode = if args.report {
+        UnitMode::Assemble
+    } else if args.status {
+        UnitMode::Status
+    } else {
+        UnitMode::Compute
+    };
+    // A shard or a status look-up writes no report; only a full run guards its folder.
+    let writes_report = shard.is_none() && mode != UnitMode::Status;
+    let marker = out_dir.join(IN_PROGRESS);
+    if writes_report {
+        if marker.exists() && !args.resume && !args.force && mode == UnitMode::Compute {
+            bail!(
+                "{}: a previous scan into this folder did not finish\nhint: --resume continues it (finished units are reused), --force recomputes everything",
+                out_dir.display()
+            );
+        }
+        write_atomic(&marker, b"scan running\n")?;
+    }
 
     let tokenizer_source = open_planned(first, &plan, Some(&series_config))?;
     let (token_set, tokenizer_name) = build_token_set(
@@ -208,38 +248,109 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         &series_config,
     )?;
     drop(tokenizer_source);
+    let selected: Vec<&PlannedCheckpoint> = match shard {
+        Some(shard) => {
+            let costs = checkpoint_costs(&plan, &options, &series_config);
+            partition(&costs, shard.count)[shard.index]
+                .iter()
+                .map(|&i| &plan.checkpoints[i])
+                .collect()
+        }
+        None => plan.checkpoints.iter().collect(),
+    };
     printer.note(format!(
-        "scan {}: {} checkpoints, {} tokens ({} sequences of {}), token set {}",
+        "scan {}{}: {} checkpoints, {} tokens ({} sequences of {}), token set {}",
         manifest.name,
-        plan.checkpoints.len(),
+        shard.map_or(String::new(), |s| format!(" shard {}/{}", s.index, s.count)),
+        selected.len(),
         token_set.sequences.len() * token_set.seq_len,
         token_set.sequences.len(),
         token_set.seq_len,
         &token_set.hash[..12]
     ));
 
-    let bars = Bars::new(&printer, plan.checkpoints.len());
+    let work = UnitWork {
+        cache: &cache,
+        force: args.force,
+        mode,
+        timeouts: ClaimTimeouts::new(Duration::from_secs(args.claim_timeout.max(1))),
+        printer,
+    };
+    let bars = Bars::new(&printer, selected.len());
     let mut tables = ScanTables::default();
     let mut records = Vec::new();
-    for planned in &plan.checkpoints {
+    let mut incomplete = Vec::new();
+    for planned in &selected {
         bars.checkpoint(&planned.label);
-        let record = scan_checkpoint(
+        let result = scan_checkpoint(
             planned,
             &plan,
             &series_config,
             &token_set,
             &options,
-            &cache,
+            &work,
             args,
             settings,
             &bars,
             &mut tables,
         )
-        .with_context(|| format!("checkpoint {}", planned.label))?;
-        records.push(record);
+        .with_context(|| format!("checkpoint {}", planned.label));
+        match result {
+            Ok(record) => {
+                if mode == UnitMode::Compute {
+                    clear_failure(cache.dir(), &manifest.name, &planned.label);
+                }
+                records.push(record);
+            }
+            // A plain scan stops at the first error, as it always has.
+            Err(e) if mode == UnitMode::Compute && shard.is_none() => return Err(e),
+            Err(e) => {
+                let row = incomplete_row(&e, &cache, &manifest.name, &planned.label);
+                if mode == UnitMode::Compute {
+                    // A shard records the failure for the report job and goes on.
+                    record_failure(cache.dir(), &manifest.name, &planned.label, &e)?;
+                    bars.note(format!("  {}: failed: {}", planned.label, row.error));
+                }
+                incomplete.push(row);
+            }
+        }
         bars.checkpoint_done();
     }
     bars.finish();
+    if mode == UnitMode::Status {
+        printer.result(status_table(&records, &incomplete));
+        return Ok(());
+    }
+    if let Some(shard) = shard {
+        let computed = records
+            .iter()
+            .flat_map(|r| &r.units)
+            .filter(|u| u.status == "computed")
+            .count();
+        printer.note(format!(
+            "shard {}/{}: {} checkpoints done ({computed} units computed), {} failed ({:.1} s)",
+            shard.index,
+            shard.count,
+            records.len(),
+            incomplete.len(),
+            start.elapsed().as_secs_f64()
+        ));
+        if !incomplete.is_empty() {
+            bail!(
+                "shard {}/{}: {} of {} checkpoints failed: {}",
+                shard.index,
+                shard.count,
+                incomplete.len(),
+                selected.len(),
+                incomplete
+                    .iter()
+                    .map(|r| r.checkpoint.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        return Ok(());
+    }
 
     let duplicates = duplicate_checkpoints(&records);
     for (a, b) in &duplicates {
@@ -279,12 +390,14 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         missing_revisions: &plan.missing_revisions,
         duplicates: &duplicates,
         checkpoints: &records,
+        incomplete: &incomplete,
         seconds: start.elapsed().as_secs_f64(),
     };
     write_atomic(
         &out_dir.join("manifest.json"),
         serde_json::to_string_pretty(&manifest_json)?.as_bytes(),
     )?;
+    write_csv(&out_dir.join("incomplete.csv"), &incomplete)?;
     std::fs::remove_file(&marker)
         .with_context(|| format!("{}: cannot remove", marker.display()))?;
     let computed: usize = records
@@ -298,6 +411,190 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         computed,
         records.iter().map(|r| r.units.len()).sum::<usize>() - computed,
         start.elapsed().as_secs_f64()
+    ));
+    if !incomplete.is_empty() {
+        for row in &incomplete {
+            printer.warn(format!("{}: {} — {}", row.checkpoint, row.state, row.error));
+        }
+        bail!(
+            "report {}: {} of {} checkpoints are missing or failed (listed in incomplete.csv)",
+            out_dir.display(),
+            incomplete.len(),
+            plan.checkpoints.len()
+        );
+    }
+    Ok(())
+}
+
+/// A checkpoint that `--report` could not assemble, or a shard could not finish.
+#[derive(Clone, Debug, Serialize)]
+struct IncompleteRow {
+    checkpoint: String,
+    /// `failed` (a shard recorded an error), `running`, `pending` or `error` (failed here).
+    state: String,
+    error: String,
+}
+
+fn incomplete_row(
+    error: &anyhow::Error,
+    cache: &UnitCache,
+    series: &str,
+    checkpoint: &str,
+) -> IncompleteRow {
+    let missing = error.downcast_ref::<MissingUnit>();
+    let recorded = recorded_failure(cache.dir(), series, checkpoint);
+    let (state, error) = match (missing, recorded) {
+        (Some(_), Some(failure)) => (
+            "failed".to_string(),
+            format!("{} (on {}:{})", failure.error, failure.host, failure.pid),
+        ),
+        (Some(missing), None) => (missing.state.name().to_string(), missing.to_string()),
+        (None, _) => ("error".to_string(), format!("{error:#}").replace('\n', " ")),
+    };
+    IncompleteRow {
+        checkpoint: checkpoint.to_string(),
+        state,
+        error,
+    }
+}
+
+/// `--status`: one line per checkpoint with each unit's state, then the totals.
+fn status_table(records: &[CheckpointRecord], incomplete: &[IncompleteRow]) -> String {
+    let mut lines = Vec::new();
+    let mut totals: BTreeMap<&str, usize> = BTreeMap::new();
+    for record in records {
+        let states: Vec<String> = record
+            .units
+            .iter()
+            .map(|u| {
+                let state = if u.status == "cached" {
+                    "done"
+                } else {
+                    u.status
+                };
+                *totals.entry(state).or_default() += 1;
+                format!("{} {state}", u.analysis)
+            })
+            .collect();
+        lines.push(format!("{:<40} {}", record.label, states.join(", ")));
+    }
+    for row in incomplete {
+        *totals.entry("failed").or_default() += 1;
+        lines.push(format!("{:<40} failed: {}", row.checkpoint, row.error));
+    }
+    let summary: Vec<String> = totals.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    lines.push(format!("units: {}", summary.join(", ")));
+    lines.join("\n")
+}
+
+/// Estimated seconds per planned checkpoint, for balancing shards: two forwards at 2 FLOPs per
+/// parameter and token, plus reading the weights (f32) for all but random inits.
+fn checkpoint_costs(plan: &Plan, options: &ScanOptions, config: &ModelConfig) -> Vec<f64> {
+    let parameters = (config.num_hidden_layers
+        * (4 * config.hidden_size * config.hidden_size
+            + 3 * config.hidden_size * config.intermediate_size)) as f64;
+    let tokens = (options.tokens + options.sink_sequences * options.seq_len) as f64;
+    let compute = 2.0 * parameters * tokens / ESTIMATE_FLOPS_PER_SECOND;
+    let download = 4.0 * parameters / ESTIMATE_BYTES_PER_SECOND;
+    plan.checkpoints
+        .iter()
+        .map(|c| {
+            if c.is_init() {
+                compute
+            } else {
+                compute + download
+            }
+        })
+        .collect()
+}
+
+/// `--slurm`: writes the array and report scripts under `<out>/slurm/` and submits them (or, with
+/// `--dry-run`, prints them).
+fn submit_slurm(
+    args: &ScanArgs,
+    manifest: &SeriesManifest,
+    manifest_path: &Path,
+    plan: &Plan,
+    out_dir: &Path,
+    cache: &UnitCache,
+    printer: &Printer,
+) -> Result<()> {
+    let shards = args.shards.unwrap_or(plan.checkpoints.len());
+    if shards == 0 {
+        bail!("--shards 0: at least one shard is needed");
+    }
+    let shards = shards.min(plan.checkpoints.len());
+    let options = slurm::resolve(&args.slurm_options.settings(), &manifest.slurm)?;
+    let absolute = |path: &Path| -> Result<PathBuf> {
+        std::path::absolute(path).with_context(|| format!("{}: no absolute path", path.display()))
+    };
+    let slurm_dir = absolute(&out_dir.join("slurm"))?;
+    let logs = slurm_dir.join("logs");
+    let exe = std::env::current_exe().context("cannot locate the ckpt-scan binary")?;
+    let mut words: Vec<String> = vec![
+        exe.display().to_string(),
+        "scan".into(),
+        absolute(manifest_path)?.display().to_string(),
+        "--out".into(),
+        absolute(out_dir)?.display().to_string(),
+        "--cache-dir".into(),
+        absolute(cache.dir())?.display().to_string(),
+        "--claim-timeout".into(),
+        args.claim_timeout.to_string(),
+        "--capture".into(),
+        args.capture.name().to_string(),
+    ];
+    let mut flag = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            words.push(format!("--{name}"));
+            words.push(v);
+        }
+    };
+    flag("text", args.text.clone());
+    flag("tokens", args.tokens.map(|v| v.to_string()));
+    flag("seq-len", args.seq_len.map(|v| v.to_string()));
+    flag(
+        "kinds",
+        args.kinds
+            .as_ref()
+            .map(|k| k.iter().map(|k| k.name()).collect::<Vec<_>>().join(",")),
+    );
+    flag("max-refs", args.max_refs.map(|v| v.to_string()));
+    flag("sink-sequences", args.sink_sequences.map(|v| v.to_string()));
+    flag("seed", args.seed.map(|v| v.to_string()));
+    if args.keep_downloads {
+        words.push("--keep-downloads".into());
+    }
+    let command: Vec<String> = words.iter().map(|w| slurm::shell_quote(w)).collect();
+    let job = slurm::render(&manifest.name, &command.join(" "), shards, &logs, &options);
+    if args.dry_run {
+        printer.result(format!(
+            "# {}/scan.sbatch\n{}\n# {}/report.sbatch (after the array: --dependency=afterany)\n{}",
+            slurm_dir.display(),
+            job.array_script,
+            slurm_dir.display(),
+            job.report_script
+        ));
+        return Ok(());
+    }
+    std::fs::create_dir_all(&logs).with_context(|| format!("{}: cannot create", logs.display()))?;
+    let (array_path, report_path) = (
+        slurm_dir.join("scan.sbatch"),
+        slurm_dir.join("report.sbatch"),
+    );
+    write_atomic(&array_path, job.array_script.as_bytes())?;
+    write_atomic(&report_path, job.report_script.as_bytes())?;
+    let array_id = slurm::submit(&array_path, &[])?;
+    let report_id = slurm::submit(&report_path, &[format!("--dependency=afterany:{array_id}")])?;
+    printer.result(format!(
+        "submitted array job {array_id} ({shards} shards) and report job {report_id}\n\
+         follow: squeue -j {array_id},{report_id}   logs: {}\n\
+         units:  ckpt-scan scan {} --cache-dir {} --status\n\
+         report: {} (written by job {report_id})",
+        logs.display(),
+        manifest_path.display(),
+        cache.dir().display(),
+        out_dir.join("report.md").display()
     ));
     Ok(())
 }
@@ -477,7 +774,7 @@ fn scan_checkpoint(
     series_config: &ModelConfig,
     token_set: &TokenSet,
     options: &ScanOptions,
-    cache: &UnitCache,
+    work: &UnitWork,
     args: &ScanArgs,
     settings: &Settings,
     bars: &Bars,
@@ -506,10 +803,9 @@ fn scan_checkpoint(
         Some(sha) => format!("{}#{sha}", provenance.spec),
         None => format!("{}#{config_sha256}", provenance.spec),
     };
-    let tool = {
-        let t = tool_version();
-        format!("{} {} {}", t.name, t.version, t.git_sha)
-    };
+    // Units are keyed by the analysis version, not the build: workers built from different
+    // commits share units as long as no result changed.
+    let tool = format!("{} analysis v{ANALYSIS_VERSION}", tool_version().name);
     let key = |analysis: &str, options: serde_json::Value, token_set: Option<&str>| UnitKey {
         checkpoint: identity.clone(),
         analysis: analysis.to_string(),
@@ -523,9 +819,9 @@ fn scan_checkpoint(
     // Fingerprint: a content hash of two tensors, to flag duplicate branches.
     let fingerprint_key = key("fingerprint", serde_json::Value::Null, None);
     let fingerprint_rows: Vec<FingerprintRow> = run_unit(
-        cache,
+        work,
         &fingerprint_key,
-        args.force,
+        label,
         &mut units,
         |_| {
             let last = config.num_hidden_layers - 1;
@@ -555,9 +851,9 @@ fn scan_checkpoint(
         Some(&token_set.hash),
     );
     let mut prediction_rows: Vec<crate::analysis::predictability::PredictionRow> = run_unit(
-        cache,
+        work,
         &predict_key,
-        args.force,
+        label,
         &mut units,
         |_| {
             bars.analysis("predict", config.num_hidden_layers);
@@ -587,7 +883,7 @@ fn scan_checkpoint(
         serde_json::json!({"options": &options.alignment, "max_refs": options.max_refs, "predict": predict_key.digest()}),
         None,
     );
-    let align = run_unit_tables(cache, &align_key, args.force, &mut units, || {
+    let align = run_unit_tables(work, &align_key, label, &mut units, || {
         bars.analysis("align", config.num_hidden_layers);
         let mut progress = |layer: i64, _: i64| bars.layer(layer);
         run_alignment(
@@ -606,9 +902,9 @@ fn scan_checkpoint(
         Some(&token_set.hash),
     );
     let mut sink_rows: Vec<crate::analysis::sinks::SinkRow> = run_unit(
-        cache,
+        work,
         &sink_key,
-        args.force,
+        label,
         &mut units,
         |_| {
             bars.analysis("sinks", config.num_hidden_layers);
@@ -696,39 +992,60 @@ struct FingerprintRow {
     fingerprint: String,
 }
 
-/// A single-table unit: read from the cache, or computed and stored.
+/// A single-table unit: read from the cache, or claimed, computed and stored.
 fn run_unit<T: Serialize + serde::de::DeserializeOwned>(
-    cache: &UnitCache,
+    work: &UnitWork,
     key: &UnitKey,
-    force: bool,
+    checkpoint: &str,
     units: &mut Vec<UnitRun>,
     compute: impl FnOnce(()) -> Result<Vec<T>>,
     table: &str,
 ) -> Result<Vec<T>> {
-    if !force {
-        if let Some(unit) = cache.get(key) {
+    let claim = match work.acquire(key, checkpoint)? {
+        Acquired::Cached(unit) => {
             units.push(UnitRun::new(key, "cached", unit.seconds));
             return unit.table(table);
         }
-    }
+        Acquired::Absent(state) => return absent(work, key, state, units).map(|()| Vec::new()),
+        Acquired::Compute(claim) => claim,
+    };
     let start = Instant::now();
     let rows = compute(())?;
     let seconds = start.elapsed().as_secs_f64();
-    cache.put(key, &[Table::new(table, &rows)?], seconds)?;
+    work.cache.put(key, &[Table::new(table, &rows)?], seconds)?;
+    drop(claim);
     units.push(UnitRun::new(key, "computed", seconds));
     Ok(rows)
 }
 
+/// A unit this run does not compute: its state is recorded (`--status`), or it is missing (`--report`).
+fn absent(
+    work: &UnitWork,
+    key: &UnitKey,
+    state: UnitState,
+    units: &mut Vec<UnitRun>,
+) -> Result<()> {
+    if work.mode == UnitMode::Status {
+        units.push(UnitRun::new(key, state.name(), 0.0));
+        return Ok(());
+    }
+    Err(MissingUnit {
+        analysis: key.analysis.clone(),
+        state,
+    }
+    .into())
+}
+
 /// The alignment unit: four tables.
 fn run_unit_tables(
-    cache: &UnitCache,
+    work: &UnitWork,
     key: &UnitKey,
-    force: bool,
+    checkpoint: &str,
     units: &mut Vec<UnitRun>,
     compute: impl FnOnce() -> Result<AlignOutput>,
 ) -> Result<AlignOutput> {
-    if !force {
-        if let Some(unit) = cache.get(key) {
+    let claim = match work.acquire(key, checkpoint)? {
+        Acquired::Cached(unit) => {
             units.push(UnitRun::new(key, "cached", unit.seconds));
             return Ok(AlignOutput {
                 layers: unit.table("layers")?,
@@ -737,11 +1054,16 @@ fn run_unit_tables(
                 versus: unit.table("versus")?,
             });
         }
-    }
+        Acquired::Absent(state) => {
+            absent(work, key, state, units)?;
+            return Ok(AlignOutput::default());
+        }
+        Acquired::Compute(claim) => claim,
+    };
     let start = Instant::now();
     let output = compute()?;
     let seconds = start.elapsed().as_secs_f64();
-    cache.put(
+    work.cache.put(
         key,
         &[
             Table::new("layers", &output.layers)?,
@@ -751,6 +1073,7 @@ fn run_unit_tables(
         ],
         seconds,
     )?;
+    drop(claim);
     units.push(UnitRun::new(key, "computed", seconds));
     Ok(output)
 }

@@ -10,6 +10,11 @@ pub struct ToolVersion {
     pub git_sha: &'static str,
 }
 
+/// The version of what the analyses compute: bump it in any change that alters a result (an R²,
+/// an angle, a table's rows or columns), so cached scan units from older builds are recomputed.
+/// Units are keyed by this rather than the git sha, so builds that agree on results share them.
+pub const ANALYSIS_VERSION: u32 = 1;
+
 pub fn tool_version() -> ToolVersion {
     ToolVersion {
         name: env!("CARGO_PKG_NAME"),

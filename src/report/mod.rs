@@ -1,6 +1,7 @@
 //! Writing results: atomic files, tidy CSV, run manifests.
 
 pub mod atomic;
+pub mod claim;
 pub mod csv;
 pub mod manifest;
 pub mod plot;

@@ -28,7 +28,8 @@ pub struct UnitKey {
     pub options: serde_json::Value,
     /// sha256 of the token set, for analyses that run a forward.
     pub token_set: Option<String>,
-    /// Tool version and git sha: a new build recomputes.
+    /// Tool name and analysis version (`report::manifest::ANALYSIS_VERSION`): builds that compute
+    /// the same results share units; a change that alters results bumps the version.
     pub tool: String,
 }
 

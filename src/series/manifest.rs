@@ -37,6 +37,22 @@ pub struct SeriesManifest {
     pub init: Vec<InitEntry>,
     #[serde(default)]
     pub analysis: AnalysisDefaults,
+    /// sbatch defaults for `scan --slurm`.
+    #[serde(default)]
+    pub slurm: SlurmSettings,
+}
+
+/// sbatch options: the manifest's `[slurm]` table, which `--slurm-*` flags override.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSettings {
+    /// Array tasks running at once (the `%K` of `--array`).
+    pub concurrency: Option<usize>,
+    pub partition: Option<String>,
+    pub time: Option<String>,
+    pub mem: Option<String>,
+    pub gres: Option<String>,
+    pub account: Option<String>,
 }
 
 /// Checkpoints that are branches of one repo.

@@ -3,3 +3,6 @@
 pub mod manifest;
 pub mod plan;
 pub mod sampling;
+pub mod shard;
+pub mod slurm;
+pub mod units;
