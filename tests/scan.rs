@@ -20,38 +20,6 @@ use clap::Parser;
 use hub_server::{sha256_hex, Commit, HubRepo, HubServer};
 
 const REPO: &str = "org/series";
-const CSVS: [&str; 8] = [
-    "checkpoints.csv",
-    "summary.csv",
-    "predictability.csv",
-    "alignment_layers.csv",
-    "alignment_pairs.csv",
-    "weight_r2.csv",
-    "weight_vs_measured.csv",
-    "sinks.csv",
-];
-
-/// config.json + model.safetensors of a tiny OLMo-2 at init with `seed`.
-fn checkpoint_files(seed: u64) -> BTreeMap<String, Vec<u8>> {
-    let dir = tempfile::tempdir().unwrap();
-    let source = InitSource::new(
-        common::tiny_config(Architecture::Olmo2),
-        seed,
-        InitScheme::Olmo,
-        "init:tiny",
-    );
-    export_safetensors(&source, dir.path(), u64::MAX).unwrap();
-    std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
-}
 
 fn settings(hub: HubSettings) -> Settings {
     Settings {
@@ -92,7 +60,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn hub_series_is_walked_with_shas_recorded_downloads_evicted_and_duplicates_flagged() {
-    let (first, second) = (checkpoint_files(1), checkpoint_files(2));
+    let (first, second) = (common::checkpoint_files(1), common::checkpoint_files(2));
     let commit = |label: &str| sha256_hex(label.as_bytes())[..40].to_string();
     // step20 holds the same weights as step10 under a different commit: a duplicate branch.
     let branches = [
@@ -193,35 +161,6 @@ fn hub_series_is_walked_with_shas_recorded_downloads_evicted_and_duplicates_flag
 }
 
 /// A local series of model folders plus inits, for the resume test.
-fn local_series(work: &Path) -> PathBuf {
-    for seed in 0..3u64 {
-        let dir = work.join(format!("ckpt{seed}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in checkpoint_files(10 + seed) {
-            std::fs::write(dir.join(name), bytes).unwrap();
-        }
-    }
-    let manifest = work.join("local.toml");
-    let sources: String = (0..3)
-        .map(|s| {
-            format!(
-                "[[sources]]\nlabel = \"ckpt{s}\"\nsource = \"{}\"\nstep = {}\n",
-                work.join(format!("ckpt{s}")).display(),
-                s * 100
-            )
-        })
-        .collect();
-    std::fs::write(
-        &manifest,
-        format!(
-            "name = \"local\"\n{sources}[[init]]\nconfig = \"series\"\nseeds = [1, 2]\nschemes = [\"olmo\"]\n\
-             [analysis]\ntext = \"random\"\ntokens = 2048\nseq_len = 32\nmax_refs = 3\nsink_sequences = 16\n"
-        ),
-    )
-    .unwrap();
-    manifest
-}
-
 fn scan_command(
     manifest: &Path,
     out: &Path,
@@ -253,7 +192,7 @@ fn finished_units(units: &Path) -> usize {
 #[test]
 fn ckpt_scan_cache_decides_every_cache_path_and_nothing_is_written_under_home() {
     let work = tempfile::tempdir().unwrap();
-    let manifest = local_series(work.path());
+    let manifest = common::local_series(work.path());
     let (home, cache) = (work.path().join("home"), work.path().join("cache"));
     std::fs::create_dir_all(&home).unwrap();
     let out = work.path().join("report");
@@ -290,7 +229,7 @@ fn ckpt_scan_cache_decides_every_cache_path_and_nothing_is_written_under_home() 
 #[test]
 fn a_scan_killed_mid_run_resumes_to_identical_csvs_without_recomputing_finished_units() {
     let work = tempfile::tempdir().unwrap();
-    let manifest = local_series(work.path());
+    let manifest = common::local_series(work.path());
     // Reference: one uninterrupted scan.
     let (full_out, full_units) = (work.path().join("full"), work.path().join("full-units"));
     let status = scan_command(&manifest, &full_out, &full_units, &[])
@@ -331,7 +270,7 @@ fn a_scan_killed_mid_run_resumes_to_identical_csvs_without_recomputing_finished_
         .status()
         .unwrap();
     assert!(resumed.success());
-    for csv in CSVS {
+    for csv in common::SCAN_CSVS {
         let a = std::fs::read(full_out.join(csv)).unwrap();
         let b = std::fs::read(out.join(csv)).unwrap();
         assert!(
@@ -374,7 +313,7 @@ fn bad_manifests_and_flags_give_one_line_errors() {
             "{stderr}"
         );
     }
-    let manifest = local_series(work.path());
+    let manifest = common::local_series(work.path());
     let (ok, _, stderr) = common::cli(&["scan", manifest.to_str().unwrap(), "--max-refs", "8"]);
     assert!(!ok);
     assert!(

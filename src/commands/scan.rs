@@ -443,13 +443,15 @@ fn incomplete_row(
 ) -> IncompleteRow {
     let missing = error.downcast_ref::<MissingUnit>();
     let recorded = recorded_failure(cache.dir(), series, checkpoint);
-    let (state, error) = match (missing, recorded) {
-        (Some(_), Some(failure)) => (
+    // A shard's recorded failure explains a missing checkpoint best, even when assembling
+    // fails the same way here (a bad weights file).
+    let (state, error) = match (recorded, missing) {
+        (Some(failure), _) => (
             "failed".to_string(),
             format!("{} (on {}:{})", failure.error, failure.host, failure.pid),
         ),
-        (Some(missing), None) => (missing.state.name().to_string(), missing.to_string()),
-        (None, _) => ("error".to_string(), format!("{error:#}").replace('\n', " ")),
+        (None, Some(missing)) => (missing.state.name().to_string(), missing.to_string()),
+        (None, None) => ("error".to_string(), format!("{error:#}").replace('\n', " ")),
     };
     IncompleteRow {
         checkpoint: checkpoint.to_string(),

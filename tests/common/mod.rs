@@ -1,7 +1,8 @@
 //! Shared helpers for integration tests: fixture locations and tensor comparisons.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use tch::Tensor;
 
@@ -192,4 +193,68 @@ pub fn shared_vs_separate_logprobs(
         }
     }
     worst
+}
+
+/// The CSVs a scan writes, all free of timings (compared byte for byte across runs).
+pub const SCAN_CSVS: [&str; 8] = [
+    "checkpoints.csv",
+    "summary.csv",
+    "predictability.csv",
+    "alignment_layers.csv",
+    "alignment_pairs.csv",
+    "weight_r2.csv",
+    "weight_vs_measured.csv",
+    "sinks.csv",
+];
+
+/// config.json + model.safetensors of a tiny OLMo-2 at init with `seed`.
+pub fn checkpoint_files(seed: u64) -> BTreeMap<String, Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let source = ckpt_scan::source::init::InitSource::new(
+        tiny_config(ckpt_scan::model::config::Architecture::Olmo2),
+        seed,
+        ckpt_scan::source::init::InitScheme::Olmo,
+        "init:tiny",
+    );
+    ckpt_scan::source::export::export_safetensors(&source, dir.path(), u64::MAX).unwrap();
+    std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Three saved checkpoints of a tiny OLMo-2 plus two random inits (5 × 4 units), random tokens.
+pub fn local_series(work: &Path) -> PathBuf {
+    for seed in 0..3u64 {
+        let dir = work.join(format!("ckpt{seed}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in checkpoint_files(10 + seed) {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+    let manifest = work.join("local.toml");
+    let sources: String = (0..3)
+        .map(|s| {
+            format!(
+                "[[sources]]\nlabel = \"ckpt{s}\"\nsource = \"{}\"\nstep = {}\n",
+                work.join(format!("ckpt{s}")).display(),
+                s * 100
+            )
+        })
+        .collect();
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"local\"\n{sources}[[init]]\nconfig = \"series\"\nseeds = [1, 2]\nschemes = [\"olmo\"]\n\
+             [analysis]\ntext = \"random\"\ntokens = 2048\nseq_len = 32\nmax_refs = 3\nsink_sequences = 16\n"
+        ),
+    )
+    .unwrap();
+    manifest
 }
