@@ -4,18 +4,15 @@
 mod common;
 mod hub_server;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ckpt_scan::cli::{Cli, Command};
-use ckpt_scan::model::config::Architecture;
 use ckpt_scan::model::forward::HiddenBudget;
 use ckpt_scan::model::weights::LoadOptions;
 use ckpt_scan::settings::Settings;
-use ckpt_scan::source::export::export_safetensors;
 use ckpt_scan::source::hub::HubSettings;
-use ckpt_scan::source::init::{InitScheme, InitSource};
 use clap::Parser;
 use hub_server::{sha256_hex, Commit, HubRepo, HubServer};
 
