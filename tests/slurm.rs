@@ -1,6 +1,7 @@
 //! `scan --slurm` on a real Slurm (scripts/slurm-local.sh, started by .ci/run): a job array of shards
-//! plus a report job gives the single-process scan's CSVs byte for byte; a cancelled shard, once
-//! resubmitted, reruns only its own units; a shard that fails is listed by the report job.
+//! plus a report job gives the single-process scan's CSVs byte for byte; a shard cancelled mid-unit
+//! (its claim left behind), once resubmitted, reruns only its own units; a shard that fails is
+//! listed by the report job.
 //!
 //! Skipped with a message when no Slurm is configured (`SLURM_CONF` unset or `sbatch` missing);
 //! under `CI=true` that is a failure instead.
@@ -144,17 +145,32 @@ fn a_slurm_array_scan_equals_the_single_process_scan_and_a_cancelled_shard_rerun
     let reference = reference_scan(&manifest, work.path());
     let (out, units) = (work.path().join("slurm-out"), work.path().join("units"));
 
-    // One task at a time, so task 2 is still pending when it is cancelled.
+    // One task at a time, so a claim seen while task 2 runs is task 2's: cancel it mid-unit.
     let (array, report) = submit(
         &manifest,
         &out,
         &units,
         &["--shards", "4", "--slurm-concurrency", "1"],
     );
-    let cancel = Command::new("scancel")
-        .arg(format!("{array}_2"))
-        .status()
-        .unwrap();
+    let task = format!("{array}_2");
+    let deadline = Instant::now() + JOB_DEADLINE;
+    loop {
+        let state = Command::new("squeue")
+            .args(["-h", "-j", &task, "-o", "%T"])
+            .output()
+            .unwrap();
+        let running = String::from_utf8_lossy(&state.stdout).trim() == "RUNNING";
+        let claimed = std::fs::read_dir(units.join(".claims")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".claim"))
+        });
+        if running && claimed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "task 2 never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cancel = Command::new("scancel").arg(&task).status().unwrap();
     assert!(cancel.success());
     wait_for(&[&array, &report]);
     let missing = incomplete_rows(&out);
@@ -164,7 +180,7 @@ fn a_slurm_array_scan_equals_the_single_process_scan_and_a_cancelled_shard_rerun
     );
     assert!(missing.iter().all(|r| &r[1] == "pending"), "{missing:?}");
     let before = unit_times(&units);
-    assert_eq!(before.len(), 4 * (5 - missing.len()));
+    assert!(before.len() < 20);
 
     // Resubmitted: only the cancelled shard computes; the report is then complete.
     let slurm_dir = out.join("slurm");
