@@ -267,14 +267,7 @@ fn a_scan_killed_mid_run_resumes_to_identical_csvs_without_recomputing_finished_
         .status()
         .unwrap();
     assert!(resumed.success());
-    for csv in common::SCAN_CSVS {
-        let a = std::fs::read(full_out.join(csv)).unwrap();
-        let b = std::fs::read(out.join(csv)).unwrap();
-        assert!(
-            a == b,
-            "{csv} differs between the uninterrupted and the resumed scan"
-        );
-    }
+    common::assert_same_scan_csvs(&full_out, &out, "the uninterrupted and the resumed scan");
     let m = manifest_json(&out);
     let statuses: Vec<&str> = m["checkpoints"]
         .as_array()

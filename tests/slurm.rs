@@ -196,14 +196,7 @@ fn a_slurm_array_scan_equals_the_single_process_scan_and_a_cancelled_shard_rerun
         assert_eq!(after.get(unit), Some(time), "unit {unit} was recomputed");
     }
     assert!(incomplete_rows(&out).is_empty());
-    for csv in common::SCAN_CSVS {
-        let a = std::fs::read(reference.join(csv)).unwrap();
-        let b = std::fs::read(out.join(csv)).unwrap();
-        assert!(
-            a == b,
-            "{csv} differs between the Slurm and the single-process scan"
-        );
-    }
+    common::assert_same_scan_csvs(&reference, &out, "the Slurm and the single-process scan");
     assert!(out.join("report.md").exists());
 }
 

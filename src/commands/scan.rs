@@ -322,11 +322,7 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         return Ok(());
     }
     if let Some(shard) = shard {
-        let computed = records
-            .iter()
-            .flat_map(|r| &r.units)
-            .filter(|u| u.status == "computed")
-            .count();
+        let computed = units_computed(&records);
         printer.note(format!(
             "shard {}/{}: {} checkpoints done ({computed} units computed), {} failed ({:.1} s)",
             shard.index,
@@ -400,11 +396,7 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
     write_csv(&out_dir.join("incomplete.csv"), &incomplete)?;
     std::fs::remove_file(&marker)
         .with_context(|| format!("{}: cannot remove", marker.display()))?;
-    let computed: usize = records
-        .iter()
-        .flat_map(|r| &r.units)
-        .filter(|u| u.status == "computed")
-        .count();
+    let computed = units_computed(&records);
     printer.note(format!(
         "wrote {} ({} units computed, {} cached, {:.1} s)",
         out_dir.display(),
@@ -424,6 +416,14 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn units_computed(records: &[CheckpointRecord]) -> usize {
+    records
+        .iter()
+        .flat_map(|r| &r.units)
+        .filter(|u| u.status == "computed")
+        .count()
 }
 
 /// A checkpoint that `--report` could not assemble, or a shard could not finish.

@@ -207,6 +207,15 @@ pub const SCAN_CSVS: [&str; 8] = [
     "sinks.csv",
 ];
 
+/// Asserts that two scan report folders hold byte-identical CSVs; `what` names the pair.
+pub fn assert_same_scan_csvs(a: &Path, b: &Path, what: &str) {
+    for csv in SCAN_CSVS {
+        let left = std::fs::read(a.join(csv)).unwrap();
+        let right = std::fs::read(b.join(csv)).unwrap();
+        assert!(left == right, "{csv} differs between {what}");
+    }
+}
+
 /// config.json + model.safetensors of a tiny OLMo-2 at init with `seed`.
 pub fn checkpoint_files(seed: u64) -> BTreeMap<String, Vec<u8>> {
     let dir = tempfile::tempdir().unwrap();
