@@ -223,6 +223,34 @@ fn ckpt_scan_cache_decides_every_cache_path_and_nothing_is_written_under_home() 
     );
 }
 
+/// Issue 21: two scans with one `--out` — the second failed only at the very end, after all its work.
+#[test]
+fn a_second_scan_into_a_busy_report_folder_stops_before_any_work() {
+    let work = tempfile::tempdir().unwrap();
+    let manifest = common::local_series(work.path());
+    let (out, units) = (work.path().join("report"), work.path().join("units"));
+    let mut first = scan_command(&manifest, &out, &units, &[]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !out.join(".scan-in-progress").exists() {
+        assert!(Instant::now() < deadline, "the first scan never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    let second = scan_command(&manifest, &out, &work.path().join("units2"), &[])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(stderr.contains("another scan is writing"), "{stderr}");
+    assert_eq!(
+        finished_units(&work.path().join("units2")),
+        0,
+        "no work done"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(first.wait().unwrap().success());
+}
+
 #[test]
 fn a_scan_killed_mid_run_resumes_to_identical_csvs_without_recomputing_finished_units() {
     let work = tempfile::tempdir().unwrap();

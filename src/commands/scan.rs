@@ -229,6 +229,10 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
     // A shard or a status look-up writes no report; only a full run guards its folder.
     let writes_report = shard.is_none() && mode != UnitMode::Status;
     let marker = out_dir.join(IN_PROGRESS);
+    // Held until the scan ends: a second scan into the same folder stops here, before any work.
+    let _out_lock = writes_report
+        .then(|| lock_report_folder(&out_dir))
+        .transpose()?;
     if writes_report {
         if marker.exists() && !args.resume && !args.force && mode == UnitMode::Compute {
             bail!(
@@ -416,6 +420,25 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// An exclusive lock on `<out>/.scan.lock` (released when the file closes, also on a kill).
+fn lock_report_folder(out_dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("{}: cannot create the report folder", out_dir.display()))?;
+    let path = out_dir.join(".scan.lock");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("{}: cannot create the lock file", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{}: another scan is writing this report folder\nhint: wait for it, or give this one another --out",
+            out_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("{}: cannot lock", path.display()))
+        }
+    }
 }
 
 fn units_computed(records: &[CheckpointRecord]) -> usize {
