@@ -10,6 +10,7 @@ pub mod data;
 pub mod edit;
 pub mod error;
 pub mod infer;
+pub mod input_file;
 pub mod model;
 pub mod printer;
 pub mod report;

@@ -284,3 +284,132 @@ fn cli_inspect_writes_json_atomically() {
     // 2 layers × 9 tensors + embedding + final norm (tied: no lm_head).
     assert_eq!(report["tensors"].as_array().unwrap().len(), 2 * 9 + 2);
 }
+
+// ---- issue 21: the bad-input campaign's defects, one regression test each ----
+
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo only creates a file system entry.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+/// Runs `f` on a thread; panics if it has not returned within 20 s (it hung).
+fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("hung: no answer within 20 s")
+}
+
+#[cfg(unix)]
+#[test]
+fn fifo_as_model_safetensors_is_refused_without_hanging() {
+    let dir = tiny_model_dir(Architecture::Olmo2, u64::MAX);
+    let weights = dir.path().join("model.safetensors");
+    std::fs::remove_file(&weights).unwrap();
+    mkfifo(&weights);
+    let path = dir.path().to_path_buf();
+    let e = within_seconds(move || {
+        open_source(path.to_str().unwrap())
+            .err()
+            .map(|e| e.to_string())
+    })
+    .expect("opened a FIFO as weights");
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a regular file (a FIFO)"),
+        "{e}"
+    );
+    // Named directly, too.
+    let path = weights.clone();
+    let e = within_seconds(move || {
+        open_source(path.to_str().unwrap())
+            .err()
+            .map(|e| e.to_string())
+    })
+    .expect("opened a FIFO as weights");
+    assert!(e.contains("FIFO"), "{e}");
+}
+
+#[cfg(unix)]
+#[test]
+fn text_from_a_device_or_fifo_is_refused_instead_of_read_forever() {
+    use ckpt_scan::data::corpora::{load_documents, TextSource};
+    let e = load_documents(&TextSource::File("/dev/zero".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("--text /dev/zero: not a regular file (a character device)"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("text");
+    mkfifo(&fifo);
+    let e = within_seconds(move || {
+        load_documents(&TextSource::File(fifo))
+            .err()
+            .map(|e| e.to_string())
+    })
+    .expect("read a FIFO as text");
+    assert!(e.contains("FIFO"), "{e}");
+}
+
+#[cfg(unix)]
+#[test]
+fn text_folder_and_link_loop_are_reported_as_such_once() {
+    use ckpt_scan::data::corpora::{load_documents, TextSource};
+    let dir = tempfile::tempdir().unwrap();
+    let e = load_documents(&TextSource::File(dir.path().to_path_buf()))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e.matches("Is a directory").count(), 1, "{e}");
+    let a = dir.path().join("a");
+    std::os::unix::fs::symlink(dir.path().join("b"), &a).unwrap();
+    std::os::unix::fs::symlink(&a, dir.path().join("b")).unwrap();
+    let e = load_documents(&TextSource::File(a.clone()))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e.matches("symbolic links").count(), 1, "{e}");
+    let e = open_err(&a);
+    assert_eq!(e.matches("symbolic links").count(), 1, "{e}");
+}
+
+#[test]
+fn missing_tokenizer_flag_path_gets_no_fetch_hint() {
+    let (ok, _, stderr) = cli(&[
+        "forward",
+        "init:olmo2-1b",
+        "--tokenizer",
+        "/nonexistent/tokenizer.json",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--tokenizer /nonexistent/tokenizer.json: not found")
+            && !stderr.contains("fetch-data"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn malformed_tokenizer_json_is_an_error_not_a_panic() {
+    // Found by tests/fuzz_parsers.rs: one flipped byte in the decoder section (`trua`) made the
+    // tokenizers crate panic inside its deserialiser.
+    let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true},"post_processor":null,"decoder":{"type":"ByteLevel","add_prefix_space":trua,"trim_offsets":true,"use_regex":true},"model":{"type":"BPE","dropout":null,"unk_token":null,"continuing_subword_prefix":null,"end_of_word_suffix":null,"fuse_unk":false,"byte_fallback":false,"vocab":{"a":0,"b":1,"ab":2},"merges":["a b"]}}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, json).unwrap();
+    let outcome = std::panic::catch_unwind(|| {
+        ckpt_scan::data::tokenizer::load_tokenizer_file(&path).map(|_| ())
+    });
+    let e = outcome
+        .expect("loading a malformed tokenizer.json panicked")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("invalid JSON"),
+        "{e}"
+    );
+}
