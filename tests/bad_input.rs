@@ -287,6 +287,59 @@ fn cli_inspect_writes_json_atomically() {
 
 // ---- issue 21: the bad-input campaign's defects, one regression test each ----
 
+#[test]
+fn init_config_with_absurd_sizes_is_one_line_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_config(Architecture::Olmo2).to_hf_json();
+    for (field, value) in [
+        ("hidden_size", 1_000_000_000_000i64),
+        ("vocab_size", 10_000_000_000),
+        ("num_hidden_layers", 1_000_000_000),
+    ] {
+        let mut config = base.clone();
+        config[field] = serde_json::json!(value);
+        let path = dir.path().join(format!("{field}.json"));
+        std::fs::write(&path, config.to_string()).unwrap();
+        let (ok, _, stderr) = cli(&["inspect", &format!("init:{}", path.display())]);
+        assert!(!ok, "{field}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(field) && stderr.contains("largest supported"),
+            "{stderr}"
+        );
+    }
+    // The trainer's config goes through the same checks.
+    let toml_path = dir.path().join("huge.toml");
+    std::fs::write(&toml_path, "hidden_size = 1000000000000\n").unwrap();
+    let (ok, _, stderr) = cli(&[
+        "train",
+        "--config",
+        toml_path.to_str().unwrap(),
+        "--out",
+        dir.path().join("series").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("hidden_size") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn max_position_embeddings_zero_is_refused_at_open() {
+    let dir = tiny_model_dir(Architecture::Llama, u64::MAX);
+    let config_path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["max_position_embeddings"] = serde_json::json!(0);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let e = open_err(dir.path());
+    assert!(
+        e.contains("config.json") && e.contains("max_position_embeddings must be positive"),
+        "{e}"
+    );
+}
+
 #[cfg(unix)]
 fn mkfifo(path: &Path) {
     use std::os::unix::ffi::OsStrExt;
