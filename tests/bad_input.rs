@@ -288,6 +288,28 @@ fn cli_inspect_writes_json_atomically() {
 // ---- issue 21: the bad-input campaign's defects, one regression test each ----
 
 #[test]
+fn validate_limit_zero_is_refused_instead_of_nan_accuracy() {
+    let (ok, _, stderr) = cli(&["validate", "init:olmo2-1b", "--limit", "0"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--limit") && stderr.contains("at least 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn align_zero_refs_partners_or_null_samples_are_refused() {
+    for flag in ["--max-refs", "--partners", "--null-samples"] {
+        let (ok, _, stderr) = cli(&["align", "init:olmo2-1b", flag, "0"]);
+        assert!(!ok, "{flag}");
+        assert!(
+            stderr.contains(flag) && stderr.contains("at least 1"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn init_config_with_absurd_sizes_is_one_line_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let base = tiny_config(Architecture::Olmo2).to_hf_json();
