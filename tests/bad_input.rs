@@ -287,6 +287,33 @@ fn cli_inspect_writes_json_atomically() {
 
 // ---- issue 21: the bad-input campaign's defects, one regression test each ----
 
+/// A tiny OLMo-2 folder plus a manifest scanning it (random text, so no tokenizer is needed),
+/// with `extra` appended to the manifest.
+fn tiny_series(work: &Path, extra: &str) -> std::path::PathBuf {
+    let model = tiny_model_dir(Architecture::Olmo2, u64::MAX);
+    let dir = work.join("olmo");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(model.path()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let manifest = work.join("series.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"t\"\n[[sources]]\nlabel = \"olmo\"\nsource = \"{}\"\n{extra}\
+             [analysis]\ntext = \"random\"\ntokens = 512\nseq_len = 16\nmax_refs = 2\nsink_sequences = 4\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    manifest
+}
+
+fn data_present() -> bool {
+    common::data_file(ckpt_scan::data::paths::dolma2_tokenizer()).is_some()
+}
+
 #[test]
 fn validate_limit_zero_is_refused_instead_of_nan_accuracy() {
     let (ok, _, stderr) = cli(&["validate", "init:olmo2-1b", "--limit", "0"]);
@@ -307,6 +334,71 @@ fn align_zero_refs_partners_or_null_samples_are_refused() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn seq_len_beyond_max_position_embeddings_is_refused() {
+    let model = tiny_model_dir(Architecture::Olmo2, u64::MAX);
+    let out = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = cli(&[
+        "--quiet",
+        "predict",
+        model.path().to_str().unwrap(),
+        "--text",
+        "random",
+        "--seq-len",
+        "1000",
+        "--max-refs",
+        "2",
+        "--out",
+        out.path().join("p").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.starts_with(
+            "error: --seq-len 1000: longer than the model's max_position_embeddings (64)"
+        ) && stderr.contains("hint: use --seq-len 64"),
+        "{stderr}"
+    );
+    // scan, where seq_len may come from the manifest or the flag.
+    let work = tempfile::tempdir().unwrap();
+    let manifest = tiny_series(work.path(), "");
+    let (ok, _, stderr) = cli(&[
+        "--quiet",
+        "scan",
+        manifest.to_str().unwrap(),
+        "--seq-len",
+        "1000",
+        "--out",
+        work.path().join("out").to_str().unwrap(),
+        "--cache-dir",
+        work.path().join("units").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("--seq-len 1000"), "{stderr}");
+    assert!(!work.path().join("units").exists());
+}
+
+#[test]
+fn prompt_longer_than_max_position_embeddings_is_refused() {
+    if !data_present() {
+        return;
+    }
+    // OLMo-2 shaped, so the dolma2 tokenizer applies; 64 positions.
+    let model = tiny_model_dir(Architecture::Olmo2, u64::MAX);
+    let text = "word ".repeat(200);
+    let (ok, _, stderr) = cli(&[
+        "--quiet",
+        "forward",
+        model.path().to_str().unwrap(),
+        "--text",
+        &text,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("exceed the model's max_position_embeddings (64)"),
+        "{stderr}"
+    );
 }
 
 #[test]

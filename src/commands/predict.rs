@@ -180,6 +180,13 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
     let seq_len = args
         .seq_len
         .unwrap_or_else(|| (config.max_position_embeddings as usize).min(2048));
+    if seq_len as i64 > config.max_position_embeddings {
+        bail!(
+            "--seq-len {seq_len}: longer than the model's max_position_embeddings ({})\nhint: use --seq-len {} or less",
+            config.max_position_embeddings,
+            config.max_position_embeddings
+        );
+    }
     let token_options = TokenSetOptions {
         tokens: args.tokens,
         seq_len,

@@ -336,6 +336,19 @@ fn scan_options(
         .seq_len
         .or(defaults.seq_len)
         .unwrap_or_else(|| (config.max_position_embeddings as usize).min(256));
+    if seq_len as i64 > config.max_position_embeddings {
+        bail!(
+            "--seq-len {seq_len}: longer than the model's max_position_embeddings ({})\nhint: use --seq-len {} or less (or analysis.seq_len in the manifest)",
+            config.max_position_embeddings,
+            config.max_position_embeddings
+        );
+    }
+    if max_refs == 0 {
+        bail!(
+            "series {}: analysis.max_refs must be at least 1",
+            manifest.name
+        );
+    }
     let sink_sequences = args
         .sink_sequences
         .or(defaults.sink_sequences)
