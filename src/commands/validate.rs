@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::cli::ValidateArgs;
 use crate::commands::validate_tasks::{ExtraManifest, ExtraResults, ExtraTasks};
 use crate::data::corpora::TextSource;
-use crate::data::tasks::{eval_request_file, read_mc_items, select_items, McItem};
+use crate::data::tasks::{check_eval_task, eval_request_file, read_mc_items, select_items, McItem};
 use crate::data::token_set::TokenSetOptions;
 use crate::data::tokenizer::{encode, tokenizer_for};
 use crate::edit::AttentionEdit;
@@ -188,6 +188,9 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     }
     if args.batch_tokens == 0 {
         bail!("--batch-tokens must be at least 1");
+    }
+    for task in args.tasks.iter().filter(|t| !ExtraTasks::handles(t)) {
+        check_eval_task(task, &args.variant, &ExtraTasks::NAMES)?;
     }
     let compression = args.kv_compress.map(|fraction| CompressionOptions {
         fraction,
