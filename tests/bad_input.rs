@@ -654,6 +654,21 @@ fn refused_train_config_leaves_the_folder_open_to_the_corrected_one() {
 }
 
 #[test]
+fn inspect_with_integrity_problems_exits_non_zero() {
+    let dir = tiny_model_dir(Architecture::Olmo2, u64::MAX);
+    let config_path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["intermediate_size"] = serde_json::json!(40);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let (ok, stdout, stderr) = cli(&["--quiet", "inspect", dir.path().to_str().unwrap()]);
+    assert!(!ok, "{stdout}");
+    // The report is still printed in full.
+    assert!(stdout.contains("mlp.gate_proj.weight"), "{stdout}");
+    assert!(stderr.contains("integrity problem"), "{stderr}");
+}
+
+#[test]
 fn malformed_tokenizer_json_is_an_error_not_a_panic() {
     // Found by tests/fuzz_parsers.rs: one flipped byte in the decoder section (`trua`) made the
     // tokenizers crate panic inside its deserialiser.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
@@ -111,6 +111,15 @@ pub fn run(args: &InspectArgs, settings: &Settings) -> Result<()> {
     if let Some(path) = &args.json {
         write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
         printer.note(format!("wrote {}", path.display()));
+    }
+    // The report is printed (and written) in full first; the exit status is for scripts.
+    if !report.problems.is_empty() {
+        bail!(
+            "{}: {} integrity problem{} (listed above)",
+            report.provenance.spec,
+            report.problems.len(),
+            if report.problems.len() == 1 { "" } else { "s" }
+        );
     }
     Ok(())
 }
