@@ -14,6 +14,7 @@ pub mod input_file;
 pub mod model;
 pub mod printer;
 pub mod report;
+pub mod scratch_file;
 pub mod series;
 pub mod settings;
 pub mod source;
