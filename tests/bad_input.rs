@@ -669,6 +669,89 @@ fn inspect_with_integrity_problems_exits_non_zero() {
 }
 
 #[test]
+fn unusable_out_or_cache_dir_is_refused_before_work() {
+    let work = tempfile::tempdir().unwrap();
+    let a_file = work.path().join("a-file");
+    std::fs::write(&a_file, b"x").unwrap();
+    let model = tiny_model_dir(Architecture::Llama, u64::MAX);
+    let (ok, _, stderr) = cli(&[
+        "--quiet",
+        "predict",
+        model.path().to_str().unwrap(),
+        "--text",
+        "random",
+        "--tokens",
+        "4096",
+        "--seq-len",
+        "32",
+        "--out",
+        a_file.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.starts_with("error: --out ") && stderr.contains("not a folder"),
+        "{stderr}"
+    );
+    let manifest = tiny_series(work.path(), "");
+    let out = work.path().join("out");
+    for (flag, value) in [("--out", &a_file), ("--cache-dir", &a_file)] {
+        let units = work.path().join("units");
+        let (out_arg, units_arg) = if flag == "--out" {
+            (value.clone(), units.clone())
+        } else {
+            (out.clone(), value.clone())
+        };
+        let (ok, _, stderr) = cli(&[
+            "--quiet",
+            "scan",
+            manifest.to_str().unwrap(),
+            "--out",
+            out_arg.to_str().unwrap(),
+            "--cache-dir",
+            units_arg.to_str().unwrap(),
+        ]);
+        assert!(!ok);
+        assert!(
+            stderr.starts_with(&format!("error: {flag} ")) && stderr.contains("not a folder"),
+            "{stderr}"
+        );
+        // Nothing was computed: no units, no in-progress marker.
+        assert!(!units.exists() && !out.exists(), "{flag}");
+    }
+}
+
+#[test]
+fn mixed_architectures_in_a_series_are_refused_before_work() {
+    let work = tempfile::tempdir().unwrap();
+    // Same hidden size and vocabulary, other block layout: the old shape check let it through.
+    let llama = tiny_model_dir(Architecture::Llama, u64::MAX);
+    let manifest = tiny_series(
+        work.path(),
+        &format!(
+            "[[sources]]\nlabel = \"llama\"\nsource = \"{}\"\n",
+            llama.path().display()
+        ),
+    );
+    let units = work.path().join("units");
+    let out = work.path().join("out");
+    let (ok, _, stderr) = cli(&[
+        "--quiet",
+        "scan",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        units.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("Llama") && stderr.contains("Olmo2") && stderr.contains("differ"),
+        "{stderr}"
+    );
+    assert!(!units.exists(), "units were computed before the check");
+}
+
+#[test]
 fn malformed_tokenizer_json_is_an_error_not_a_panic() {
     // Found by tests/fuzz_parsers.rs: one flipped byte in the decoder section (`trua`) made the
     // tokenizers crate panic inside its deserialiser.

@@ -11,7 +11,7 @@ use crate::cli::InspectArgs;
 use crate::model::config::ModelConfig;
 use crate::model::weights::count_non_finite;
 use crate::printer::Printer;
-use crate::report::atomic::write_atomic;
+use crate::report::atomic::{check_output_dir, write_atomic};
 use crate::settings::Settings;
 use crate::source::{expected_tensors, open_source_with, Provenance, TensorInfo, WeightSource};
 
@@ -105,6 +105,10 @@ pub fn run(args: &InspectArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
+    if let Some(path) = &args.json {
+        let dir = path.parent().unwrap_or(std::path::Path::new(""));
+        check_output_dir(dir, "--json")?;
+    }
     let source = open_source_with(&args.source, &settings.hub)?;
     let report = inspect_source(source.as_ref(), !args.headers_only)?;
     print_report(&report, &printer);

@@ -20,7 +20,7 @@ use crate::data::tokenizer::tokenizer_for;
 use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, OutputHead};
 use crate::printer::Printer;
-use crate::report::atomic::write_atomic;
+use crate::report::atomic::{check_output_dir, write_atomic};
 use crate::report::csv::write_csv;
 use crate::report::default_out_dir;
 use crate::report::manifest::{tool_version, ToolVersion};
@@ -158,6 +158,12 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out_dir("predict", &args.source));
+    // Written only after the computation: a file or read-only folder in the way is found now.
+    check_output_dir(&out_dir, "--out")?;
     if args.store_budget_gb.is_nan() || args.store_budget_gb < 0.0 {
         bail!(
             "--store-budget-gb must be a non-negative number, got {}",
@@ -217,10 +223,6 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
         describe(&settings.load)
     ));
     let output = run_predictability(source.as_ref(), token_set, &options, settings)?;
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out_dir("predict", &args.source));
     write_csv(&out_dir.join("predictability.csv"), &output.rows)?;
     write_csv(&out_dir.join("edges.csv"), &output.edges)?;
     let manifest = Manifest {

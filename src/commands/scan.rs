@@ -22,7 +22,7 @@ use crate::data::tokenizer::tokenizer_for;
 use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, OutputHead};
 use crate::printer::Printer;
-use crate::report::atomic::write_atomic;
+use crate::report::atomic::{check_output_dir, write_atomic};
 use crate::report::manifest::{tool_version, ToolVersion};
 use crate::report::scan_report::{write_report, CheckpointRow, ScanTables};
 use crate::report::unit_cache::{Table, UnitCache, UnitKey};
@@ -146,6 +146,32 @@ struct ScanManifest<'a> {
     seconds: f64,
 }
 
+/// Opens every checkpoint's config (headers only) and refuses a series whose checkpoints differ in
+/// architecture or shape before any work, rather than after the first checkpoint's analyses.
+fn check_series_shapes(plan: &Plan, series_config: &ModelConfig) -> Result<()> {
+    for planned in &plan.checkpoints {
+        let opened = open_planned(planned, plan, Some(series_config))
+            .with_context(|| format!("checkpoint {}", planned.label))?;
+        let config = opened.source().config();
+        if config.architecture != series_config.architecture
+            || config.hidden_size != series_config.hidden_size
+            || config.vocab_size != series_config.vocab_size
+        {
+            bail!(
+                "{}: its architecture and shape ({:?}, hidden {}, vocab {}) differ from the series' first checkpoint ({:?}, hidden {}, vocab {}); one scan needs one token set and comparable heads",
+                opened.source().provenance().spec,
+                config.architecture,
+                config.hidden_size,
+                config.vocab_size,
+                series_config.architecture,
+                series_config.hidden_size,
+                series_config.vocab_size
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
@@ -175,6 +201,11 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         .clone()
         .unwrap_or_else(|| Path::new("reports").join(&manifest.name));
     let cache = UnitCache::new(&args.cache_dir.clone().unwrap_or_else(default_unit_cache));
+    if !args.dry_run {
+        // Both are written only after the computation: find a file or read-only folder now.
+        check_output_dir(&out_dir, "--out")?;
+        check_output_dir(cache.dir(), "--cache-dir")?;
+    }
 
     // The series' config fixes shapes and the token set: take it from the first real checkpoint.
     let first = plan
@@ -185,6 +216,7 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         .expect("non-empty plan");
     let series_config = open_planned(first, &plan, None)?.source().config().clone();
     let options = scan_options(args, &manifest, &series_config)?;
+    check_series_shapes(&plan, &series_config)?;
 
     if args.dry_run {
         return dry_run(&plan, &options, &series_config, &cache, &printer);

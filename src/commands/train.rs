@@ -22,6 +22,7 @@ pub fn run(args: &TrainArgs, settings: &Settings) -> Result<()> {
     };
     let config = TrainConfig::resolve(&args.config)?;
     let series_dir = args.out.clone().unwrap_or_else(default_series_dir);
+    crate::report::atomic::check_output_dir(&series_dir, "--out")?;
     let request = TrainRequest {
         config,
         series_dir: series_dir.clone(),

@@ -27,7 +27,7 @@ use crate::model::config::ModelConfig;
 use crate::model::kv_cache::KvCache;
 use crate::model::resident::ResidentModel;
 use crate::printer::Printer;
-use crate::report::atomic::write_atomic;
+use crate::report::atomic::{check_output_dir, write_atomic};
 use crate::report::csv::write_csv;
 use crate::report::default_out_dir;
 use crate::report::manifest::{tool_version, ToolVersion};
@@ -183,6 +183,12 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out_dir("validate", &args.source));
+    // Written only after the computation: a file or read-only folder in the way is found now.
+    check_output_dir(&out_dir, "--out")?;
     if args.tasks.is_empty() {
         bail!("--tasks: name at least one task (e.g. arc_easy)");
     }
@@ -401,10 +407,6 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         speed_rows.push(speed);
     }
 
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out_dir("validate", &args.source));
     write_csv(&out_dir.join("accuracy.csv"), &accuracy_rows)?;
     write_csv(&out_dir.join("choices.csv"), &choice_rows)?;
     write_csv(&out_dir.join("speed.csv"), &speed_rows)?;
