@@ -377,12 +377,12 @@ mod tests {
     #[test]
     fn hidden_not_a_multiple_of_heads_without_head_dim_is_one_error() {
         let mut v = olmo_json();
-        v["hidden_size"] = serde_json::json!(4000);
+        v["hidden_size"] = serde_json::json!(4100);
         let e = ModelConfig::from_json(&v, Path::new("c.json"))
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("hidden_size (4000)") && e.contains("num_attention_heads (32)"),
+            e.contains("hidden_size (4100)") && e.contains("num_attention_heads (32)"),
             "{e}"
         );
         // With an explicit head_dim the two are independent (e.g. Gemma-style widths).

@@ -41,13 +41,21 @@ pub fn check_output_dir(dir: &Path, flag: &str) -> Result<()> {
                 dir.display(),
                 existing.display()
             ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match existing.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
-                _ => {
-                    existing = Path::new(".");
-                    break;
+            // A file further up gives ENOTDIR here; walking up reaches it and names it.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match existing.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+                    _ => {
+                        existing = Path::new(".");
+                        break;
+                    }
                 }
-            },
+            }
             Err(e) => anyhow::bail!("{flag} {}: {e}", dir.display()),
         }
     }
