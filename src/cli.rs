@@ -151,7 +151,7 @@ pub struct PredictArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![crate::capture::HeadKind::Q, crate::capture::HeadKind::K, crate::capture::HeadKind::V])]
     pub kinds: Vec<crate::capture::HeadKind>,
     /// Largest number of reference heads k (results for every k = 1..max).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 5)]
     pub max_refs: usize,
     /// How reference heads are chosen on the fit split.
     #[arg(long, value_enum, default_value_t = crate::stats::selection::Selection::Topn)]
@@ -195,13 +195,13 @@ pub struct AlignArgs {
     #[arg(long)]
     pub fold_norm: bool,
     /// Largest reference-set size for weight-only R².
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 5)]
     pub max_refs: usize,
     /// Partners per anchor in the anchor-vs-span variant (the paper code uses 5).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 5)]
     pub partners: usize,
     /// Random subspace pairs for the null baseline's spread.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 32)]
     pub null_samples: usize,
     /// Seed of the null baseline.
     #[arg(long, default_value_t = 0)]
@@ -250,7 +250,7 @@ pub struct ScanArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     pub kinds: Option<Vec<crate::capture::HeadKind>>,
     /// Largest reference-set size (overrides the manifest; default 5).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub max_refs: Option<usize>,
     /// Where Q and K are captured for predictability.
     #[arg(long, value_enum, default_value_t = crate::capture::CapturePoint::Rope)]
@@ -346,7 +346,7 @@ pub struct TheoryArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![crate::capture::HeadKind::Q, crate::capture::HeadKind::K, crate::capture::HeadKind::V])]
     pub kinds: Vec<crate::capture::HeadKind>,
     /// Largest number of reference heads k (capped per kind at its heads − 1).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 5)]
     pub max_refs: usize,
     /// Layers to check, e.g. `0,5,11` (default: all).
     #[arg(long, value_delimiter = ',')]
@@ -386,7 +386,7 @@ pub struct ValidateArgs {
     #[arg(long, default_value = "rc_0shot")]
     pub variant: String,
     /// Items per task: a seed-stable subset (default: all).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub limit: Option<usize>,
     /// Seed of the item subset.
     #[arg(long, default_value_t = 0)]
@@ -485,4 +485,13 @@ pub struct ActSearchArgs {
     /// Output head list (default reports/act-<source>/<family>.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// A count flag that has no meaning at zero (`--limit 0` would score no items and report NaN).
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }

@@ -3,13 +3,13 @@
 //!
 //! Layout: one file per (kind, layer), `[rows, heads·head_dim]` f32 row-major, rows in token order
 //! (the forward's batches in order; in a batch, sequence by sequence, position by position), so a
-//! split's rows are the union of its batches' row ranges. The files sit in a fresh folder inside
-//! the spill folder, are reserved in full when the store is created (a full disk fails then, not
-//! with SIGBUS mid-run), and are removed when the store drops. Pages are handed back to the kernel
+//! split's rows are the union of its batches' row ranges. The files are unnamed scratch files in the
+//! spill folder (`scratch_file`: nothing is left behind even by `kill -9`), reserved in full when
+//! the store is created (a full disk fails then, not with SIGBUS mid-run), and freed when the store
+//! drops. Pages are handed back to the kernel
 //! once written or read, so resident memory stays at about one chunk however large the store.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -19,6 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{CapturePoint, CaptureSink, HeadKind, LayerCapture};
 use crate::data::token_set::Split;
+use crate::scratch_file;
 
 /// Most rows one streamed chunk holds.
 pub const CHUNK_ROWS: i64 = 8192;
@@ -112,16 +113,14 @@ pub struct ColumnBlock {
 
 /// The token rows of layers `0..plan.layers` for the planned kinds, on disk.
 pub struct ActivationStore {
-    // Field order matters: the mappings must go before their folder is removed.
     files: BTreeMap<(HeadKind, i64), LayerFile>,
-    folder: tempfile::TempDir,
     plan: StorePlan,
     /// First row of each batch.
     batch_offsets: Vec<i64>,
 }
 
 impl ActivationStore {
-    /// Creates and reserves the store's files in a new folder inside `spill_dir`. Refuses, with
+    /// Creates and reserves the store's files in `spill_dir`. Refuses, with
     /// one line naming the flag, a store larger than `budget_bytes` or than the free space there.
     pub fn create(plan: StorePlan, spill_dir: &Path, budget_bytes: u64) -> Result<Self> {
         let bytes = plan.bytes();
@@ -133,7 +132,7 @@ impl ActivationStore {
                 plan.describe()
             );
         }
-        let free = free_bytes(spill_dir)?;
+        let free = scratch_file::free_bytes(spill_dir)?;
         if bytes > free {
             bail!(
                 "--candidates earlier-layers: the activation store needs {:.2} GiB ({}) but {} has {:.2} GiB free; free space there, set TMPDIR to a larger disk, or lower --tokens, --kinds or the deepest of --layers",
@@ -143,35 +142,17 @@ impl ActivationStore {
                 gib(free)
             );
         }
-        let folder = tempfile::Builder::new()
-            .prefix("ckpt-scan-activations-")
-            .tempdir_in(spill_dir)
-            .with_context(|| {
-                format!(
-                    "{}: cannot create the activation store folder",
-                    spill_dir.display()
-                )
-            })?;
         let rows = plan.rows();
         let mut files = BTreeMap::new();
         for layer in 0..plan.layers {
             for &(kind, columns) in &plan.kinds {
-                let path = folder
-                    .path()
-                    .join(format!("{}-layer{layer:03}.f32", kind.name()));
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .with_context(|| format!("{}: cannot create", path.display()))?;
-                let len = rows * columns * F32_BYTES;
-                reserve(&file, len)
-                    .with_context(|| format!("{}: cannot reserve {len} bytes", path.display()))?;
-                // SAFETY: the file is ours alone (created in a fresh private folder), sized before
-                // mapping, and the only tensor viewing the mapping drops before it (field order).
+                let what = format!("activation store ({} of layer {layer})", kind.name());
+                let len = (rows * columns * F32_BYTES) as u64;
+                let file = scratch_file::create_reserved(spill_dir, len, &what)?;
+                // SAFETY: the file is ours alone (unnamed, fresh), sized before mapping, and the
+                // only tensor viewing the mapping drops before it (field order).
                 let mut mapping = unsafe { MmapMut::map_mut(&file) }
-                    .with_context(|| format!("{}: cannot map", path.display()))?;
+                    .with_context(|| format!("{}: cannot map the {what}", spill_dir.display()))?;
                 // SAFETY: the mapping is `rows·columns` f32s, page-aligned, viewed by this tensor
                 // only; it outlives the tensor (LayerFile field order).
                 let view = unsafe {
@@ -205,7 +186,6 @@ impl ActivationStore {
             .collect();
         Ok(ActivationStore {
             files,
-            folder,
             plan,
             batch_offsets,
         })
@@ -213,10 +193,6 @@ impl ActivationStore {
 
     pub fn plan(&self) -> &StorePlan {
         &self.plan
-    }
-
-    pub fn folder(&self) -> &Path {
-        self.folder.path()
     }
 
     /// Row ranges `(start, len)` of `split`, in token order, each at most `max_rows` long; a range
@@ -375,38 +351,6 @@ impl CaptureSink for ActivationStore {
     }
 }
 
-/// Bytes available to an unprivileged user on the file system holding `dir`.
-fn free_bytes(dir: &Path) -> Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .with_context(|| format!("{}: path holds a NUL byte", dir.display()))?;
-    // SAFETY: statvfs writes only into `stats`, which is a plain C struct; `path` is NUL-terminated.
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("{}: cannot read free space", dir.display()));
-    }
-    // The field types differ between platforms (u32 or u64); widen whatever they are.
-    #[allow(clippy::unnecessary_cast)]
-    Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
-}
-
-/// Sizes `file` to `len` bytes with the blocks allocated, so writing through a mapping cannot
-/// meet a full disk later.
-fn reserve(file: &std::fs::File, len: i64) -> std::io::Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    // SAFETY: a plain system call on a file descriptor we own.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
-    match rc {
-        0 => Ok(()),
-        // File systems without fallocate: fall back to a sparse file.
-        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len as u64),
-        errno => Err(std::io::Error::from_raw_os_error(errno)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,8 +417,6 @@ mod tests {
             Tensor::randn([15, 6], (Kind::Float, Device::Cpu)),
         ];
         let (dir, store) = store_with(&x);
-        let folder = store.folder().to_path_buf();
-        assert!(folder.starts_with(dir.path()) && folder.exists());
         let block = |layer, start, width| ColumnBlock {
             kind: HeadKind::K,
             layer,
@@ -497,7 +439,16 @@ mod tests {
             assert!(f64::try_from((&got[1] - want1).abs().max()).unwrap() < 1e-12);
         }
         drop(store);
-        assert!(!folder.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn store_files_leave_no_name_in_the_temp_folder_even_while_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ActivationStore::create(plan(), dir.path(), u64::MAX).unwrap();
+        // Nothing named: a `kill -9` now would leave no ckpt-scan-activations-* behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        drop(store);
     }
 
     #[test]

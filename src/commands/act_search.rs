@@ -18,7 +18,7 @@ use crate::infer::act_search::{calibration_score, search_heads, CalibrationScore
 use crate::model::config::ModelConfig;
 use crate::model::resident::ResidentModel;
 use crate::printer::Printer;
-use crate::report::atomic::write_atomic;
+use crate::report::atomic::{check_output_dir, write_atomic};
 use crate::report::default_out_dir;
 use crate::report::manifest::{tool_version, ToolVersion};
 use crate::settings::{describe, Settings};
@@ -85,6 +85,10 @@ pub fn run(args: &ActSearchArgs, settings: &Settings) -> Result<()> {
         quiet: settings.quiet,
     };
     let started = std::time::Instant::now();
+    let out = args.out.clone().unwrap_or_else(|| {
+        default_out_dir("act", &args.source).join(format!("{}.json", args.family.name()))
+    });
+    check_output_dir(out.parent().unwrap_or(std::path::Path::new("")), "--out")?;
     if !(0.0..=1.0).contains(&args.beta) {
         bail!("--beta must be in [0, 1], got {}", args.beta);
     }
@@ -209,9 +213,6 @@ pub fn run(args: &ActSearchArgs, settings: &Settings) -> Result<()> {
         batch_tokens: args.batch_tokens,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let out = args.out.clone().unwrap_or_else(|| {
-        default_out_dir("act", &args.source).join(format!("{}.json", args.family.name()))
-    });
     write_atomic(&out, serde_json::to_string_pretty(&list)?.as_bytes())?;
     printer.result(format!(
         "baseline acc {:.4} ({}/{}); {accepted} of {} heads accepted; {:.0} s",

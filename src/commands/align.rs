@@ -19,7 +19,7 @@ use crate::capture::HeadKind;
 use crate::cli::AlignArgs;
 use crate::model::config::ModelConfig;
 use crate::printer::Printer;
-use crate::report::atomic::write_atomic;
+use crate::report::atomic::{check_output_dir, write_atomic};
 use crate::report::csv::write_csv;
 use crate::report::default_out_dir;
 use crate::report::manifest::{tool_version, ToolVersion};
@@ -228,6 +228,12 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out_dir("align", &args.source));
+    // Written only after the computation: a file or read-only folder in the way is found now.
+    check_output_dir(&out_dir, "--out")?;
     let start = Instant::now();
     let source = open_source_with(&args.source, &settings.hub)?;
     let config = source.config().clone();
@@ -263,10 +269,6 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
         weight_rows,
         versus,
     } = &output;
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out_dir("align", &args.source));
     write_csv(&out_dir.join("alignment_layers.csv"), layers)?;
     write_csv(&out_dir.join("alignment_pairs.csv"), pairs)?;
     write_csv(&out_dir.join("weight_r2.csv"), weight_rows)?;

@@ -34,6 +34,15 @@ pub fn run(args: &ForwardArgs, settings: &Settings) -> Result<()> {
     if ids.is_empty() {
         anyhow::bail!("--text {:?} encodes to no tokens", args.text);
     }
+    // RoPE would run past the positions the model was trained on and answer without a word.
+    let max_positions = source.config().max_position_embeddings;
+    if (ids.len() + args.generate) as i64 > max_positions {
+        anyhow::bail!(
+            "--text: {} prompt tokens plus --generate {} exceed the model's max_position_embeddings ({max_positions})\nhint: shorten the text or lower --generate",
+            ids.len(),
+            args.generate
+        );
+    }
     printer.note(format!(
         "{}: {} tokens ({tokenizer_name}), {}",
         args.source,

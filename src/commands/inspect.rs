@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
@@ -11,7 +11,7 @@ use crate::cli::InspectArgs;
 use crate::model::config::ModelConfig;
 use crate::model::weights::count_non_finite;
 use crate::printer::Printer;
-use crate::report::atomic::write_atomic;
+use crate::report::atomic::{check_output_dir, write_atomic};
 use crate::settings::Settings;
 use crate::source::{expected_tensors, open_source_with, Provenance, TensorInfo, WeightSource};
 
@@ -105,12 +105,25 @@ pub fn run(args: &InspectArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
+    if let Some(path) = &args.json {
+        let dir = path.parent().unwrap_or(std::path::Path::new(""));
+        check_output_dir(dir, "--json")?;
+    }
     let source = open_source_with(&args.source, &settings.hub)?;
     let report = inspect_source(source.as_ref(), !args.headers_only)?;
     print_report(&report, &printer);
     if let Some(path) = &args.json {
         write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
         printer.note(format!("wrote {}", path.display()));
+    }
+    // The report is printed (and written) in full first; the exit status is for scripts.
+    if !report.problems.is_empty() {
+        bail!(
+            "{}: {} integrity problem{} (listed above)",
+            report.provenance.spec,
+            report.problems.len(),
+            if report.problems.len() == 1 { "" } else { "s" }
+        );
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, OutputHead};
 use crate::printer::Printer;
 use crate::progress::Progress;
-use crate::report::atomic::write_atomic;
+use crate::report::atomic::{check_output_dir, write_atomic};
 use crate::report::csv::write_csv;
 use crate::report::default_out_dir;
 use crate::report::manifest::{tool_version, ToolVersion};
@@ -155,6 +155,12 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out_dir("predict", &args.source));
+    // Written only after the computation: a file or read-only folder in the way is found now.
+    check_output_dir(&out_dir, "--out")?;
     if args.store_budget_gb.is_nan() || args.store_budget_gb < 0.0 {
         bail!(
             "--store-budget-gb must be a non-negative number, got {}",
@@ -177,6 +183,13 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
     let seq_len = args
         .seq_len
         .unwrap_or_else(|| (config.max_position_embeddings as usize).min(2048));
+    if seq_len as i64 > config.max_position_embeddings {
+        bail!(
+            "--seq-len {seq_len}: longer than the model's max_position_embeddings ({})\nhint: use --seq-len {} or less",
+            config.max_position_embeddings,
+            config.max_position_embeddings
+        );
+    }
     let token_options = TokenSetOptions {
         tokens: args.tokens,
         seq_len,
@@ -216,10 +229,6 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
         &mut |done, _| progress.set_position(done as f64),
     )?;
     progress.finish();
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out_dir("predict", &args.source));
     write_csv(&out_dir.join("predictability.csv"), &output.rows)?;
     write_csv(&out_dir.join("edges.csv"), &output.edges)?;
     let manifest = Manifest {

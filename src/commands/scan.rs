@@ -25,7 +25,7 @@ use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, OutputHead};
 use crate::printer::Printer;
 use crate::progress::Progress;
-use crate::report::atomic::write_atomic;
+use crate::report::atomic::{check_output_dir, write_atomic};
 use crate::report::claim::ClaimTimeouts;
 use crate::report::csv::write_csv;
 use crate::report::manifest::{tool_version, ToolVersion, ANALYSIS_VERSION};
@@ -161,6 +161,32 @@ struct ScanManifest<'a> {
     seconds: f64,
 }
 
+/// Opens every checkpoint's config (headers only) and refuses a series whose checkpoints differ in
+/// architecture or shape before any work, rather than after the first checkpoint's analyses.
+fn check_series_shapes(plan: &Plan, series_config: &ModelConfig) -> Result<()> {
+    for planned in &plan.checkpoints {
+        let opened = open_planned(planned, plan, Some(series_config))
+            .with_context(|| format!("checkpoint {}", planned.label))?;
+        let config = opened.source().config();
+        if config.architecture != series_config.architecture
+            || config.hidden_size != series_config.hidden_size
+            || config.vocab_size != series_config.vocab_size
+        {
+            bail!(
+                "{}: its architecture and shape ({:?}, hidden {}, vocab {}) differ from the series' first checkpoint ({:?}, hidden {}, vocab {}); one scan needs one token set and comparable heads",
+                opened.source().provenance().spec,
+                config.architecture,
+                config.hidden_size,
+                config.vocab_size,
+                series_config.architecture,
+                series_config.hidden_size,
+                series_config.vocab_size
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
@@ -189,6 +215,11 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         .clone()
         .unwrap_or_else(|| Path::new("reports").join(&manifest.name));
     let cache = UnitCache::new(&args.cache_dir.clone().unwrap_or_else(unit_cache_root));
+    if !args.dry_run {
+        // Both are written only after the computation: find a file or read-only folder now.
+        check_output_dir(&out_dir, "--out")?;
+        check_output_dir(cache.dir(), "--cache-dir")?;
+    }
 
     // The series' config fixes shapes and the token set: take it from the first real checkpoint.
     let first = plan
@@ -199,6 +230,7 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         .expect("non-empty plan");
     let series_config = open_planned(first, &plan, None)?.source().config().clone();
     let options = scan_options(args, &manifest, &series_config)?;
+    check_series_shapes(&plan, &series_config)?;
 
     if args.dry_run && !args.slurm {
         return dry_run(&plan, &options, &series_config, &cache, &printer);
@@ -652,6 +684,19 @@ fn scan_options(
         .seq_len
         .or(defaults.seq_len)
         .unwrap_or_else(|| (config.max_position_embeddings as usize).min(256));
+    if seq_len as i64 > config.max_position_embeddings {
+        bail!(
+            "--seq-len {seq_len}: longer than the model's max_position_embeddings ({})\nhint: use --seq-len {} or less (or analysis.seq_len in the manifest)",
+            config.max_position_embeddings,
+            config.max_position_embeddings
+        );
+    }
+    if max_refs == 0 {
+        bail!(
+            "series {}: analysis.max_refs must be at least 1",
+            manifest.name
+        );
+    }
     let sink_sequences = args
         .sink_sequences
         .or(defaults.sink_sequences)

@@ -26,7 +26,7 @@ use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, OutputHead};
 use crate::printer::Printer;
 use crate::progress::Progress;
-use crate::report::atomic::write_atomic;
+use crate::report::atomic::{check_output_dir, write_atomic};
 use crate::report::csv::write_csv;
 use crate::report::manifest::{tool_version, ToolVersion};
 use crate::report::plot::{
@@ -389,6 +389,7 @@ struct Manifest<'a> {
 
 pub fn run(args: &TheoryArgs, settings: &Settings) -> Result<()> {
     check_args(args)?;
+    check_output_dir(&args.out, "--out")?;
     let printer = Printer {
         quiet: settings.quiet,
     };

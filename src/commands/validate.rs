@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::cli::ValidateArgs;
 use crate::commands::validate_tasks::{ExtraManifest, ExtraResults, ExtraTasks};
 use crate::data::corpora::TextSource;
-use crate::data::tasks::{eval_request_file, read_mc_items, select_items, McItem};
+use crate::data::tasks::{check_eval_task, eval_request_file, read_mc_items, select_items, McItem};
 use crate::data::token_set::TokenSetOptions;
 use crate::data::tokenizer::{encode, tokenizer_for};
 use crate::edit::AttentionEdit;
@@ -28,7 +28,7 @@ use crate::model::kv_cache::KvCache;
 use crate::model::resident::ResidentModel;
 use crate::printer::Printer;
 use crate::progress::Progress;
-use crate::report::atomic::write_atomic;
+use crate::report::atomic::{check_output_dir, write_atomic};
 use crate::report::csv::write_csv;
 use crate::report::default_out_dir;
 use crate::report::manifest::{tool_version, ToolVersion};
@@ -184,11 +184,20 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out_dir("validate", &args.source));
+    // Written only after the computation: a file or read-only folder in the way is found now.
+    check_output_dir(&out_dir, "--out")?;
     if args.tasks.is_empty() {
         bail!("--tasks: name at least one task (e.g. arc_easy)");
     }
     if args.batch_tokens == 0 {
         bail!("--batch-tokens must be at least 1");
+    }
+    for task in args.tasks.iter().filter(|t| !ExtraTasks::handles(t)) {
+        check_eval_task(task, &args.variant, &ExtraTasks::NAMES)?;
     }
     let compression = args.kv_compress.map(|fraction| CompressionOptions {
         fraction,
@@ -419,10 +428,6 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     }
     progress.finish();
 
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out_dir("validate", &args.source));
     write_csv(&out_dir.join("accuracy.csv"), &accuracy_rows)?;
     write_csv(&out_dir.join("choices.csv"), &choice_rows)?;
     write_csv(&out_dir.join("speed.csv"), &speed_rows)?;

@@ -145,6 +145,9 @@ pub struct Gsm8kSummary {
 
 impl ExtraTasks {
     /// Whether `task` is one of these (not a multiple-choice request file).
+    /// The tasks `plan` handles, for listings.
+    pub const NAMES: [&'static str; 2] = [GSM8K_TASK, BPB_TASK];
+
     pub fn handles(task: &str) -> bool {
         task == GSM8K_TASK || task == BPB_TASK
     }

@@ -115,7 +115,7 @@ pub fn load_documents(source: &TextSource) -> Result<Vec<String>> {
         }
         TextSource::Random => bail!("--text random has no documents: it draws token ids directly"),
         TextSource::File(path) => {
-            let text = std::fs::read_to_string(path)
+            let text = crate::input_file::read_text_capped(path, crate::input_file::MAX_TEXT_BYTES)
                 .map_err(|e| anyhow!("--text {}: {e}", path.display()))?;
             for block in text.split("\n\n") {
                 push(block);

@@ -62,6 +62,51 @@ pub fn eval_request_file(task: &str, variant: &str) -> PathBuf {
         .join("requests.jsonl.gz")
 }
 
+/// Refuses a task or variant with no request file, listing the ones there are. When the request
+/// files are not there at all the data fetch is the fix, and that is left to `open_request_file`.
+/// `extra` names tasks handled elsewhere (`gsm8k`, `bpb`), for the listing.
+pub fn check_eval_task(task: &str, variant: &str, extra: &[&str]) -> Result<()> {
+    let root = eval_request_file("x", variant)
+        .ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(());
+    };
+    if eval_request_file(task, variant).exists() {
+        return Ok(());
+    }
+    let mut with_variant: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(variant).join("requests.jsonl.gz").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    with_variant.sort();
+    let task_dir = root.join(task);
+    if task_dir.is_dir() {
+        let mut variants: Vec<String> = std::fs::read_dir(&task_dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().join("requests.jsonl.gz").exists())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        variants.sort();
+        bail!(
+            "--tasks {task} --variant {variant}: {task} has no {variant} request file (it has: {})",
+            variants.join(", ")
+        );
+    }
+    with_variant.extend(extra.iter().map(|t| t.to_string()));
+    bail!(
+        "--tasks {task}: unknown task; tasks with a {variant} request file: {}",
+        with_variant.join(", ")
+    );
+}
+
 /// A gzipped request file, opened for reading line by line (a missing file gets the fetch hint).
 pub fn open_request_file(path: &Path) -> Result<impl BufRead> {
     if !path.exists() {

@@ -9,6 +9,7 @@ use crate::data::paths::{dolma2_tokenizer, fetch_hint};
 use crate::model::config::Architecture;
 use crate::source::WeightSource;
 
+/// Loads a packaged or source-provided tokenizer file; a missing one points at the data fetch.
 pub fn load_tokenizer_file(path: &Path) -> Result<Tokenizer> {
     if !path.exists() {
         return Err(anyhow!(
@@ -17,8 +18,26 @@ pub fn load_tokenizer_file(path: &Path) -> Result<Tokenizer> {
             fetch_hint(path)
         ));
     }
-    Tokenizer::from_file(path)
-        .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))
+    read_tokenizer(path).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// The largest tokenizer.json read (large vocabularies are ~20 MB).
+const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
+
+/// A regular file parsed as tokenizer.json (a FIFO would block the tokenizers crate's read).
+fn read_tokenizer(path: &Path) -> std::result::Result<Tokenizer, String> {
+    let text = crate::input_file::read_text_capped(path, MAX_TOKENIZER_BYTES)
+        .map_err(|e| e.to_string())?;
+    // Malformed JSON is reported here rather than handed to the tokenizers crate, whose
+    // deserialisers panic on some broken inputs (found by tests/fuzz_parsers.rs); a panic on
+    // well-formed but odd JSON is caught below for the same reason.
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| format!("cannot load tokenizer: invalid JSON: {e}"))?;
+    std::panic::catch_unwind(|| text.parse::<Tokenizer>())
+        .map_err(|_| {
+            "cannot load tokenizer: the tokenizers crate panicked on this file".to_string()
+        })?
+        .map_err(|e| format!("cannot load tokenizer: {e}"))
 }
 
 /// The tokenizer for a source: an explicit file, else the source's own, else OLMo-2's dolma2 for
@@ -28,7 +47,12 @@ pub fn tokenizer_for(
     explicit: Option<&Path>,
 ) -> Result<(Tokenizer, String)> {
     if let Some(path) = explicit {
-        return Ok((load_tokenizer_file(path)?, path.display().to_string()));
+        // The user's own file: the data fetch would not create it, so no fetch hint.
+        let tokenizer = read_tokenizer(path).map_err(|e| {
+            let e = if path.exists() { e } else { "not found".into() };
+            anyhow!("--tokenizer {}: {e}", path.display())
+        })?;
+        return Ok((tokenizer, path.display().to_string()));
     }
     if let Some(path) = source.tokenizer_path() {
         return Ok((load_tokenizer_file(&path)?, path.display().to_string()));

@@ -29,6 +29,21 @@ impl Architecture {
     }
 }
 
+/// Largest sizes a config may declare. Far above any released dense OLMo-2 or Llama (vocab 262k,
+/// hidden 16k, 126 layers, 405B parameters), yet small enough that every tensor's element count and
+/// byte size fit an `i64`, so an absurd `config.json` is refused in one line instead of failing an
+/// allocation (or overflowing a size) deep inside libtorch.
+pub const MAX_VOCAB_SIZE: i64 = 1 << 24;
+pub const MAX_WIDTH: i64 = 1 << 20;
+pub const MAX_LAYERS: i64 = 1 << 12;
+pub const MAX_HEADS: i64 = 1 << 14;
+pub const MAX_POSITIONS: i64 = 1 << 24;
+/// 2^41 ≈ 2.2 trillion weights (8.8 TB in f32).
+pub const MAX_PARAMETERS: i64 = 1 << 41;
+
+/// The largest `config.json` read.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// Everything the forward pass needs to know about a model's shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -52,7 +67,9 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads and validates a `config.json`.
     pub fn from_file(path: &Path) -> SourceResult<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| SourceError::io(path, e))?;
+        // A config.json is a few kB; the cap only stops a device or a huge file posing as one.
+        let text = crate::input_file::read_text_capped(path, MAX_CONFIG_BYTES)
+            .map_err(|e| SourceError::io(path, e))?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| SourceError::malformed(path, format!("invalid JSON: {e}")))?;
         Self::from_json(&value, path)
@@ -70,13 +87,21 @@ impl ModelConfig {
         let hidden_size = int("hidden_size")?;
         let num_attention_heads = int("num_attention_heads")?;
         let num_key_value_heads = opt_int("num_key_value_heads").unwrap_or(num_attention_heads);
-        let head_dim = opt_int("head_dim").unwrap_or_else(|| {
-            if num_attention_heads > 0 {
-                hidden_size / num_attention_heads
-            } else {
-                0
+        let head_dim = match opt_int("head_dim") {
+            Some(head_dim) => head_dim,
+            // Without `head_dim`, transformers derives it as hidden_size / num_attention_heads;
+            // a remainder would floor it and give a shape error per projection later.
+            None if num_attention_heads > 0 && hidden_size % num_attention_heads != 0 => {
+                return Err(SourceError::malformed(
+                    path,
+                    format!(
+                        "hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_attention_heads}) and no head_dim is given"
+                    ),
+                ));
             }
-        });
+            None if num_attention_heads > 0 => hidden_size / num_attention_heads,
+            None => 0,
+        };
         let rope_theta = value
             .get("rope_theta")
             .and_then(Value::as_f64)
@@ -126,9 +151,37 @@ impl ModelConfig {
             ("num_attention_heads", self.num_attention_heads),
             ("num_key_value_heads", self.num_key_value_heads),
             ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
         ] {
             if v <= 0 {
                 return bad(format!("{name} must be positive, got {v}"));
+            }
+        }
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB_SIZE),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", self.num_key_value_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_WIDTH),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
+        ] {
+            if v > max {
+                return bad(format!("{name} {v} is above the largest supported, {max}"));
+            }
+        }
+        match self.parameter_count() {
+            Some(n) if n <= MAX_PARAMETERS => {}
+            n => {
+                return bad(format!(
+                    "the config implies {} parameters, above the largest supported model ({MAX_PARAMETERS})",
+                    n.map_or("more than 2^63".to_string(), |n| n.to_string())
+                ))
             }
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
@@ -149,6 +202,28 @@ impl ModelConfig {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
         Ok(())
+    }
+
+    /// Weights the config implies (embedding, every layer's projections and norms, final norm and
+    /// an untied `lm_head`), or `None` when the count overflows an `i64`.
+    pub fn parameter_count(&self) -> Option<i64> {
+        let (h, d) = (self.hidden_size, self.head_dim);
+        let q = self.num_attention_heads.checked_mul(d)?;
+        let kv = self.num_key_value_heads.checked_mul(d)?;
+        // q_proj and o_proj, k_proj and v_proj, gate/up/down.
+        let attention = q.checked_mul(h)?.checked_mul(2)?;
+        let attention = attention.checked_add(kv.checked_mul(h)?.checked_mul(2)?)?;
+        let mlp = self.intermediate_size.checked_mul(h)?.checked_mul(3)?;
+        // Norms: at most four vectors of width ≤ max(q, hidden) per layer (OLMo-2's QK-norm and
+        // its two post-norms; Llama's two pre-norms); an upper bound is enough for a size check.
+        let norms = q.max(h).checked_mul(4)?;
+        let layer = attention.checked_add(mlp)?.checked_add(norms)?;
+        let layers = layer.checked_mul(self.num_hidden_layers)?;
+        let embedding = self.vocab_size.checked_mul(h)?;
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        layers
+            .checked_add(embedding.checked_mul(heads)?)?
+            .checked_add(h)
     }
 
     /// Query heads that share one KV head (GQA group size).
@@ -284,5 +359,64 @@ mod tests {
         let mut v = olmo_json();
         v["num_key_value_heads"] = serde_json::json!(5);
         assert!(ModelConfig::from_json(&v, Path::new("c.json")).is_err());
+    }
+
+    #[test]
+    fn max_position_embeddings_zero_is_refused() {
+        let mut v = olmo_json();
+        v["max_position_embeddings"] = serde_json::json!(0);
+        let e = ModelConfig::from_json(&v, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_position_embeddings must be positive"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hidden_not_a_multiple_of_heads_without_head_dim_is_one_error() {
+        let mut v = olmo_json();
+        v["hidden_size"] = serde_json::json!(4100);
+        let e = ModelConfig::from_json(&v, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hidden_size (4100)") && e.contains("num_attention_heads (32)"),
+            "{e}"
+        );
+        // With an explicit head_dim the two are independent (e.g. Gemma-style widths).
+        v["head_dim"] = serde_json::json!(128);
+        assert!(ModelConfig::from_json(&v, Path::new("c.json")).is_ok());
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_allocation() {
+        for (field, value, needle) in [
+            ("hidden_size", 1_000_000_000_000i64, "hidden_size"),
+            ("vocab_size", 10_000_000_000, "vocab_size"),
+            ("num_hidden_layers", 1_000_000_000, "num_hidden_layers"),
+            ("intermediate_size", i64::MAX, "intermediate_size"),
+        ] {
+            let mut v = olmo_json();
+            v[field] = serde_json::json!(value);
+            v["head_dim"] = serde_json::json!(128);
+            let e = ModelConfig::from_json(&v, Path::new("c.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle) && e.contains("largest supported"), "{e}");
+        }
+        // Each size within its bound, the product still too large.
+        let mut v = olmo_json();
+        v["hidden_size"] = serde_json::json!(MAX_WIDTH);
+        v["intermediate_size"] = serde_json::json!(MAX_WIDTH);
+        v["num_hidden_layers"] = serde_json::json!(MAX_LAYERS);
+        let e = ModelConfig::from_json(&v, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("parameters"), "{e}");
+        let preset = olmo2_preset("olmo2-32b").unwrap();
+        assert!(preset.parameter_count().unwrap() > 30_000_000_000);
+        assert!(preset.validate(Path::new("preset")).is_ok());
     }
 }

@@ -1,5 +1,6 @@
 //! Where the residual stream of every token batch waits between layers: in memory (on the compute
-//! device) while it fits the budget, else in a memory-mapped scratch file on disk.
+//! device) while it fits the budget, else in a memory-mapped scratch file on disk (reserved in full
+//! and unnamed: see `scratch_file`).
 
 use std::path::Path;
 
@@ -7,12 +8,14 @@ use anyhow::{Context, Result};
 use memmap2::MmapMut;
 use tch::{Device, Kind, Tensor};
 
+use crate::scratch_file::create_reserved;
+
 /// Hidden states `[batch, seq, hidden]`, one per token batch.
 pub struct HiddenStore {
     // Field order matters: the tensors view the mapping, so they must drop before it.
     slots: Vec<Tensor>,
     device: Device,
-    _mapping: Option<(MmapMut, tempfile::NamedTempFile)>,
+    _mapping: Option<MmapMut>,
 }
 
 impl HiddenStore {
@@ -32,25 +35,20 @@ impl HiddenStore {
                 _mapping: None,
             });
         }
-        let file = tempfile::Builder::new()
-            .prefix("ckpt-scan-hidden-")
-            .tempfile_in(spill_dir)
-            .with_context(|| {
-                format!(
-                    "{}: cannot create the hidden-state spill file",
-                    spill_dir.display()
-                )
-            })?;
-        file.as_file().set_len(bytes).with_context(|| {
+        // A sparse file (`set_len`) would die of SIGBUS on a full disk at the first page written.
+        let file = create_reserved(
+            spill_dir,
+            bytes,
+            "hidden-state spill file (--hidden-budget-gb)",
+        )?;
+        // SAFETY: the file is ours alone (unnamed, fresh), and every tensor viewing the mapping is
+        // dropped before it (field order). The mapping keeps the blocks after `file` closes.
+        let mut mmap = unsafe { MmapMut::map_mut(&file) }.with_context(|| {
             format!(
-                "{}: cannot size the spill file to {bytes} bytes",
-                file.path().display()
+                "{}: cannot map the hidden-state spill file",
+                spill_dir.display()
             )
         })?;
-        // SAFETY: the file is ours alone (a fresh temp file), and every tensor viewing the mapping is
-        // dropped before it (field order).
-        let mut mmap = unsafe { MmapMut::map_mut(file.as_file()) }
-            .with_context(|| format!("{}: cannot map the spill file", file.path().display()))?;
         let mut offset = 0usize;
         let mut slots = Vec::with_capacity(initial.len());
         for t in &initial {
@@ -74,7 +72,7 @@ impl HiddenStore {
         Ok(HiddenStore {
             slots,
             device,
-            _mapping: Some((mmap, file)),
+            _mapping: Some(mmap),
         })
     }
 
@@ -131,5 +129,16 @@ mod tests {
         assert!(store.get(1).equal(&(&b * 3.0)));
         let in_memory = HiddenStore::new(vec![a.copy()], Device::Cpu, 1 << 20, dir.path()).unwrap();
         assert!(!in_memory.is_spilled());
+    }
+
+    #[test]
+    fn spill_leaves_no_file_in_the_temp_folder_even_while_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Tensor::ones([2, 3, 4], (Kind::Float, Device::Cpu));
+        let store = HiddenStore::new(vec![a], Device::Cpu, 0, dir.path()).unwrap();
+        assert!(store.is_spilled());
+        // Nothing named: a `kill -9` now would leave no ckpt-scan-hidden-* behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(f64::try_from(store.get(0).sum(Kind::Double)).unwrap(), 24.0);
     }
 }

@@ -23,6 +23,57 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Checks, before any work, that files can be created in folder `dir` (which may not exist yet):
+/// its nearest existing ancestor must be a folder we can write to. Creates nothing that stays, so a
+/// refused run leaves no empty folders behind. `flag` names the option in the error (`--out`).
+pub fn check_output_dir(dir: &Path, flag: &str) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut existing = dir;
+    loop {
+        match std::fs::metadata(existing) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => anyhow::bail!(
+                "{flag} {}: {} is not a folder",
+                dir.display(),
+                existing.display()
+            ),
+            // A file further up gives ENOTDIR here; walking up reaches it and names it.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match existing.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+                    _ => {
+                        existing = Path::new(".");
+                        break;
+                    }
+                }
+            }
+            Err(e) => anyhow::bail!("{flag} {}: {e}", dir.display()),
+        }
+    }
+    // Trying is the only honest test (permissions, ACLs, read-only mounts); the probe file is
+    // unlinked when it drops.
+    tempfile::Builder::new()
+        .prefix(".ckpt-scan-probe-")
+        .tempfile_in(existing)
+        .map(drop)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{flag} {}: cannot create files in {}: {e}",
+                dir.display(),
+                existing.display()
+            )
+        })
+}
+
 /// A temp file in `dir` for renaming into place, created readable by everyone (0644 on Unix) as
 /// an ordinary output file would be: tempfile's default of 0600 would survive the rename and leave
 /// reports and checkpoints unreadable to other users of a shared machine.
@@ -58,6 +109,33 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o644, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn unusable_output_folder_is_found_before_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = check_output_dir(&file.join("sub"), "--out").unwrap_err();
+        assert!(e.to_string().contains("is not a folder"), "{e}");
+        let e = check_output_dir(&file, "--out").unwrap_err();
+        assert!(e.to_string().starts_with("--out "), "{e}");
+        // A folder not yet there is fine, and checking creates nothing.
+        check_output_dir(&dir.path().join("new/deeper"), "--out").unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let ro = dir.path().join("read-only");
+            std::fs::create_dir(&ro).unwrap();
+            std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+            // root ignores permission bits; the check is only meaningful for other users.
+            if std::fs::write(ro.join("probe"), b"").is_err() {
+                let e = check_output_dir(&ro.join("out"), "--cache-dir").unwrap_err();
+                assert!(e.to_string().contains("cannot create files"), "{e}");
+            }
+            std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
     }
 }

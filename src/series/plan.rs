@@ -70,6 +70,14 @@ pub fn resolve_plan(
         if let Some(dir) = &series.cache_dir {
             hub.cache_dir = expand(dir, var)?.into();
             hub.offline = true;
+            // Offline, a missing folder lists no branches; say so instead of "no branch matched".
+            if !hub.cache_dir.is_dir() {
+                anyhow::bail!(
+                    "series {}: hub.cache_dir {}: not a folder\nhint: point cache_dir at the series folder `ckpt-scan train --out` wrote",
+                    manifest.name,
+                    hub.cache_dir.display()
+                );
+            }
         }
         let listing = list_refs(&series.repo, &hub)
             .with_context(|| format!("series {}: listing {}", manifest.name, series.repo))?;

@@ -6,7 +6,6 @@
 //! out-of-memory abort or a panic.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -134,7 +133,7 @@ pub struct GgufFile {
 impl GgufFile {
     /// Maps the file and parses and validates its header; reads no tensor data.
     pub fn open(path: &Path) -> SourceResult<Self> {
-        let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+        let file = crate::input_file::open_regular(path).map_err(|e| SourceError::io(path, e))?;
         // SAFETY: read-only mapping; every read copies out of it (as for safetensors shards).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| SourceError::io(path, e))?;
         let header = parse_header(&mmap, path)?;

@@ -103,6 +103,7 @@ const GENERATION_CHUNK: i64 = 1 << 22;
 /// Inverse-CDF sampling of a normal: `x = std·√2·erfinv(v)` for `v` uniform on (−edge, edge),
 /// where `edge = erf(cut/√2)` truncates at ±cut·σ (as `torch.nn.init.trunc_normal_` does), and
 /// `cut = ∞` (edge 1) gives a plain normal. Returns `[rows, cols...]` filled chunk by chunk.
+/// For shapes fixed in code; shapes from a config go through [`try_sample_normal`].
 pub(crate) fn sample_normal(
     shape: &[i64],
     seed: u64,
@@ -110,13 +111,25 @@ pub(crate) fn sample_normal(
     std: f64,
     cut_sigmas: f64,
 ) -> Tensor {
+    try_sample_normal(shape, seed, name, std, cut_sigmas).expect("a tensor of a size fixed in code")
+}
+
+/// [`sample_normal`] with the allocation's failure (a size a config asked for that the machine
+/// cannot hold) returned as an error instead of a panic.
+pub(crate) fn try_sample_normal(
+    shape: &[i64],
+    seed: u64,
+    name: &str,
+    std: f64,
+    cut_sigmas: f64,
+) -> Result<Tensor, tch::TchError> {
     let edge = if cut_sigmas.is_finite() {
         f64::try_from(Tensor::from(cut_sigmas / std::f64::consts::SQRT_2).erf())
             .expect("scalar erf")
     } else {
         1.0
     };
-    let t = Tensor::empty(shape, (Kind::Float, Device::Cpu));
+    let t = Tensor::f_empty(shape, (Kind::Float, Device::Cpu))?;
     let row_elements: i64 = shape[1..].iter().product();
     let rows_per_chunk = (GENERATION_CHUNK / row_elements.max(1)).max(1);
     let (mut start, mut chunk) = (0, 0u64);
@@ -135,7 +148,7 @@ pub(crate) fn sample_normal(
         start += rows;
         chunk += 1;
     }
-    t
+    Ok(t)
 }
 
 /// The standard deviation of a normal with standard deviation `std` truncated at `±cut·std`.
@@ -181,12 +194,17 @@ impl WeightSource for InitSource {
             .to_vec();
         if shape.len() == 1 {
             // Every 1-D tensor of these models is an RMSNorm weight, initialised to one.
-            return Ok(Tensor::ones(shape.as_slice(), (Kind::Float, Device::Cpu)));
+            return Ok(Tensor::f_ones(
+                shape.as_slice(),
+                (Kind::Float, Device::Cpu),
+            )?);
         }
         let tensor = match self.scheme {
-            InitScheme::Olmo => sample_normal(&shape, self.seed, name, INIT_STD, TRUNCATION_SIGMAS),
+            InitScheme::Olmo => {
+                try_sample_normal(&shape, self.seed, name, INIT_STD, TRUNCATION_SIGMAS)?
+            }
             InitScheme::Hf => {
-                let t = sample_normal(&shape, self.seed, name, INIT_STD, f64::INFINITY);
+                let t = try_sample_normal(&shape, self.seed, name, INIT_STD, f64::INFINITY)?;
                 if name == "model.embed_tokens.weight" {
                     if let Some(pad) = self.config.pad_token_id.filter(|&p| p >= 0 && p < shape[0])
                     {

@@ -2,7 +2,6 @@
 //! each memory-mapped once; a tensor is copied out only when asked for.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -12,6 +11,7 @@ use tch::{Kind, Tensor};
 
 use super::{Provenance, TensorInfo, WeightSource};
 use crate::error::{SourceError, SourceResult};
+use crate::input_file::{check_regular, open_regular, read_text_capped};
 use crate::model::config::ModelConfig;
 
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -106,7 +106,7 @@ pub struct Shard {
 impl Shard {
     /// Maps the file and validates its header against the file size; reads no tensor data.
     pub fn open(path: &Path) -> SourceResult<Self> {
-        let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
+        let file = open_regular(path).map_err(|e| SourceError::io(path, e))?;
         // SAFETY: the mapping is read-only and every read copies out of it; a file changed on disk
         // underneath us is outside what any reader of checkpoints can defend against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| SourceError::io(path, e))?;
@@ -216,11 +216,13 @@ pub struct SafetensorsSource {
 impl SafetensorsSource {
     /// Opens a model folder or a `.safetensors` file; reads only headers.
     pub fn open(path: &Path, spec: &str) -> SourceResult<Self> {
-        let (root, shard_files) = if path.is_file() {
+        let (root, shard_files) = if path.is_dir() {
+            (path.to_path_buf(), shard_files_in(path)?)
+        } else if path.symlink_metadata().is_ok() {
+            // A file, a FIFO, a link loop…: say what it is before looking for its config.json.
+            check_regular(path).map_err(|e| SourceError::io(path, e))?;
             let root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
             (root, vec![path.to_path_buf()])
-        } else if path.is_dir() {
-            (path.to_path_buf(), shard_files_in(path)?)
         } else {
             return Err(SourceError::MissingFile {
                 path: path.to_path_buf(),
@@ -289,7 +291,8 @@ pub fn index_shard_names(index_path: &Path) -> SourceResult<Vec<String>> {
 
 /// The `weight_map` of a `model.safetensors.index.json`: tensor name → shard file name.
 pub fn read_index(index_path: &Path) -> SourceResult<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(index_path).map_err(|e| SourceError::io(index_path, e))?;
+    let text = read_text_capped(index_path, MAX_HEADER_BYTES)
+        .map_err(|e| SourceError::io(index_path, e))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| SourceError::malformed(index_path, format!("invalid JSON: {e}")))?;
     let map = value

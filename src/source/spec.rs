@@ -70,7 +70,13 @@ impl SourceSpec {
                 )));
             }
             let (mut seed, mut scheme) = (0u64, InitScheme::Olmo);
+            let mut seen: Vec<&str> = Vec::new();
             for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                if seen.contains(&key) {
+                    return Err(bad(format!("option {key:?} is given twice")));
+                }
+                seen.push(key);
                 match pair.split_once('=') {
                     Some(("seed", v)) => {
                         seed = v
@@ -195,6 +201,17 @@ mod tests {
         ] {
             let e = SourceSpec::parse(spec).unwrap_err().to_string();
             assert!(e.contains(needle), "{spec:?} → {e}");
+        }
+    }
+
+    #[test]
+    fn init_option_given_twice_is_refused() {
+        for spec in [
+            "init:olmo2-1b?seed=1&seed=2",
+            "init:olmo2-1b?scheme=hf&seed=0&scheme=olmo",
+        ] {
+            let e = SourceSpec::parse(spec).unwrap_err().to_string();
+            assert!(e.contains("given twice"), "{spec:?} → {e}");
         }
     }
 }

@@ -110,15 +110,7 @@ pub fn train(request: &TrainRequest, printer: &Printer) -> Result<TrainOutcome> 
     let tokenizer_json = std::fs::read(run_dir.join(TOKENIZER_FILE))?;
     let train_tokens = read_tokens(&run_dir.join(TRAIN_TOKENS))?;
     let heldout_tokens = read_tokens(&run_dir.join(HELDOUT_TOKENS))?;
-    let seq = config.seq_len as usize;
-    if train_tokens.len() < seq + 2 || heldout_tokens.len() < seq + 1 {
-        bail!(
-            "{}: {} training and {} held-out tokens are too few for seq_len {seq}\nhint: raise corpus_bytes_per_source",
-            run_dir.display(),
-            train_tokens.len(),
-            heldout_tokens.len()
-        );
-    }
+    check_token_counts(&run_dir, config, train_tokens.len(), heldout_tokens.len())?;
 
     let model_config = config.model_config();
     let spec = format!("init:{}?seed={}&scheme=olmo", config.name, config.seed);
@@ -351,6 +343,9 @@ fn prepare(request: &TrainRequest, run_dir: &Path, printer: &Printer) -> Result<
     tokenizer::save(&tok, &run_dir.join(TOKENIZER_FILE))?;
     let train = tokenizer::encode_stream(&tok, &corpus.train)?;
     let heldout = tokenizer::encode_stream(&tok, &corpus.heldout)?;
+    // Before anything marks the preparation done: a refused config must leave the folder open
+    // to the corrected one.
+    check_token_counts(run_dir, config, train.len(), heldout.len())?;
     write_tokens(&run_dir.join(TRAIN_TOKENS), &train)?;
     write_tokens(&run_dir.join(HELDOUT_TOKENS), &heldout)?;
     let manifest = serde_json::json!({
@@ -381,6 +376,23 @@ fn prepare(request: &TrainRequest, run_dir: &Path, printer: &Printer) -> Result<
         tok.get_vocab_size(true),
         clock.elapsed().as_secs_f64()
     ));
+    Ok(())
+}
+
+/// Training needs a sequence plus its shifted target, held-out loss one sequence.
+fn check_token_counts(
+    run_dir: &Path,
+    config: &TrainConfig,
+    train: usize,
+    heldout: usize,
+) -> Result<()> {
+    let seq = config.seq_len as usize;
+    if train < seq + 2 || heldout < seq + 1 {
+        bail!(
+            "{}: {train} training and {heldout} held-out tokens are too few for seq_len {seq}\nhint: raise corpus_bytes_per_source",
+            run_dir.display(),
+        );
+    }
     Ok(())
 }
 
