@@ -108,3 +108,55 @@ fn olmo2_matches_transformers_with_hidden_states_spilled_to_disk() {
     // The scratch file is gone once the forward returns.
     assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
 }
+
+/// Peaked attention (Q and K ×8, make_golden.py `SCALED`) at 96 tokens with each RoPE variant
+/// transformers applies to these classes (issue 20): running any of them as plain RoPE moves the
+/// logits by 3–5, so a variant read wrong or ignored cannot pass.
+fn check_scaled(name: &str) {
+    check_model(name, name);
+}
+
+#[test]
+fn peaked_attention_with_plain_rope_matches_transformers() {
+    check_scaled("llama-peaked");
+}
+
+#[test]
+fn llama3_rope_scaling_is_not_run_as_plain_rope() {
+    check_scaled("llama-peaked-llama3");
+}
+
+#[test]
+fn llama3_rope_scaling_with_llama31_lengths_matches_transformers() {
+    check_scaled("llama-peaked-llama3-8192");
+}
+
+#[test]
+fn linear_rope_scaling_matches_transformers() {
+    check_scaled("llama-peaked-linear");
+}
+
+#[test]
+fn dynamic_rope_scaling_past_max_positions_matches_transformers() {
+    check_scaled("llama-peaked-dynamic");
+}
+
+#[test]
+fn yarn_rope_scaling_matches_transformers() {
+    check_scaled("llama-peaked-yarn");
+}
+
+#[test]
+fn yarn_rope_scaling_with_mscale_untruncated_matches_transformers() {
+    check_scaled("llama-peaked-yarn-mscale");
+}
+
+#[test]
+fn olmo2_llama3_rope_scaling_matches_transformers() {
+    check_scaled("olmo2-peaked-llama3");
+}
+
+#[test]
+fn olmo2_yarn_rope_scaling_matches_transformers() {
+    check_scaled("olmo2-peaked-yarn");
+}
