@@ -243,7 +243,7 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
 
 fn manifest_line(m: &Manifest) -> String {
     format!(
-        "source `{}`{}; text `{}`; {} sequences × {} tokens ({} fit); token-set sha256 `{}`; seed {}; capture `{}`; {} {}",
+        "source `{}`{}; text `{}`; {} sequences × {} tokens ({} fit); token-set sha256 `{}`; seed {}; capture `{}`; RoPE `{}` (theta {}); {} {}",
         m.source.spec,
         m.source.revision_sha.as_deref().map(|s| format!(" @ `{s}`")).unwrap_or_default(),
         m.text,
@@ -253,6 +253,8 @@ fn manifest_line(m: &Manifest) -> String {
         &m.token_set.hash[..16],
         m.seed,
         m.options.capture_point.name(),
+        m.config.rope_scaling.describe(),
+        m.config.rope_theta,
         m.tool.name,
         m.tool.version,
     )

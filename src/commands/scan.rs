@@ -21,6 +21,7 @@ use crate::data::token_set::{TokenSet, TokenSetOptions};
 use crate::data::tokenizer::tokenizer_for;
 use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, OutputHead};
+use crate::model::rope_scaling::RopeScaling;
 use crate::printer::Printer;
 use crate::report::atomic::write_atomic;
 use crate::report::manifest::{tool_version, ToolVersion};
@@ -84,6 +85,9 @@ pub struct CheckpointRecord {
     pub provenance: Provenance,
     pub identity: String,
     pub config_sha256: String,
+    /// The RoPE base and variant the forward ran with (also inside `config_sha256`).
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
     /// sha256 of each weight file (for a Hub cache file, its blob name, which is that hash).
     pub file_sha256: Vec<(String, String)>,
     pub fingerprint: String,
@@ -687,6 +691,8 @@ fn scan_checkpoint(
         provenance,
         identity,
         config_sha256,
+        rope_theta: config.rope_theta,
+        rope_scaling: config.rope_scaling.clone(),
         file_sha256,
         fingerprint: checkpoint_fingerprint,
         units,
