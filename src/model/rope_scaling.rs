@@ -254,11 +254,12 @@ impl RopeScaling {
                 high_freq_factor,
                 original_max_position_embeddings,
             } => {
-                if !positive(*factor)
-                    || !positive(*low_freq_factor)
-                    || !(high_freq_factor > low_freq_factor && high_freq_factor.is_finite())
-                    || *original_max_position_embeddings <= 0
-                {
+                let usable = positive(*factor)
+                    && positive(*low_freq_factor)
+                    && high_freq_factor.is_finite()
+                    && high_freq_factor > low_freq_factor
+                    && *original_max_position_embeddings > 0;
+                if !usable {
                     return bad(format!(
                         "RoPE llama3: needs factor > 0, 0 < low_freq_factor < high_freq_factor and \
                          original_max_position_embeddings > 0; got {factor}, {low_freq_factor}, \
