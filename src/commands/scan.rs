@@ -357,6 +357,18 @@ fn scan_options(
         store_budget_bytes: 0,
     };
     predictability.check(config)?;
+    // Unlike predict, scan does not cap k per kind: its summary and figures compare every
+    // k = 1..=max_refs across checkpoints and kinds, which a capped kind would leave empty.
+    for &kind in &kinds {
+        let largest = predictability.max_k(kind, 0, config);
+        if largest < max_refs {
+            bail!(
+                "--max-refs {max_refs}: scan compares k = 1..={max_refs} for every kind, but a {} head has only {largest} other {} heads in its layer\nhint: use --max-refs {largest} (or `ckpt-scan predict`, which caps k per kind)",
+                kind.name().to_uppercase(),
+                kind.name().to_uppercase()
+            );
+        }
+    }
     Ok(ScanOptions {
         text: args
             .text
