@@ -136,6 +136,23 @@ fn unknown_architecture_is_named() {
     );
 }
 
+/// Issue 20: a RoPE variant ckpt-scan does not implement used to run silently as plain RoPE.
+#[test]
+fn unknown_rope_type_is_refused_in_one_line_not_run_as_plain_rope() {
+    let dir = tiny_model_dir(Architecture::Llama, u64::MAX);
+    let config_path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["rope_scaling"] = serde_json::json!({"rope_type": "longrope", "factor": 4.0,
+        "short_factor": [1.0, 1.0], "long_factor": [2.0, 2.0]});
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let e = open_err(dir.path());
+    assert!(
+        e.contains("\"longrope\"") && e.contains("config.json") && !e.contains('\n'),
+        "{e}"
+    );
+}
+
 /// A source that returns NaN for one tensor and delegates the rest.
 struct PoisonedSource {
     inner: InitSource,

@@ -131,6 +131,24 @@ fn absurd_tensor_count_is_refused_before_allocating() {
     }
 }
 
+/// llama.cpp's form of Llama 3.1 RoPE scaling (a `rope_freqs.weight` divisor table, no scaling
+/// type) is refused rather than run as plain RoPE (issue 20).
+#[test]
+fn rope_frequency_factors_are_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llama31.gguf");
+    let mut gguf = TinyLlama::new(64);
+    gguf.tensor("rope_freqs.weight", &[8], 0, vec![0; 8 * 4]);
+    std::fs::write(&path, gguf.bytes()).unwrap();
+    let error = open_source(path.to_str().unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    for needle in ["llama31.gguf", "rope_freqs.weight", "not supported"] {
+        assert!(error.contains(needle), "{needle:?} not in: {error}");
+    }
+}
+
 #[test]
 fn truncated_tensor_data_is_reported_with_the_tensor() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,7 @@ use ckpt_scan::capture::recorder::Recorder;
 use ckpt_scan::capture::{token_rows, HeadKind};
 use ckpt_scan::capture::{CapturePoint, CaptureSink, LayerCapture};
 use ckpt_scan::data::token_set::Split;
-use ckpt_scan::model::config::Architecture;
+use ckpt_scan::model::config::{Architecture, ModelConfig};
 use ckpt_scan::model::forward::{forward_streamed, HiddenBudget, OutputHead};
 use ckpt_scan::model::weights::LoadOptions;
 use ckpt_scan::source::init::{InitScheme, InitSource};
@@ -93,12 +93,9 @@ fn check_exactness(architecture: Architecture, selection: Selection) {
         candidates: Candidates::SameLayer,
         store_budget_bytes: u64::MAX,
     };
-    // Llama's 2 KV heads allow one reference; its 4 query heads allow three.
-    let max_refs = if architecture == Architecture::Llama {
-        1
-    } else {
-        3
-    };
+    // Llama's 2 KV heads allow one reference, so its K and V are capped at k = 1 while its
+    // 4 query heads reach three (issue 20: capped per kind, not refused).
+    let max_refs = 3;
     let options = PredictabilityOptions {
         max_refs,
         ..options
@@ -167,6 +164,12 @@ fn check_exactness(architecture: Architecture, selection: Selection) {
         }
         assert!(row.status.is_empty(), "{row:?}");
         assert_eq!((row.n_fit, row.n_heldout), (256, 96));
+        let heads = match row.kind {
+            HeadKind::Q => config.num_attention_heads,
+            _ => config.num_key_value_heads,
+        } as usize;
+        assert_eq!(row.max_k, max_refs.min(heads - 1), "{row:?}");
+        assert!(row.k <= row.max_k, "{row:?}");
         checked += 1;
     }
     let kinds = [
@@ -176,7 +179,11 @@ fn check_exactness(architecture: Architecture, selection: Selection) {
     ];
     assert_eq!(
         checked as i64,
-        config.num_hidden_layers * kinds.iter().sum::<i64>() * max_refs as i64
+        config.num_hidden_layers
+            * kinds
+                .iter()
+                .map(|&h| h * (max_refs as i64).min(h - 1))
+                .sum::<i64>()
     );
     // Every ordered pair of distinct heads has an edge.
     let pairs: i64 = kinds.iter().map(|h| h * (h - 1)).sum();
@@ -298,9 +305,12 @@ fn too_few_held_out_rows_is_a_flagged_nan_not_a_number() {
     );
 }
 
+/// Issue 20: on a GQA model `--max-refs` above the K/V candidates used to refuse the whole run;
+/// now k is capped per kind (and, for earlier-layers candidates, per layer), and only a kind
+/// with no candidate anywhere is refused.
 #[test]
-fn max_refs_must_leave_a_candidate() {
-    let config = tiny_config(Architecture::Llama); // 4 query heads, 2 KV heads
+fn max_refs_above_the_kv_heads_is_capped_per_kind_not_refused() {
+    let config = tiny_config(Architecture::Llama); // 4 query heads, 2 KV heads, 2 layers
     let options = |kinds: Vec<HeadKind>, max_refs| PredictabilityOptions {
         kinds,
         max_refs,
@@ -310,21 +320,41 @@ fn max_refs_must_leave_a_candidate() {
         candidates: Candidates::SameLayer,
         store_budget_bytes: u64::MAX,
     };
-    assert!(options(vec![HeadKind::Q], 3).check(&config).is_ok());
+    let same_layer = options(vec![HeadKind::Q, HeadKind::K, HeadKind::V], 5);
+    assert!(same_layer.check(&config).is_ok());
+    assert_eq!(same_layer.max_k(HeadKind::Q, 0, &config), 3);
+    assert_eq!(same_layer.max_k(HeadKind::K, 1, &config), 1);
+    assert_eq!(
+        same_layer.capped_layers(HeadKind::V, &config),
+        [(0, 1), (1, 1)]
+    );
+    let earlier = PredictabilityOptions {
+        candidates: Candidates::EarlierLayers,
+        ..options(vec![HeadKind::K], 5)
+    };
+    assert!(earlier.check(&config).is_ok());
+    // Layer 0 offers 1 other K head, layer 1 offers 3 (its own other one and layer 0's two).
+    assert_eq!(
+        earlier.capped_layers(HeadKind::K, &config),
+        [(0, 1), (1, 3)]
+    );
+    assert!(options(vec![HeadKind::Q], 3)
+        .capped_layers(HeadKind::Q, &config)
+        .is_empty());
+    // One KV head per layer (MQA): no K head has another to be predicted from.
+    let mqa = ModelConfig {
+        num_key_value_heads: 1,
+        ..config.clone()
+    };
     let e = options(vec![HeadKind::Q, HeadKind::K], 2)
-        .check(&config)
+        .check(&mqa)
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("--max-refs 2") && e.contains("3 K heads") && e.contains("has 2"),
+        e.contains("--kinds k") && e.contains("one K head") && e.contains("hint:"),
         "{e}"
     );
-    let e = options(vec![HeadKind::Q], 1).check(&{
-        let mut c = config.clone();
-        c.num_hidden_layers = 2;
-        c
-    });
-    assert!(e.is_ok());
+    assert!(options(vec![HeadKind::Q], 2).check(&mqa).is_ok());
     let e = PredictabilityOptions {
         layers: Some(vec![2]),
         ..options(vec![HeadKind::Q], 1)
@@ -472,7 +502,7 @@ fn cli_predict_bad_input_is_one_clear_line() {
     std::fs::write(&empty, "\n\n  \n").unwrap();
     let tok = dir.path().join("missing-tokenizer.json");
     for (args, needle) in [
-        (vec!["--max-refs", "4"], "--max-refs 4"),
+        (vec!["--max-refs", "0"], "--max-refs must be at least 1"),
         (
             vec![
                 "--text",
@@ -504,6 +534,53 @@ fn cli_predict_bad_input_is_one_clear_line() {
         assert!(stderr.trim().lines().count() <= 2, "{stderr}");
     }
     assert!(!dir.path().join("predictability.csv").exists());
+}
+
+/// `predict --max-refs 3` on a GQA model (4 query heads, 2 KV heads): Q reaches k = 3, K and V
+/// are capped at k = 1; the cap is the `max_k` column (after the existing columns) and a
+/// summary line.
+#[test]
+fn cli_predict_on_gqa_caps_k_per_kind_and_records_the_cap() {
+    let model = common::tiny_model_dir(Architecture::Llama, u64::MAX);
+    let out = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = cli(&[
+        "--quiet",
+        "predict",
+        model.path().to_str().unwrap(),
+        "--text",
+        "random",
+        "--tokens",
+        "2048",
+        "--seq-len",
+        "32",
+        "--max-refs",
+        "3",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let header = std::fs::read_to_string(out.path().join("predictability.csv")).unwrap();
+    assert_eq!(
+        header.lines().next().unwrap(),
+        "checkpoint,kind,layer,target_head,k,reference_heads,reference_layers,r2_heldout,\
+         r2_insample,r2_pooled_heldout,r2_pooled_insample,n_fit,n_heldout,status,max_k"
+    );
+    let rows = read_csv(&out.path().join("predictability.csv"));
+    // 2 layers × (4 Q heads × k 1..3 + 2 × 2 KV heads × k 1).
+    assert_eq!(rows.len(), 2 * (4 * 3 + 2 * 2));
+    for row in &rows {
+        let expected = if row["kind"] == "q" { "3" } else { "1" };
+        assert_eq!(row["max_k"], expected, "{row:?}");
+    }
+    for needle in [
+        "| Q | 3 |",
+        "| K | 1 |",
+        "k capped",
+        "K: k ≤ 1 in every layer (2 K heads per layer)",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} not in:\n{stdout}");
+    }
+    assert!(!stdout.contains("| K | 2 |"), "{stdout}");
 }
 
 #[test]

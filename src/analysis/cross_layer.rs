@@ -206,7 +206,7 @@ impl CrossLayerSink {
             };
             for k in 1..=references.len() {
                 let score = fit_and_score(fit_split, heldout, layout, &references[..k], target);
-                rows.push(out.prediction(target, &references[..k], score));
+                rows.push(out.prediction(target, &references[..k], score, references.len()));
             }
         }
         self.rows.extend(rows);

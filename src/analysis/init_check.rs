@@ -550,6 +550,7 @@ mod tests {
                 n_fit: 6144,
                 n_heldout: 2048,
                 status: String::new(),
+                max_k: 1,
             })
             .collect()
     }

@@ -72,33 +72,50 @@ impl PredictabilityOptions {
         if self.candidates == Candidates::EarlierLayers && self.selection == Selection::Greedy {
             bail!("--select greedy works only with --candidates same-layer: forward selection over every earlier layer's heads needs the cross-layer Gram blocks of all candidates with each chosen head; use --select topn (the paper's rule)");
         }
-        // The shallowest analysed layer offers the fewest candidates.
-        let shallowest = self
-            .layers
-            .as_ref()
-            .and_then(|l| l.iter().min().copied())
-            .unwrap_or(0);
-        for kind in &self.kinds {
-            let heads = kind.heads(config) as usize;
-            let candidates = match self.candidates {
-                Candidates::SameLayer => heads - 1,
-                Candidates::EarlierLayers => (shallowest as usize + 1) * heads - 1,
-            };
-            if self.max_refs > candidates {
-                let per = match self.candidates {
-                    Candidates::SameLayer => "per layer".to_string(),
-                    Candidates::EarlierLayers => format!("in layers 0..={shallowest}"),
-                };
+        // k is capped per kind and layer at the candidates there (GQA models have few K and V
+        // heads); only a kind no analysed layer can predict at all is refused. The deepest
+        // analysed layer offers the most candidates.
+        let deepest = self.last_layer().unwrap_or(config.num_hidden_layers - 1);
+        for &kind in &self.kinds {
+            if self.reference_candidates(kind, deepest, config) == 0 {
                 bail!(
-                    "--max-refs {} needs at least {} {} heads {per} to choose from; this model has {}",
-                    self.max_refs,
-                    self.max_refs + 1,
+                    "--kinds {}: this model has one {} head per layer, so no {} head has another to be predicted from{}\nhint: leave {} out of --kinds",
+                    kind.name(),
                     kind.name().to_uppercase(),
-                    candidates + 1
+                    kind.name().to_uppercase(),
+                    match self.candidates {
+                        Candidates::SameLayer => " in its layer",
+                        Candidates::EarlierLayers => " in layer 0",
+                    },
+                    kind.name()
                 );
             }
         }
         Ok(())
+    }
+
+    /// Heads a target of `kind` in `layer` may take references from.
+    pub fn reference_candidates(&self, kind: HeadKind, layer: i64, config: &ModelConfig) -> usize {
+        let heads = kind.heads(config) as usize;
+        match self.candidates {
+            Candidates::SameLayer => heads - 1,
+            Candidates::EarlierLayers => (layer.max(0) as usize + 1) * heads - 1,
+        }
+    }
+
+    /// The largest k computed for `kind` in `layer`: `--max-refs`, capped at the candidates.
+    pub fn max_k(&self, kind: HeadKind, layer: i64, config: &ModelConfig) -> usize {
+        self.max_refs
+            .min(self.reference_candidates(kind, layer, config))
+    }
+
+    /// Analysed layers of `kind` whose k is capped below `--max-refs`, with their cap.
+    pub fn capped_layers(&self, kind: HeadKind, config: &ModelConfig) -> Vec<(i64, usize)> {
+        (0..config.num_hidden_layers)
+            .filter(|&l| self.analyses(l))
+            .map(|l| (l, self.max_k(kind, l, config)))
+            .filter(|&(_, k)| k < self.max_refs)
+            .collect()
     }
 
     /// Whether `layer` is analysed (it may still be captured as a source of deeper layers).
@@ -132,6 +149,9 @@ pub struct PredictionRow {
     pub n_heldout: i64,
     /// Empty when the numbers are real, else why they are NaN.
     pub status: String,
+    /// The largest k computed for this kind and layer: `--max-refs`, capped at the number of
+    /// candidate heads (GQA layers have fewer K/V heads than Q heads).
+    pub max_k: usize,
 }
 
 /// Single-reference R² of (`layer`, `target_head`) from (`source_layer`, `source_head`): the graph's edge.
@@ -176,8 +196,15 @@ impl LayerRows<'_> {
             .collect()
     }
 
-    /// The row of `target` predicted from `references` (in selection order).
-    pub fn prediction(&self, target: HeadId, references: &[HeadId], s: FitScores) -> PredictionRow {
+    /// The row of `target` predicted from `references` (in selection order), one of the prefixes
+    /// of its `max_k` selected references.
+    pub fn prediction(
+        &self,
+        target: HeadId,
+        references: &[HeadId],
+        s: FitScores,
+        max_k: usize,
+    ) -> PredictionRow {
         let join =
             |f: &dyn Fn(&HeadId) -> String| references.iter().map(f).collect::<Vec<_>>().join(";");
         PredictionRow {
@@ -195,6 +222,7 @@ impl LayerRows<'_> {
             n_fit: self.n_fit,
             n_heldout: self.n_heldout,
             status: s.status,
+            max_k,
         }
     }
 }
@@ -310,7 +338,7 @@ pub(crate) fn same_layer_rows(
         );
         for k in 1..=references.len() {
             let s = fit_and_score(fit_split, heldout, &layout, &references[..k], target);
-            rows.push(out.prediction(target, &references[..k], s));
+            rows.push(out.prediction(target, &references[..k], s, references.len()));
         }
     }
     (single, rows)

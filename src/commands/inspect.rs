@@ -156,6 +156,11 @@ fn print_report(r: &InspectReport, p: &Printer) {
         c.rms_norm_eps, c.rope_theta, c.tie_word_embeddings, r.parameters
     ));
     p.result(format!(
+        "rope         {}, max_position_embeddings {}",
+        c.rope_scaling.describe(),
+        c.max_position_embeddings
+    ));
+    p.result(format!(
         "{:<56} {:>18} {:>6} {:>12} {:>16} {:>8}",
         "tensor", "shape", "dtype", "bytes", "fingerprint", "nan/inf"
     ));

@@ -258,7 +258,7 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
 
 fn manifest_line(m: &Manifest) -> String {
     format!(
-        "source `{}`{}; text `{}`; {} sequences × {} tokens ({} fit); token-set sha256 `{}`; seed {}; capture `{}`; {} {}",
+        "source `{}`{}; text `{}`; {} sequences × {} tokens ({} fit); token-set sha256 `{}`; seed {}; capture `{}`; RoPE `{}` (theta {}); {} {}",
         m.source.spec,
         m.source.revision_sha.as_deref().map(|s| format!(" @ `{s}`")).unwrap_or_default(),
         m.text,
@@ -268,6 +268,8 @@ fn manifest_line(m: &Manifest) -> String {
         &m.token_set.hash[..16],
         m.seed,
         m.options.capture_point.name(),
+        m.config.rope_scaling.describe(),
+        m.config.rope_theta,
         m.tool.name,
         m.tool.version,
     )
@@ -305,11 +307,27 @@ pub fn summary_markdown(
             ));
         }
     }
+    let caps = k_cap_lines(options, config);
+    let capped = !caps.is_empty();
+    if capped {
+        md.push_str(&format!(
+            "\n**k capped** below --max-refs {} at the candidate heads (`max_k` in predictability.csv); a mean over k above a layer's cap leaves that layer out, and the per-layer table shows each layer's largest k:\n\n",
+            options.max_refs
+        ));
+        for line in caps {
+            md.push_str(&format!("- {line}\n"));
+        }
+    }
     let max_k = options.max_refs;
     md.push_str("\n## Per layer (held-out R², mean over target heads)\n\n| layer |");
     for &kind in &options.kinds {
+        let largest = (0..config.num_hidden_layers)
+            .filter(|&l| options.analyses(l))
+            .map(|l| options.max_k(kind, l, config))
+            .max()
+            .unwrap_or(max_k);
         md.push_str(&format!(
-            " {} k=1 | {} k={max_k} |",
+            " {} k=1 | {} k={largest} |",
             kind.name().to_uppercase(),
             kind.name().to_uppercase()
         ));
@@ -320,10 +338,12 @@ pub fn summary_markdown(
     for layer in 0..config.num_hidden_layers {
         md.push_str(&format!("| {layer} |"));
         for &kind in &options.kinds {
-            for k in [1, max_k] {
+            // The second column is the layer's largest k: --max-refs unless capped there.
+            for largest in [false, true] {
                 let (m, _) = finite_mean(
                     rows.iter()
-                        .filter(|r| r.kind == kind && r.layer == layer && r.k == k)
+                        .filter(|r| r.kind == kind && r.layer == layer)
+                        .filter(|r| r.k == if largest { r.max_k } else { 1 })
                         .map(|r| r.r2_heldout),
                 );
                 md.push_str(&format!(" {m:.4} |"));
@@ -332,12 +352,15 @@ pub fn summary_markdown(
         md.push('\n');
     }
     if options.candidates == Candidates::EarlierLayers {
-        md.push_str(&format!("\n## Where references come from (k={max_k})\n\n"));
+        md.push_str(&format!(
+            "\n## Where references come from (k={max_k}{})\n\n",
+            if capped { ", or the layer's cap" } else { "" }
+        ));
         md.push_str("Share of the chosen references that lie in an earlier layer than their target, and how many layers back they lie on average.\n\n| kind | earlier-layer share | mean layers back |\n|---|---|---|\n");
         for &kind in &options.kinds {
             let distances: Vec<f64> = rows
                 .iter()
-                .filter(|r| r.kind == kind && r.k == max_k)
+                .filter(|r| r.kind == kind && r.k == r.max_k)
                 .flat_map(|r| {
                     r.reference_layers
                         .split(';')
@@ -366,4 +389,34 @@ pub fn read_rows(dir: &Path) -> Result<Vec<serde_json::Value>> {
         .deserialize::<serde_json::Value>()
         .collect::<Result<Vec<_>, _>>()
         .context("predictability.csv")
+}
+
+/// One line per kind whose k is capped below `--max-refs` in some analysed layer.
+fn k_cap_lines(options: &PredictabilityOptions, config: &ModelConfig) -> Vec<String> {
+    let analysed = (0..config.num_hidden_layers)
+        .filter(|&l| options.analyses(l))
+        .count();
+    let mut lines = Vec::new();
+    for &kind in &options.kinds {
+        let capped = options.capped_layers(kind, config);
+        let Some(&(_, first_k)) = capped.first() else {
+            continue;
+        };
+        let name = kind.name().to_uppercase();
+        let heads = kind.heads(config);
+        let where_capped = if capped.len() == analysed && capped.iter().all(|&(_, k)| k == first_k)
+        {
+            format!("k ≤ {first_k} in every layer")
+        } else {
+            capped
+                .iter()
+                .map(|(layer, k)| format!("k ≤ {k} in layer {layer}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        lines.push(format!(
+            "{name}: {where_capped} ({heads} {name} heads per layer)"
+        ));
+    }
+    lines
 }

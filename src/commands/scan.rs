@@ -23,6 +23,7 @@ use crate::data::token_set::{TokenSet, TokenSetOptions};
 use crate::data::tokenizer::tokenizer_for;
 use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, OutputHead};
+use crate::model::rope_scaling::RopeScaling;
 use crate::printer::Printer;
 use crate::progress::Progress;
 use crate::report::atomic::{check_output_dir, write_atomic};
@@ -97,6 +98,9 @@ pub struct CheckpointRecord {
     pub provenance: Provenance,
     pub identity: String,
     pub config_sha256: String,
+    /// The RoPE base and variant the forward ran with (also inside `config_sha256`).
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
     /// sha256 of each weight file (for a Hub cache file, its blob name, which is that hash).
     pub file_sha256: Vec<(String, String)>,
     pub fingerprint: String,
@@ -714,6 +718,18 @@ fn scan_options(
         store_budget_bytes: 0,
     };
     predictability.check(config)?;
+    // Unlike predict, scan does not cap k per kind: its summary and figures compare every
+    // k = 1..=max_refs across checkpoints and kinds, which a capped kind would leave empty.
+    for &kind in &kinds {
+        let largest = predictability.max_k(kind, 0, config);
+        if largest < max_refs {
+            bail!(
+                "--max-refs {max_refs}: scan compares k = 1..={max_refs} for every kind, but a {} head has only {largest} other {} heads in its layer\nhint: use --max-refs {largest} (or `ckpt-scan predict`, which caps k per kind)",
+                kind.name().to_uppercase(),
+                kind.name().to_uppercase()
+            );
+        }
+    }
     Ok(ScanOptions {
         text: args
             .text
@@ -1051,6 +1067,8 @@ fn scan_checkpoint(
         provenance,
         identity,
         config_sha256,
+        rope_theta: config.rope_theta,
+        rope_scaling: config.rope_scaling.clone(),
         file_sha256,
         fingerprint: checkpoint_fingerprint,
         units,

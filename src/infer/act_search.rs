@@ -92,7 +92,7 @@ pub fn search_heads(
     requests.sort_by_key(|r| std::cmp::Reverse(r.ids.len()));
     let device = model.options().device;
     let width = requests.first().map_or(1, |r| r.ids.len()) as i64;
-    let rope = Rope::new(config.head_dim, config.rope_theta, width, device);
+    let rope = Rope::for_config(config, width, device);
     let mut batches = make_batches(model, &requests, options.batch_tokens);
     let tokens = requests.iter().map(|r| r.ids.len() as i64).sum();
 

@@ -2,7 +2,8 @@
 //!
 //! Traps (research/olmo2.md §1.1): OLMo-2's class defaults differ from its checkpoints (eps 1e-5 vs
 //! 1e-6, vocab 50304 vs 100352), and `rope_theta` lives either at the top level (v4 files) or
-//! inside `rope_parameters` (transformers v5). Always read the file; never trust class defaults.
+//! inside `rope_parameters` (transformers v5), next to the RoPE scaling variant
+//! (model/rope_scaling.rs). Always read the file; never trust class defaults.
 
 use std::path::Path;
 
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{SourceError, SourceResult};
+use crate::model::rope_scaling::{RopeParameters, RopeScaling};
 
 /// The block layouts ckpt-scan can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +59,10 @@ pub struct ModelConfig {
     pub head_dim: i64,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// The RoPE variant (`rope_scaling` / `rope_parameters.rope_type`); plain RoPE when absent,
+    /// also in reports written before the field existed.
+    #[serde(default)]
+    pub rope_scaling: RopeScaling,
     pub max_position_embeddings: i64,
     pub tie_word_embeddings: bool,
     pub pad_token_id: Option<i64>,
@@ -102,16 +108,8 @@ impl ModelConfig {
             None if num_attention_heads > 0 => hidden_size / num_attention_heads,
             None => 0,
         };
-        let rope_theta = value
-            .get("rope_theta")
-            .and_then(Value::as_f64)
-            .or_else(|| {
-                value
-                    .get("rope_parameters")
-                    .and_then(|p| p.get("rope_theta"))
-                    .and_then(Value::as_f64)
-            })
-            .unwrap_or(10_000.0);
+        let max_position_embeddings = opt_int("max_position_embeddings").unwrap_or(2048);
+        let rope = RopeParameters::from_json(value, max_position_embeddings, path)?;
         let default_tie = architecture == Architecture::Llama;
         let config = ModelConfig {
             architecture,
@@ -126,8 +124,9 @@ impl ModelConfig {
                 .get("rms_norm_eps")
                 .and_then(Value::as_f64)
                 .ok_or_else(|| SourceError::malformed(path, "missing field \"rms_norm_eps\""))?,
-            rope_theta,
-            max_position_embeddings: opt_int("max_position_embeddings").unwrap_or(2048),
+            rope_theta: rope.theta,
+            rope_scaling: rope.scaling,
+            max_position_embeddings,
             tie_word_embeddings: value
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -201,7 +200,7 @@ impl ModelConfig {
         if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
-        Ok(())
+        self.rope_scaling.validate(path)
     }
 
     /// Weights the config implies (embedding, every layer's projections and norms, final norm and
@@ -231,13 +230,14 @@ impl ModelConfig {
         self.num_attention_heads / self.num_key_value_heads
     }
 
-    /// The `config.json` a Hugging Face loader accepts for this config.
+    /// The `config.json` a Hugging Face loader accepts for this config. Plain RoPE adds no key,
+    /// so the JSON (and digests of it) of unscaled configs is what it was before scaling existed.
     pub fn to_hf_json(&self) -> Value {
         let model_type = match self.architecture {
             Architecture::Olmo2 => "olmo2",
             Architecture::Llama => "llama",
         };
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "architectures": [self.architecture.hf_class()],
             "model_type": model_type,
             "vocab_size": self.vocab_size,
@@ -256,7 +256,11 @@ impl ModelConfig {
             "eos_token_id": self.eos_token_id,
             "hidden_act": "silu",
             "attention_bias": false,
-        })
+        });
+        if let Some(scaling) = self.rope_scaling.to_hf_json(self.rope_theta) {
+            json["rope_scaling"] = scaling;
+        }
+        json
     }
 }
 
@@ -304,6 +308,7 @@ pub fn olmo2_preset(name: &str) -> Option<ModelConfig> {
         head_dim: 128,
         rms_norm_eps: 1e-6,
         rope_theta: 500_000.0,
+        rope_scaling: RopeScaling::Default,
         max_position_embeddings: 4096,
         tie_word_embeddings: false,
         pad_token_id: Some(100_277),

@@ -1,6 +1,7 @@
 //! The layer-streamed forward pass: every token batch goes through layer l before layer l+1 is
 //! read, so one layer's weights are in memory at a time and each is read once.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -59,13 +60,17 @@ pub fn forward_streamed(
 ) -> Result<Vec<Tensor>> {
     let config = source.config().clone();
     check_token_ids(batches, &config)?;
-    let max_seq = batches.iter().map(|b| b.size()[1]).max().unwrap_or(0);
-    let rope = Rope::new(
-        config.head_dim,
-        config.rope_theta,
-        max_seq.max(1),
-        options.device,
-    );
+    // One table per batch length: `dynamic` RoPE depends on it (each batch gets what
+    // transformers computes for that batch alone); for the other variants a shorter table is a
+    // prefix of a longer one, so the values are the same either way.
+    let lengths: Vec<i64> = batches.iter().map(|b| b.size()[1].max(1)).collect();
+    let ropes: BTreeMap<i64, Rope> = lengths
+        .iter()
+        .copied()
+        .collect::<BTreeSet<i64>>()
+        .into_iter()
+        .map(|len| (len, Rope::for_config(&config, len, options.device)))
+        .collect();
     let _no_grad = tch::no_grad_guard();
 
     let embed = load_tensor(
@@ -102,7 +107,7 @@ pub fn forward_streamed(
             };
             let x = layer.forward(
                 &hidden.get(batch_index),
-                &mut AttentionStep::plain(&rope),
+                &mut AttentionStep::plain(&ropes[&lengths[batch_index]]),
                 &mut ctx,
             )?;
             hidden.set(batch_index, x);

@@ -227,6 +227,7 @@ pub fn element_bytes(kind: Kind) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::rope_scaling::RopeScaling;
     use tch::Device;
 
     /// Appends `keys`/`values` `[2, 3, 40, 4]` in uneven steps; checks every read against `expect`.
@@ -261,7 +262,7 @@ mod tests {
     fn appended_positions_read_back_in_order_across_growth() {
         let mut cache = LayerCache::default();
         let opts = (Kind::Float, Device::Cpu);
-        let rope = Rope::new(4, 10_000.0, 64, Device::Cpu);
+        let rope = Rope::new(4, 10_000.0, &RopeScaling::Default, 64, Device::Cpu);
         let all_k = Tensor::randn([2, 3, 40, 4], opts);
         let all_v = Tensor::randn([2, 3, 40, 4], opts);
         let rotated = rope.apply(&all_k, 0);
@@ -279,7 +280,7 @@ mod tests {
     #[test]
     fn a_compressed_layer_with_copy_maps_reads_back_the_plain_tensors() {
         let opts = (Kind::Float, Device::Cpu);
-        let rope = Rope::new(4, 10_000.0, 64, Device::Cpu);
+        let rope = Rope::new(4, 10_000.0, &RopeScaling::Default, 64, Device::Cpu);
         let with_copy = |t: Tensor| {
             let h0 = t.narrow(1, 0, 1);
             Tensor::cat(&[&h0, &h0, &t.narrow(1, 2, 1)], 1)

@@ -12,4 +12,5 @@ pub mod mlp;
 pub mod norm;
 pub mod resident;
 pub mod rope;
+pub mod rope_scaling;
 pub mod weights;

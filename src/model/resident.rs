@@ -160,12 +160,7 @@ impl ResidentModel {
     fn forward_hidden(&self, ids: &Tensor, state: &mut ForwardState) -> Result<Tensor> {
         let seq = ids.size()[1];
         let past = state.cache.as_ref().map_or(0, |c| c.len());
-        let rope = Rope::new(
-            self.config.head_dim,
-            self.config.rope_theta,
-            past + seq,
-            self.options.device,
-        );
+        let rope = Rope::for_config(&self.config, past + seq, self.options.device);
         let mut x = Tensor::embedding(
             &self.embed_tokens,
             &ids.to_device(self.options.device),

@@ -1,7 +1,11 @@
 //! Rotary position embedding, "rotate half" layout (dimension j pairs with j + d/2), as in
-//! transformers' default RoPE for OLMo-2 and Llama. Angles are computed in f32 exactly as HF does.
+//! transformers' RoPE for OLMo-2 and Llama, with the frequency variants of `rope_scaling`
+//! (model/rope_scaling.rs). Angles are computed in f32 exactly as HF does.
 
 use tch::{Device, Kind, Tensor};
+
+use crate::model::config::ModelConfig;
+use crate::model::rope_scaling::RopeScaling;
 
 /// Precomputed cos/sin tables for positions `0..max_positions`, each `[max_positions, head_dim]` in f32.
 pub struct Rope {
@@ -10,20 +14,40 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(head_dim: i64, theta: f64, max_positions: i64, device: Device) -> Self {
+    /// The tables `config`'s RoPE gives a forward call over positions `0..max_positions`.
+    ///
+    /// `max_positions` is also the sequence length `dynamic` scaling sees: transformers takes
+    /// `max(position_ids) + 1` of the call, so a table built for the call's longest position
+    /// matches it (transformers keeps a grown base for later shorter calls until one falls back
+    /// under `max_position_embeddings`; ckpt-scan's calls are independent).
+    pub fn for_config(config: &ModelConfig, max_positions: i64, device: Device) -> Self {
+        Rope::new(
+            config.head_dim,
+            config.rope_theta,
+            &config.rope_scaling,
+            max_positions,
+            device,
+        )
+    }
+
+    pub fn new(
+        head_dim: i64,
+        theta: f64,
+        scaling: &RopeScaling,
+        max_positions: i64,
+        device: Device,
+    ) -> Self {
         let opts = (Kind::Float, device);
-        // HF: inv_freq = 1 / base ** (arange(0, d, 2) / d), all in f32.
-        let exponent = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device))
-            .to_kind(Kind::Float)
-            / head_dim as f64;
-        let base = Tensor::from(theta as f32).to_device(device);
-        let inv_freq = base.pow(&exponent).reciprocal();
+        let inv_freq = scaling.inverse_frequencies(head_dim, theta, max_positions, device);
         let positions = Tensor::arange(max_positions, opts);
         let freqs = positions.unsqueeze(1).matmul(&inv_freq.unsqueeze(0));
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        // transformers multiplies cos and sin by the attention factor (YaRN's mscale), so both
+        // rotated Q and K carry it and the logits scale by its square.
+        let attention_factor = scaling.attention_factor();
         Rope {
-            cos: emb.cos(),
-            sin: emb.sin(),
+            cos: emb.cos() * attention_factor,
+            sin: emb.sin() * attention_factor,
         }
     }
 
@@ -51,6 +75,16 @@ impl Rope {
     pub fn max_positions(&self) -> i64 {
         self.cos.size()[0]
     }
+
+    /// The cos table `[max_positions, head_dim]` f32 (attention factor included).
+    pub fn cos(&self) -> &Tensor {
+        &self.cos
+    }
+
+    /// The sin table `[max_positions, head_dim]` f32 (attention factor included).
+    pub fn sin(&self) -> &Tensor {
+        &self.sin
+    }
 }
 
 /// `cat(-x[d/2:], x[:d/2])` over the last dimension.
@@ -67,7 +101,7 @@ mod tests {
 
     #[test]
     fn position_zero_is_identity_and_norms_are_preserved() {
-        let rope = Rope::new(8, 10_000.0, 16, Device::Cpu);
+        let rope = Rope::new(8, 10_000.0, &RopeScaling::Default, 16, Device::Cpu);
         tch::manual_seed(0);
         let x = Tensor::randn([1, 2, 16, 8], (Kind::Float, Device::Cpu));
         let y = rope.apply(&x, 0);
@@ -83,7 +117,7 @@ mod tests {
 
     #[test]
     fn per_row_positions_equal_offsets() {
-        let rope = Rope::new(8, 10_000.0, 16, Device::Cpu);
+        let rope = Rope::new(8, 10_000.0, &RopeScaling::Default, 16, Device::Cpu);
         tch::manual_seed(2);
         let x = Tensor::randn([2, 3, 4, 8], (Kind::Float, Device::Cpu));
         let positions = Tensor::from_slice(&[5i64, 6, 7, 8, 0, 1, 2, 3]).view([2, 4]);
@@ -94,7 +128,7 @@ mod tests {
 
     #[test]
     fn dot_products_depend_only_on_relative_position() {
-        let rope = Rope::new(4, 100.0, 32, Device::Cpu);
+        let rope = Rope::new(4, 100.0, &RopeScaling::Default, 32, Device::Cpu);
         let q = Tensor::from_slice(&[0.3f32, -1.0, 0.7, 0.2]).reshape([1, 1, 1, 4]);
         let k = Tensor::from_slice(&[1.0f32, 0.5, -0.4, 0.9]).reshape([1, 1, 1, 4]);
         let dot = |pq: i64, pk: i64| {

@@ -13,6 +13,7 @@ use crate::capture::HeadKind;
 use crate::commands::align::{AlignOutput, WeightVsMeasuredRow};
 use crate::commands::scan::ScanOptions;
 use crate::model::config::ModelConfig;
+use crate::model::rope_scaling::RopeScaling;
 use crate::report::atomic::write_atomic;
 use crate::report::csv::write_csv;
 use crate::report::scan_figures::{write_figures, Figure};
@@ -252,7 +253,7 @@ fn render_markdown(
     md.push_str(&format!(
         "{} checkpoints and {} random initialisations; model: {} layers, d_model {}, {} query / {} KV heads of dimension {}. \
 Token set: `{}` text, {} tokens in sequences of {} (75% of sequences fit the maps, 25% held out), seed {}. \
-Q and K captured at `{}`; V is the raw projection. Provenance of every number is in manifest.json.\n\n",
+Q and K captured at `{}`{}; V is the raw projection. Provenance of every number is in manifest.json.\n\n",
         tables.checkpoints.len() - inits,
         inits,
         config.num_hidden_layers,
@@ -265,6 +266,10 @@ Q and K captured at `{}`; V is the raw projection. Provenance of every number is
         options.seq_len,
         options.seed,
         options.predictability.capture_point.name(),
+        match config.rope_scaling {
+            RopeScaling::Default => String::new(),
+            ref scaled => format!(" (RoPE {})", scaled.describe()),
+        },
     ));
     md.push_str("## How to read this\n\n");
     md.push_str(&format!(

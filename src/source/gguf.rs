@@ -14,6 +14,7 @@ use super::names::{hf_name, rope_projection, unpermute_rope_rows, RopeProjection
 use super::{Provenance, TensorInfo, WeightSource};
 use crate::error::{SourceError, SourceResult};
 use crate::model::config::{Architecture, ModelConfig};
+use crate::model::rope_scaling::RopeScaling;
 
 /// RoPE base when `{arch}.rope.freq_base` is absent (llama.cpp's default).
 const DEFAULT_ROPE_THETA: f64 = 10_000.0;
@@ -211,6 +212,15 @@ pub fn config_from_metadata(file: &GgufFile) -> SourceResult<ModelConfig> {
             )));
         }
     }
+    // llama.cpp stores Llama 3.1's RoPE scaling not as a scaling type but as this per-frequency
+    // divisor table; running without it would be plain RoPE, silently wrong past short contexts.
+    if file.tensor("rope_freqs.weight").is_some() {
+        return Err(bad(
+            "has rope_freqs.weight (per-frequency RoPE factors, llama.cpp's form of Llama 3.1 \
+             scaling): not supported; load the Hugging Face checkpoint instead"
+                .into(),
+        ));
+    }
     let rms_norm_eps = opt_float("attention.layer_norm_rms_epsilon")?.ok_or_else(|| {
         bad(format!(
             "missing metadata key {}",
@@ -242,6 +252,7 @@ pub fn config_from_metadata(file: &GgufFile) -> SourceResult<ModelConfig> {
         head_dim,
         rms_norm_eps,
         rope_theta: opt_float("rope.freq_base")?.unwrap_or(DEFAULT_ROPE_THETA),
+        rope_scaling: RopeScaling::Default,
         max_position_embeddings: opt_int("context_length")?.unwrap_or(DEFAULT_CONTEXT_LENGTH),
         // llama.cpp's converter drops lm_head when it equals the embedding.
         tie_word_embeddings: file.tensor("output.weight").is_none(),

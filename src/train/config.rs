@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::model::config::{Architecture, ModelConfig};
+use crate::model::rope_scaling::RopeScaling;
 
 /// Everything that determines a training run's weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -222,6 +223,7 @@ impl TrainConfig {
             head_dim: self.head_dim,
             rms_norm_eps: self.rms_norm_eps,
             rope_theta: self.rope_theta,
+            rope_scaling: RopeScaling::Default,
             max_position_embeddings: self.seq_len,
             tie_word_embeddings: false,
             pad_token_id: Some(crate::train::tokenizer::PAD_ID),

@@ -98,6 +98,7 @@ pub fn tiny_config(
         head_dim: 8,
         rms_norm_eps: 1e-6,
         rope_theta: 10_000.0,
+        rope_scaling: ckpt_scan::model::rope_scaling::RopeScaling::Default,
         max_position_embeddings: 64,
         tie_word_embeddings: architecture == Architecture::Llama,
         pad_token_id: Some(1),
