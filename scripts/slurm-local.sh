@@ -29,9 +29,18 @@ install_missing() {
 
 running() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# A port nothing listens on, from $1 upwards (another local Slurm may hold the defaults).
+free_port() {
+  local port=$1
+  while (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 2)); done
+  echo "$port"
+}
+
 write_config() {
-  local host cpus mem
+  local host cpus mem ctld_port slurmd_port
   host=$(hostname -s)
+  ctld_port=$(free_port 16817)
+  slurmd_port=$(free_port $((ctld_port + 1)))
   cpus=$(nproc)
   # Leave a quarter of the memory to the system and the daemons.
   mem=$(awk '/MemTotal/ { printf "%d", $2 / 1024 * 0.75 }' /proc/meminfo)
@@ -44,8 +53,8 @@ write_config() {
   cat >"$STATE/slurm.conf" <<EOF
 ClusterName=ckpt-scan-local
 SlurmctldHost=$host(127.0.0.1)
-SlurmctldPort=16817
-SlurmdPort=16818
+SlurmctldPort=$ctld_port
+SlurmdPort=$slurmd_port
 AuthType=auth/munge
 AuthInfo=socket=$STATE/munge/munge.socket
 CredType=cred/munge
