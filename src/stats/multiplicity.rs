@@ -99,7 +99,7 @@ pub fn prediction_interval_factor(replications: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Kind, Tensor};
+    use tch::Tensor;
 
     /// Table values, quoted to 9 digits (normal) — the approximation is good to ~1e-9 relative.
     const NORMAL_TOLERANCE: f64 = 1e-8;
@@ -119,20 +119,18 @@ mod tests {
                 "Φ⁻¹({p}) = {q}, table {z}"
             );
         }
-        // Independent: Φ(Φ⁻¹(p)) = p with Φ(x) = erfc(−x/√2)/2 from libtorch.
+        // Independent: Φ(Φ⁻¹(p)) = p with Φ(x) = erfc(−x/√2)/2 from libtorch. A relative error ε
+        // in the quantile is one of about z²ε in the tail probability: 1e-7 relative at p = 1e-7.
         for p in [1e-7, 1e-4, 0.02, 0.3, 0.7, 0.98, 1.0 - 1e-6] {
             let z = normal_quantile(p);
             let back = f64::try_from(
-                Tensor::from(-z / std::f64::consts::SQRT_2)
-                    .to_kind(Kind::Double)
-                    .erfc(),
+                Tensor::from_slice(&[-z / std::f64::consts::SQRT_2])
+                    .erfc()
+                    .get(0),
             )
             .unwrap()
                 / 2.0;
-            assert!(
-                (back - p).abs() < 1e-8 * p.min(1.0 - p).max(1e-12) + 1e-15,
-                "{p}: {back}"
-            );
+            assert!((back - p).abs() < 1e-7 * p.min(1.0 - p), "{p}: {back}");
         }
         assert!(normal_quantile(1.5).is_nan());
         assert_eq!(normal_quantile(1.0), f64::INFINITY);
@@ -141,8 +139,7 @@ mod tests {
     /// Upper-tail probability of Student's t beyond `q`, by Simpson's rule on the density with
     /// libtorch's log-gamma (an independent route to the quantile).
     fn t_upper_tail(q: f64, nu: f64) -> f64 {
-        let lgamma =
-            |x: f64| f64::try_from(Tensor::from(x).to_kind(Kind::Double).lgamma()).unwrap();
+        let lgamma = |x: f64| f64::try_from(Tensor::from_slice(&[x]).lgamma().get(0)).unwrap();
         let log_c =
             lgamma((nu + 1.0) / 2.0) - lgamma(nu / 2.0) - 0.5 * (nu * std::f64::consts::PI).ln();
         let density = |t: f64| (log_c - (nu + 1.0) / 2.0 * (1.0 + t * t / nu).ln()).exp();
