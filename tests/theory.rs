@@ -281,7 +281,29 @@ fn theory_end_to_end_on_tiny_models_writes_its_files_and_init_rows_pass() {
     assert_eq!(init_rows.len(), 2 * 3 * 3);
     for r in &init_rows {
         assert_eq!(r["verdict"], "pass", "{r:?}");
+        assert_eq!(r["failed_checks"], "", "{r:?}");
+        // The prediction comes from 16 replications and sits within its tolerance.
+        assert_eq!(r["prediction_replications"], "16", "{r:?}");
+        let value = |c: &str| r[c].parse::<f64>().unwrap();
+        assert!(value("deviation_pooled").abs() <= value("prediction_tolerance_pooled"));
+        // Σ̂ from its own split: 16384 covariance tokens of 32 = 512 sequences = 16384 rows.
+        assert_eq!(r["covariance_split"], "covariance", "{r:?}");
+        assert_eq!(r["covariance_rows"], "16384", "{r:?}");
     }
+    // Random tokens: layer 0 is the clean case with its two-sided population check.
+    assert!(init_rows
+        .iter()
+        .filter(|r| r["layer"] == "0")
+        .all(|r| r["iid_rows"] == "true"
+            && r["population_simulated"]
+                .parse::<f64>()
+                .is_ok_and(f64::is_finite)));
+    // The power check: 2 honest cases pass, 5 mutations fail.
+    assert!(
+        stdout.contains("| (d) power:") && stdout.contains("| 7 | 7 |"),
+        "{stdout}"
+    );
+    assert!(dir.join("verification_mutations.csv").is_file());
     // The Llama tiny model has 2 KV heads: K and V stop at k = 1, Q goes to 3.
     let trained_rows = rows.iter().filter(|r| r["role"] == "trained").count();
     assert_eq!(trained_rows, 2 * (3 + 1 + 1));

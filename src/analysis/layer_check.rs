@@ -471,21 +471,24 @@ pub fn judge(rows: &mut [LayerRow], alpha: f64) {
             SourceRole::Init => {
                 let mut failed: Vec<&str> = Vec::new();
                 // NaN compares false: a missing value fails its check.
-                if !(row.margin >= 0.0) {
+                if !at_most(0.0, row.margin) {
                     failed.push("bound");
                 }
-                if !(row.deviation_pooled.abs() <= row.prediction_tolerance_pooled) {
+                if !at_most(row.deviation_pooled.abs(), row.prediction_tolerance_pooled) {
                     failed.push("prediction pooled");
                 }
-                if !(row.deviation_uniform.abs() <= row.prediction_tolerance_uniform) {
+                if !at_most(
+                    row.deviation_uniform.abs(),
+                    row.prediction_tolerance_uniform,
+                ) {
                     failed.push("prediction uniform");
                 }
                 if row.iid_rows && row.population_simulated.is_finite() {
                     let deviation = row.r2_pooled_heldout - row.population_simulated;
-                    if !(deviation.abs() <= row.population_tolerance) {
+                    if !at_most(deviation.abs(), row.population_tolerance) {
                         failed.push("population two-sided");
                     }
-                } else if !(row.r2_pooled_heldout <= row.population_upper) {
+                } else if !at_most(row.r2_pooled_heldout, row.population_upper) {
                     failed.push("population upper");
                 }
                 row.verdict = if failed.is_empty() { "pass" } else { "FAIL" }.to_string();
@@ -501,6 +504,11 @@ pub fn judge(rows: &mut [LayerRow], alpha: f64) {
             }
         }
     }
+}
+
+/// `value ≤ limit`, false when either is NaN (a missing value fails its check).
+fn at_most(value: f64, limit: f64) -> bool {
+    value <= limit
 }
 
 /// Mean of the finite values and its standard error across them (NaN when fewer than two).
