@@ -21,7 +21,7 @@ use crate::analysis::layer_check::{init_family_size, FAMILY_ALPHA, TESTS_PER_INI
 use crate::analysis::mutation_check::{
     mutation_model_config, run_case, Mutation, MutationRow, COVARIANCE_SEQUENCES, FIT_SEQUENCES,
     HELDOUT_SEQUENCES, MAX_REFS as MUTATION_MAX_REFS, REPLICATIONS as MUTATION_REPLICATIONS,
-    SEQ_LEN,
+    SEQ_LEN, TOPIC_COVARIANCE_SEQUENCES,
 };
 use crate::cli::TheoryArgs;
 use crate::commands::predict::{build_token_set, TOKENS_PER_BATCH};
@@ -777,7 +777,7 @@ fn mutation_markdown(mutations: &[MutationRow]) -> String {
     }
     let mut md = String::from("## (d) Power: mutations that must fail\n\n");
     md.push_str(&format!(
-        "A tiny OLMo-2 model built in code (d = {}, {} heads of d_h = {}, {} layers, {} token ids; `src/analysis/mutation_check.rs`), {} fit, {} held-out and {} covariance sequences of {} tokens, k ≤ {}, {} replications, judged as (b) with the family of each case. Honest cases must fail no row; each mutation must fail at least one. `tests/theory.rs` asserts the same for every case.\n\n| case | rows failing / total | failing checks (rows) | as required |\n|---|---|---|---|\n",
+        "A tiny OLMo-2 model built in code (d = {}, {} heads of d_h = {}, {} layers, {} token ids; `src/analysis/mutation_check.rs`), {} fit, {} held-out and {} covariance sequences ({} in the topic cases, whose sequences carry 2 token ids each) of {} tokens, k ≤ {}, {} replications, judged as (b) with the family of each case. Honest cases must fail no row; each mutation must fail at least one. `tests/theory.rs` asserts the same for every case.\n\n| case | rows failing / total | failing checks (rows) | as required |\n|---|---|---|---|\n",
         mutation_model_config().hidden_size,
         mutation_model_config().num_attention_heads,
         mutation_model_config().head_dim,
@@ -786,6 +786,7 @@ fn mutation_markdown(mutations: &[MutationRow]) -> String {
         FIT_SEQUENCES,
         HELDOUT_SEQUENCES,
         COVARIANCE_SEQUENCES,
+        TOPIC_COVARIANCE_SEQUENCES,
         SEQ_LEN,
         MUTATION_MAX_REFS,
         MUTATION_REPLICATIONS,
