@@ -333,9 +333,13 @@ pub struct TheoryArgs {
     /// Text for the model checks: `mix`, `gsm8k`, `random` or a file (as for predict).
     #[arg(long, default_value = "mix")]
     pub text: String,
-    /// Tokens per model (whole sequences of --seq-len).
+    /// Tokens per model (whole sequences of --seq-len) for the fits and held-out scores.
     #[arg(long, default_value_t = 8192)]
     pub tokens: usize,
+    /// Further tokens per model whose rows only estimate the input covariance Σ̂ (its own split,
+    /// after the held-out sequences); 0 estimates Σ̂ on the fit split as before.
+    #[arg(long, default_value_t = 16384)]
+    pub covariance_tokens: usize,
     /// Tokens per sequence (capped at each model's maximum).
     #[arg(long, default_value_t = 64)]
     pub seq_len: usize,
@@ -372,6 +376,13 @@ pub struct TheoryArgs {
     /// Simulated data sets per case of the finite-sample check (§7 check 2).
     #[arg(long, default_value_t = 2000)]
     pub replications: usize,
+    /// Replications of every measured layer with fresh random weights (the prediction its
+    /// held-out R² is compared with, two-sided; at least 16).
+    #[arg(long, default_value_t = 16)]
+    pub prediction_replications: usize,
+    /// Skip the power check (deliberate mistakes on a tiny model that must fail).
+    #[arg(long)]
+    pub no_mutations: bool,
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,7 @@
 mod common;
 
 use ckpt_scan::analysis::init_check::{GridRow, LayerRow, SourceRole};
+use ckpt_scan::analysis::mutation_check::{run_case, Mutation, MutationRow};
 use ckpt_scan::capture::{CapturePoint, CaptureSink, HeadKind, LayerCapture};
 use ckpt_scan::commands::theory::{draws_at, grid_chart, layer_chart};
 use ckpt_scan::model::config::Architecture;
@@ -169,6 +170,7 @@ fn layer_chart_draws_k1_and_the_largest_k_per_source_and_kind() {
         tolerance: 0.02,
         margin: 0.1,
         verdict: "pass".into(),
+        ..LayerRow::blank(SourceRole::Init, "init:x", layer, kind, k)
     };
     let mut rows = Vec::new();
     for layer in 0..3 {
@@ -279,7 +281,29 @@ fn theory_end_to_end_on_tiny_models_writes_its_files_and_init_rows_pass() {
     assert_eq!(init_rows.len(), 2 * 3 * 3);
     for r in &init_rows {
         assert_eq!(r["verdict"], "pass", "{r:?}");
+        assert_eq!(r["failed_checks"], "", "{r:?}");
+        // The prediction comes from 16 replications and sits within its tolerance.
+        assert_eq!(r["prediction_replications"], "16", "{r:?}");
+        let value = |c: &str| r[c].parse::<f64>().unwrap();
+        assert!(value("deviation_pooled").abs() <= value("prediction_tolerance_pooled"));
+        // Σ̂ from its own split: 16384 covariance tokens of 32 = 512 sequences = 16384 rows.
+        assert_eq!(r["covariance_split"], "covariance", "{r:?}");
+        assert_eq!(r["covariance_rows"], "16384", "{r:?}");
     }
+    // Random tokens: layer 0 is the clean case with its two-sided population check.
+    assert!(init_rows
+        .iter()
+        .filter(|r| r["layer"] == "0")
+        .all(|r| r["iid_rows"] == "true"
+            && r["population_simulated"]
+                .parse::<f64>()
+                .is_ok_and(f64::is_finite)));
+    // The power check: 2 honest cases pass, 5 mutations fail.
+    assert!(
+        stdout.contains("| (d) power:") && stdout.contains("| 7 | 7 |"),
+        "{stdout}"
+    );
+    assert!(dir.join("verification_mutations.csv").is_file());
     // The Llama tiny model has 2 KV heads: K and V stop at k = 1, Q goes to 3.
     let trained_rows = rows.iter().filter(|r| r["role"] == "trained").count();
     assert_eq!(trained_rows, 2 * (3 + 1 + 1));
@@ -334,4 +358,56 @@ fn theory_bad_flag_values_are_one_line_errors() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
     }
+}
+
+/// Runs one case of the verification's power check and returns (failed rows, rows, by check).
+fn mutation_case(mutation: Mutation) -> MutationRow {
+    let row = run_case(mutation, 0).unwrap();
+    eprintln!(
+        "{:?}: {} of {} rows failed ({})",
+        mutation, row.failed, row.rows, row.failed_by_check
+    );
+    row
+}
+
+#[test]
+fn honest_random_tokens_pass_every_check() {
+    let row = mutation_case(Mutation::HonestRandom);
+    assert_eq!(row.failed, 0, "{:#?}", row.layer_rows);
+    // The clean case has its two-sided population check at layer 0.
+    assert!(row
+        .layer_rows
+        .iter()
+        .any(|r| r.layer == 0 && r.iid_rows && r.population_simulated.is_finite()));
+}
+
+#[test]
+fn honest_topic_sequences_pass_every_check() {
+    let row = mutation_case(Mutation::HonestTopics);
+    assert_eq!(row.failed, 0, "{:#?}", row.layer_rows);
+}
+
+#[test]
+fn scaled_r2_fails() {
+    assert!(mutation_case(Mutation::ScaledR2).failed > 0);
+}
+
+#[test]
+fn aligned_weights_labelled_init_fail() {
+    assert!(mutation_case(Mutation::AlignedWeightsAsInit).failed > 0);
+}
+
+#[test]
+fn a_row_split_fails() {
+    assert!(mutation_case(Mutation::RowSplit).failed > 0);
+}
+
+#[test]
+fn head_dim_as_reference_dims_fails() {
+    assert!(mutation_case(Mutation::HeadDimAsReferenceDims).failed > 0);
+}
+
+#[test]
+fn a_covariance_from_ten_times_fewer_rows_fails() {
+    assert!(mutation_case(Mutation::FewerCovarianceRows).failed > 0);
 }

@@ -60,10 +60,17 @@ pub fn beta_variance(m: usize, rank: usize, head_dim: usize) -> f64 {
 /// The most the choice among `sets` candidate reference sets can add to E[R²] (§6.8, isotropic):
 /// √(2 ln N / (2 r d_h + 4)).
 pub fn selection_slack(sets: f64, rank: usize, head_dim: usize) -> f64 {
+    selection_slack_for_variance(sets, 1.0 / (2.0 * rank as f64 * head_dim as f64 + 4.0))
+}
+
+/// The same maximal inequality for `sets` sub-Gaussian values with proxy variance `variance`:
+/// √(2 ln N · v). With v = 1/(2 r d_h + 4) it is [`selection_slack`] (proven, isotropic); with a
+/// Monte Carlo variance of one head's R² it is §6.8's heuristic for anisotropic Σ.
+pub fn selection_slack_for_variance(sets: f64, variance: f64) -> f64 {
     if sets <= 1.0 {
         return 0.0;
     }
-    (2.0 * sets.ln() / (2.0 * rank as f64 * head_dim as f64 + 4.0)).sqrt()
+    (2.0 * sets.ln() * variance).sqrt()
 }
 
 /// The binomial coefficient C(n, k) as f64 (for counting reference sets).
@@ -171,7 +178,8 @@ impl WeightLaw {
         }
     }
 
-    fn cut_sigmas(self) -> f64 {
+    /// Where the law is cut, in standard deviations (∞ for the plain Gaussian).
+    pub fn cut_sigmas(self) -> f64 {
         match self {
             WeightLaw::Gaussian => f64::INFINITY,
             WeightLaw::TruncatedNormal => crate::source::init::TRUNCATION_SIGMAS,
@@ -397,6 +405,12 @@ mod tests {
         assert!((selection_slack(choose(15, 2), 2048, 128) - 0.0042).abs() < 0.00005);
         assert_eq!(choose(15, 2), 105.0);
         assert_eq!(selection_slack(1.0, 2048, 128), 0.0);
+        // The variance form with the isotropic proxy variance is the same number.
+        let v = 1.0 / (2.0 * 2048.0 * 128.0 + 4.0);
+        assert_eq!(
+            selection_slack_for_variance(15.0, v),
+            selection_slack(15.0, 2048, 128)
+        );
     }
 
     #[test]

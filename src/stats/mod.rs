@@ -4,6 +4,7 @@ pub mod finite_sample;
 pub mod gram;
 pub mod init_bound;
 pub mod interval;
+pub mod multiplicity;
 pub mod principal_angles;
 pub mod regression;
 pub mod selection;
