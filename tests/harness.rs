@@ -253,8 +253,11 @@ fn validate_with_a_bad_act_file_or_task_names_it() {
         "no_such_task",
     ]);
     assert!(!ok);
+    // Issue 21: an unknown task lists the tasks (it used to suggest the data fetch).
     assert!(
-        stderr.contains("no_such_task") && stderr.contains("not found"),
+        stderr.contains("no_such_task")
+            && stderr.contains("unknown task")
+            && stderr.contains("arc_easy"),
         "{stderr}"
     );
 }
