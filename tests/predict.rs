@@ -532,9 +532,7 @@ fn cli_predict_bad_input_is_one_clear_line() {
         let (ok, _, stderr) = cli(&full);
         assert!(!ok, "{full:?} succeeded");
         assert!(stderr.contains(needle), "{full:?}: {stderr}");
-        // One line, plus clap's "For more information, try '--help'" where clap refuses.
-        let lines = stderr.lines().filter(|l| !l.trim().is_empty()).count();
-        assert!(lines <= 2, "{stderr}");
+        assert!(common::error_lines(&stderr) <= 2, "{stderr}");
     }
     assert!(!dir.path().join("predictability.csv").exists());
 }

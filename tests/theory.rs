@@ -356,7 +356,7 @@ fn theory_bad_flag_values_are_one_line_errors() {
         let (ok, _, stderr) = cli(&full);
         assert!(!ok, "{args:?} accepted");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert_eq!(common::error_lines(&stderr), 1, "{args:?}: {stderr}");
     }
 }
 

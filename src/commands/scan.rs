@@ -234,7 +234,6 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         .expect("non-empty plan");
     let series_config = open_planned(first, &plan, None)?.source().config().clone();
     let options = scan_options(args, &manifest, &series_config)?;
-    check_series_shapes(&plan, &series_config)?;
 
     if args.dry_run && !args.slurm {
         return dry_run(&plan, &options, &series_config, &cache, &printer);
@@ -262,6 +261,11 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
     } else {
         UnitMode::Compute
     };
+    // A plain scan stops on a mismatched checkpoint before any work; shards, the report and the
+    // status look-up meet it per checkpoint instead, so a failing shard is listed, not fatal.
+    if shard.is_none() && mode == UnitMode::Compute {
+        check_series_shapes(&plan, &series_config)?;
+    }
     // A shard or a status look-up writes no report; only a full run guards its folder.
     let writes_report = shard.is_none() && mode != UnitMode::Status;
     let marker = out_dir.join(IN_PROGRESS);

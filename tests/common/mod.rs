@@ -127,6 +127,15 @@ pub fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ckpt-scan")))
 }
 
+/// Lines of an error message, not counting blank ones or clap's "For more information, try
+/// '--help'." (clap refuses bad flag values itself since issue 21).
+pub fn error_lines(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("For more information"))
+        .count()
+}
+
 /// Runs the built binary; returns (success, stdout, stderr).
 pub fn cli(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(bin())
