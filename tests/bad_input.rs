@@ -43,6 +43,15 @@ fn forward_err(source: &dyn WeightSource, options: &LoadOptions) -> String {
     }
 }
 
+/// Rewrites one field of `dir/config.json` (the rest of the checkpoint stays valid).
+fn set_config_field(dir: &std::path::Path, field: &str, value: serde_json::Value) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config[field] = value;
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
 #[test]
 fn missing_config_json_is_named() {
     let dir = tiny_model_dir(Architecture::Olmo2, u64::MAX);
@@ -97,11 +106,7 @@ fn missing_shard_of_an_index_is_named() {
 #[test]
 fn tensor_shape_disagreeing_with_the_config() {
     let dir = tiny_model_dir(Architecture::Olmo2, u64::MAX);
-    let config_path = dir.path().join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    config["intermediate_size"] = serde_json::json!(40);
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    set_config_field(dir.path(), "intermediate_size", serde_json::json!(40));
     let source = open_source(dir.path().to_str().unwrap()).unwrap();
     let e = forward_err(source.as_ref(), &LoadOptions::cpu_f32());
     assert!(
@@ -124,11 +129,11 @@ fn tensor_shape_disagreeing_with_the_config() {
 #[test]
 fn unknown_architecture_is_named() {
     let dir = tiny_model_dir(Architecture::Olmo2, u64::MAX);
-    let config_path = dir.path().join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    config["architectures"] = serde_json::json!(["MambaForCausalLM"]);
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    set_config_field(
+        dir.path(),
+        "architectures",
+        serde_json::json!(["MambaForCausalLM"]),
+    );
     let e = open_err(dir.path());
     assert!(
         e.contains("MambaForCausalLM") && e.contains("config.json"),
@@ -140,12 +145,12 @@ fn unknown_architecture_is_named() {
 #[test]
 fn unknown_rope_type_is_refused_in_one_line_not_run_as_plain_rope() {
     let dir = tiny_model_dir(Architecture::Llama, u64::MAX);
-    let config_path = dir.path().join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    config["rope_scaling"] = serde_json::json!({"rope_type": "longrope", "factor": 4.0,
-        "short_factor": [1.0, 1.0], "long_factor": [2.0, 2.0]});
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    set_config_field(
+        dir.path(),
+        "rope_scaling",
+        serde_json::json!({"rope_type": "longrope", "factor": 4.0,
+        "short_factor": [1.0, 1.0], "long_factor": [2.0, 2.0]}),
+    );
     let e = open_err(dir.path());
     assert!(
         e.contains("\"longrope\"") && e.contains("config.json") && !e.contains('\n'),
@@ -459,11 +464,7 @@ fn init_config_with_absurd_sizes_is_one_line_not_a_panic() {
 #[test]
 fn max_position_embeddings_zero_is_refused_at_open() {
     let dir = tiny_model_dir(Architecture::Llama, u64::MAX);
-    let config_path = dir.path().join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    config["max_position_embeddings"] = serde_json::json!(0);
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    set_config_field(dir.path(), "max_position_embeddings", serde_json::json!(0));
     let e = open_err(dir.path());
     assert!(
         e.contains("config.json") && e.contains("max_position_embeddings must be positive"),
@@ -673,11 +674,7 @@ fn refused_train_config_leaves_the_folder_open_to_the_corrected_one() {
 #[test]
 fn inspect_with_integrity_problems_exits_non_zero() {
     let dir = tiny_model_dir(Architecture::Olmo2, u64::MAX);
-    let config_path = dir.path().join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    config["intermediate_size"] = serde_json::json!(40);
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    set_config_field(dir.path(), "intermediate_size", serde_json::json!(40));
     let (ok, stdout, stderr) = cli(&["--quiet", "inspect", dir.path().to_str().unwrap()]);
     assert!(!ok, "{stdout}");
     // The report is still printed in full.
