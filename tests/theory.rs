@@ -307,6 +307,21 @@ fn theory_end_to_end_on_tiny_models_writes_its_files_and_init_rows_pass() {
     // The Llama tiny model has 2 KV heads: K and V stop at k = 1, Q goes to 3.
     let trained_rows = rows.iter().filter(|r| r["role"] == "trained").count();
     assert_eq!(trained_rows, 2 * (3 + 1 + 1));
+    // Trained rows carry the bootstrap over held-out sequences: 200 redraws, an interval of the
+    // layer mean around the measurement.
+    for r in rows.iter().filter(|r| r["role"] == "trained") {
+        let value = |c: &str| r[c].parse::<f64>().unwrap();
+        assert_eq!(r["heldout_resamples"], "200", "{r:?}");
+        assert!(
+            value("r2_pooled_ci_low") < value("r2_pooled_heldout")
+                && value("r2_pooled_heldout") < value("r2_pooled_ci_high"),
+            "{r:?}"
+        );
+        assert!(value("heads_above_prediction_bootstrap") <= value("target_heads"));
+    }
+    for r in &init_rows {
+        assert_eq!(r["heldout_resamples"], "0", "{r:?}");
+    }
     let markdown = std::fs::read_to_string(dir.join("verification.md")).unwrap();
     assert!(
         markdown.contains("## Provenance") && markdown.contains("token-set sha256"),

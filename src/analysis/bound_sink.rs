@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use tch::Tensor;
 
+use crate::analysis::heldout_bootstrap::{resample_rows, LayerResamples};
 use crate::analysis::init_prediction::{conditional_replicates, Replicates};
 use crate::analysis::predictability::{PredictabilityOptions, PredictabilitySink, PredictionRow};
 use crate::capture::{CapturePoint, CaptureSink, HeadKind, LayerCapture};
@@ -17,6 +18,7 @@ use crate::data::token_set::Split;
 use crate::model::config::ModelConfig;
 use crate::stats::gram::Gram;
 use crate::stats::init_bound::{spectrum_of, WeightLaw};
+use crate::stats::sequence_bootstrap::resample_counts;
 
 /// What a forward batch is used for. Covariance batches only feed Σ̂ — the spectrum behind the
 /// bound and the population prediction — so that estimate is independent of the fits and scores.
@@ -59,6 +61,9 @@ pub struct ReplicationSettings {
     pub seed: u64,
     /// Key of the weight streams (the source label).
     pub stream: String,
+    /// Redraws of the held-out sequences per layer for the bootstrap of the measured R² (0:
+    /// none; trained sources, whose rows are compared with the replications' null per head).
+    pub heldout_resamples: usize,
 }
 
 /// Runs predictability sinks (one per group of kinds sharing a reference count), accumulates each
@@ -73,7 +78,12 @@ pub struct BoundSink {
     head_dim: usize,
     replication: ReplicationSettings,
     inputs: BTreeMap<i64, [Gram; 3]>,
+    /// The layer in progress's held-out head vectors per kind, one `[b, H, s, d_h]` per batch
+    /// (kept only for the bootstrap).
+    heldout_heads: BTreeMap<HeadKind, Vec<Tensor>>,
     pub spectra: Vec<LayerSpectrum>,
+    /// The bootstrap of every prediction row over held-out sequences (when requested).
+    pub resampled: LayerResamples,
     /// Conditional replications keyed by (layer, heads).
     pub replicates: BTreeMap<(i64, usize), Vec<Replicates>>,
 }
@@ -127,12 +137,9 @@ impl BoundSink {
                 store_budget_bytes: 0,
             };
             options.check(config)?;
-            sinks.push(PredictabilitySink::new(
-                options,
-                checkpoint,
-                config,
-                splits.clone(),
-            ));
+            let mut sink = PredictabilitySink::new(options, checkpoint, config, splits.clone());
+            sink.retain_fit_moments = replication.heldout_resamples > 0;
+            sinks.push(sink);
         }
         Ok(BoundSink {
             sinks,
@@ -143,7 +150,9 @@ impl BoundSink {
             head_dim: config.head_dim as usize,
             replication,
             inputs: BTreeMap::new(),
+            heldout_heads: BTreeMap::new(),
             spectra: Vec::new(),
+            resampled: BTreeMap::new(),
             replicates: BTreeMap::new(),
         })
     }
@@ -171,6 +180,43 @@ impl BoundSink {
     }
 }
 
+impl BoundSink {
+    /// The bootstrap of the finished layer's rows over its held-out sequences; frees its vectors.
+    fn resample_layer(&mut self, layer: i64) {
+        let heldout_heads = std::mem::take(&mut self.heldout_heads);
+        for sink in &self.sinks {
+            for (kind, fit_moments) in &sink.finished_fit {
+                let Some(batches) = heldout_heads.get(kind) else {
+                    continue;
+                };
+                let heldout = Tensor::cat(batches, 0);
+                let sequences = heldout.size()[0] as usize;
+                // One set of redraws per layer: every kind and head is scored on the same ones.
+                let counts = resample_counts(
+                    sequences,
+                    self.replication.heldout_resamples,
+                    self.replication.seed,
+                    &format!("theory/bootstrap/{}/{layer}", self.replication.stream),
+                );
+                let mut by_k: BTreeMap<usize, Vec<&PredictionRow>> = BTreeMap::new();
+                for row in sink
+                    .rows
+                    .iter()
+                    .filter(|r| r.layer == layer && r.kind == *kind)
+                {
+                    by_k.entry(row.k).or_default().push(row);
+                }
+                for (k, rows) in by_k {
+                    self.resampled.insert(
+                        (layer, *kind, k),
+                        resample_rows(&rows, fit_moments, &heldout, &counts),
+                    );
+                }
+            }
+        }
+    }
+}
+
 impl CaptureSink for BoundSink {
     fn points(&self, layer: i64) -> Vec<CapturePoint> {
         if self.analyses(layer) {
@@ -185,11 +231,22 @@ impl CaptureSink for BoundSink {
     }
 
     fn capture(&mut self, capture: &LayerCapture) -> Result<()> {
-        if self.role(capture.batch_index)? == BatchRole::Covariance {
+        let role = self.role(capture.batch_index)?;
+        if role == BatchRole::Covariance {
             return Ok(());
         }
         for sink in &mut self.sinks {
             sink.capture(capture)?;
+        }
+        if role == BatchRole::Heldout && self.replication.heldout_resamples > 0 {
+            for sink in &self.sinks {
+                for &kind in &sink.kinds() {
+                    self.heldout_heads
+                        .entry(kind)
+                        .or_default()
+                        .push(capture.heads(kind).to_device(tch::Device::Cpu));
+                }
+            }
         }
         Ok(())
     }
@@ -213,6 +270,7 @@ impl CaptureSink for BoundSink {
         for sink in &mut self.sinks {
             sink.finish_layer(layer)?;
         }
+        self.resample_layer(layer);
         let Some([fit, heldout, covariance]) = self.inputs.remove(&layer) else {
             return Ok(());
         };

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::analysis::bound_sink::LayerSpectrum;
+use crate::analysis::heldout_bootstrap::LayerResamples;
 use crate::analysis::init_prediction::{population_replicates, Replicates};
 use crate::analysis::predictability::{finite_mean, PredictionRow};
 use crate::capture::HeadKind;
@@ -29,6 +30,7 @@ use crate::stats::init_bound::{
     selection_slack_for_variance, top_share_bound, WeightLaw,
 };
 use crate::stats::multiplicity::{bonferroni_critical_value, prediction_interval_factor};
+use crate::stats::sequence_bootstrap::quantile;
 
 /// Per-layer checks allow this many times the spread of the mean over target heads (§7 check 3).
 pub const HEAD_SPREAD_SIGMAS: f64 = 3.0;
@@ -131,8 +133,20 @@ pub struct LayerRow {
     /// replicated head), and that limit.
     pub heads_above_prediction: usize,
     pub head_prediction_limit: f64,
+    /// The bootstrap over held-out sequences (trained rows; 0 and NaN elsewhere): redraws, the
+    /// 95 % percentile interval of the layer mean of held-out pooled R², and the target heads
+    /// whose 5 % bootstrap quantile is above `head_prediction_limit` (above it on 19 of 20
+    /// redraws of which sequences were held out, not only on the draw that was made).
+    pub heldout_resamples: usize,
+    pub r2_pooled_ci_low: f64,
+    pub r2_pooled_ci_high: f64,
+    pub heads_above_prediction_bootstrap: usize,
     /// The checks that failed (init rows), `;`-separated; empty when all passed.
     pub failed_checks: String,
+    #[serde(skip)]
+    pub head_targets: Vec<usize>,
+    #[serde(skip)]
+    pub head_bootstrap_low: Vec<f64>,
     #[serde(skip)]
     pub head_r2_pooled: Vec<f64>,
     #[serde(skip)]
@@ -192,7 +206,13 @@ impl LayerRow {
             design_deflation: nan,
             heads_above_prediction: 0,
             head_prediction_limit: nan,
+            heldout_resamples: 0,
+            r2_pooled_ci_low: nan,
+            r2_pooled_ci_high: nan,
+            heads_above_prediction_bootstrap: 0,
             failed_checks: String::new(),
+            head_targets: Vec::new(),
+            head_bootstrap_low: Vec::new(),
             head_r2_pooled: Vec::new(),
             head_null: (nan, nan),
         }
@@ -404,13 +424,54 @@ pub fn layer_rows_with(
                 },
                 heads_above_prediction: 0,
                 head_prediction_limit: f64::NAN,
+                heldout_resamples: 0,
+                r2_pooled_ci_low: f64::NAN,
+                r2_pooled_ci_high: f64::NAN,
+                heads_above_prediction_bootstrap: 0,
                 failed_checks: String::new(),
+                head_targets: group.iter().map(|r| r.target_head).collect(),
+                head_bootstrap_low: Vec::new(),
                 head_r2_pooled: pooled,
                 head_null: replicated.map_or((f64::NAN, f64::NAN), Replicates::head_summary),
             });
         }
     }
     rows
+}
+
+/// The one-sided level of a head's bootstrap quantile and the two-sided level of the layer mean's
+/// interval.
+pub const BOOTSTRAP_HEAD_QUANTILE: f64 = 0.05;
+pub const BOOTSTRAP_INTERVAL: (f64, f64) = (0.025, 0.975);
+
+/// Adds the bootstrap over held-out sequences to the rows it was drawn for: per head its
+/// [`BOOTSTRAP_HEAD_QUANTILE`] quantile, and the percentile interval of the layer mean (the
+/// heads share the redraws, so each redraw has one layer mean).
+pub fn add_bootstrap(rows: &mut [LayerRow], resampled: &LayerResamples) {
+    for row in rows.iter_mut() {
+        let Some(heads) = resampled.get(&(row.layer, row.kind, row.k)) else {
+            continue;
+        };
+        let redraws = heads.first().map_or(0, |h| h.r2_pooled.len());
+        row.heldout_resamples = redraws;
+        row.head_bootstrap_low = row
+            .head_targets
+            .iter()
+            .map(|t| {
+                heads
+                    .iter()
+                    .find(|h| h.target_head == *t)
+                    .map_or(f64::NAN, |h| {
+                        quantile(&h.r2_pooled, BOOTSTRAP_HEAD_QUANTILE)
+                    })
+            })
+            .collect();
+        let layer_means: Vec<f64> = (0..redraws)
+            .map(|b| finite_mean(heads.iter().map(|h| h.r2_pooled[b])).0)
+            .collect();
+        row.r2_pooled_ci_low = quantile(&layer_means, BOOTSTRAP_INTERVAL.0);
+        row.r2_pooled_ci_high = quantile(&layer_means, BOOTSTRAP_INTERVAL.1);
+    }
 }
 
 /// 1/(2 r d_h + 4): the sub-Gaussian proxy variance of one head's isotropic Beta law (§6.8).
@@ -464,6 +525,11 @@ pub fn judge(rows: &mut [LayerRow], alpha: f64) {
         row.head_prediction_limit = null_mean + head_z * null_sd * factor + ROUND_OFF;
         row.heads_above_prediction = row
             .head_r2_pooled
+            .iter()
+            .filter(|&&v| v > row.head_prediction_limit)
+            .count();
+        row.heads_above_prediction_bootstrap = row
+            .head_bootstrap_low
             .iter()
             .filter(|&&v| v > row.head_prediction_limit)
             .count();

@@ -306,6 +306,7 @@ fn run_case_here(mutation: Mutation, seed: u64) -> Result<MutationRow> {
             replications: REPLICATIONS,
             seed,
             stream: format!("mutation/{mutation:?}"),
+            heldout_resamples: 0,
         },
     )?;
     let load = LoadOptions {

@@ -292,6 +292,11 @@ pub struct PredictabilitySink {
     grams: LayerGrams,
     pub rows: Vec<PredictionRow>,
     pub edges: Vec<EdgeRow>,
+    /// Whether to keep the last finished layer's fit-split moments in `finished_fit`.
+    pub retain_fit_moments: bool,
+    /// The last finished layer's fit-split moments per kind (when `retain_fit_moments`): what a
+    /// caller rescoring that layer's fits on other rows needs (analysis/heldout_bootstrap.rs).
+    pub finished_fit: Vec<(HeadKind, Moments)>,
 }
 
 impl PredictabilitySink {
@@ -309,7 +314,14 @@ impl PredictabilitySink {
             head_dim: config.head_dim as usize,
             rows: Vec::new(),
             edges: Vec::new(),
+            retain_fit_moments: false,
+            finished_fit: Vec::new(),
         }
+    }
+
+    /// The kinds this sink analyses.
+    pub fn kinds(&self) -> Vec<HeadKind> {
+        self.options.kinds.clone()
     }
 }
 
@@ -362,6 +374,7 @@ impl CaptureSink for PredictabilitySink {
     }
 
     fn finish_layer(&mut self, layer: i64) -> Result<()> {
+        self.finished_fit.clear();
         for (kind, [fit_split, heldout]) in self.grams.finish() {
             let out = LayerRows {
                 checkpoint: &self.checkpoint,
@@ -380,6 +393,9 @@ impl CaptureSink for PredictabilitySink {
             );
             self.edges.extend(out.edges(&single));
             self.rows.extend(rows);
+            if self.retain_fit_moments {
+                self.finished_fit.push((kind, fit_split));
+            }
         }
         Ok(())
     }

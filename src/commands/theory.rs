@@ -17,7 +17,9 @@ use crate::analysis::init_check::{
     grid_rows, judge, layer_rows, BatchRole, BoundSink, GridRow, LayerCheckOptions, LayerRow,
     LayerSpectrum, ReplicationSettings, SourceRole, HEAD_SPREAD_SIGMAS, MONTE_CARLO_SIGMAS,
 };
-use crate::analysis::layer_check::{init_family_size, FAMILY_ALPHA, TESTS_PER_INIT_ROW};
+use crate::analysis::layer_check::{
+    add_bootstrap, init_family_size, BOOTSTRAP_HEAD_QUANTILE, FAMILY_ALPHA, TESTS_PER_INIT_ROW,
+};
 use crate::analysis::mutation_check::{
     mutation_model_config, run_case, Mutation, MutationRow, COVARIANCE_SEQUENCES, FIT_SEQUENCES,
     HELDOUT_SEQUENCES, MAX_REFS as MUTATION_MAX_REFS, REPLICATIONS as MUTATION_REPLICATIONS,
@@ -187,8 +189,14 @@ pub struct ModelCheckSettings {
     /// Layer-0 rows are iid by construction (`--text random`): the clean population case.
     pub iid_layer0: bool,
     pub family_alpha: f64,
+    /// Redraws of the held-out sequences behind each trained row's bootstrap.
+    pub heldout_resamples: usize,
     pub seed: u64,
 }
+
+/// Redraws of the held-out sequences for a trained row's bootstrap: enough for a 5 % quantile
+/// (10 redraws below it) and a 95 % interval of the layer mean.
+pub const HELDOUT_RESAMPLES: usize = 200;
 
 /// Fewest replications a prediction may rest on: the Student-t quantiles of the family's
 /// critical value are checked for ν ≥ 15 (stats/multiplicity.rs).
@@ -392,6 +400,10 @@ pub fn measure_source(
             replications: check.prediction_replications,
             seed: check.seed,
             stream: label.clone(),
+            heldout_resamples: match role {
+                SourceRole::Init => 0,
+                SourceRole::Trained => check.heldout_resamples,
+            },
         },
     )?;
     let mut progress = Progress::new(&printer, "theory", "layer", config.num_hidden_layers as u64);
@@ -414,7 +426,7 @@ pub fn measure_source(
         iid_layer0: check.iid_layer0,
         population_replications: check.prediction_replications,
     };
-    let rows = single_threaded(|| {
+    let mut rows = single_threaded(|| {
         layer_rows(
             &label,
             &config,
@@ -424,6 +436,7 @@ pub fn measure_source(
             &options,
         )
     });
+    add_bootstrap(&mut rows, &sink.resampled);
     Ok(SourceReport {
         role,
         label,
@@ -500,6 +513,7 @@ pub fn run(args: &TheoryArgs, settings: &Settings) -> Result<()> {
         prediction_replications: args.prediction_replications,
         iid_layer0: TextSource::parse(&args.text) == TextSource::Random,
         family_alpha: FAMILY_ALPHA,
+        heldout_resamples: HELDOUT_RESAMPLES,
         seed: args.seed,
     };
     let mut reports = Vec::new();
@@ -674,9 +688,19 @@ pub fn pass_fail_table(
             .count();
         let heads: usize = trained.iter().map(|r| r.target_heads).sum();
         let heads_above: usize = trained.iter().map(|r| r.heads_above_prediction).sum();
+        let heads_above_bootstrap: usize = trained
+            .iter()
+            .map(|r| r.heads_above_prediction_bootstrap)
+            .sum();
+        let redraws = trained
+            .iter()
+            .map(|r| r.heldout_resamples)
+            .max()
+            .unwrap_or(0);
         md.push_str(&format!(
-            "| (c) trained: heads above the prediction (learned structure; not a test) | {} rows, {heads} heads | {heads_above} heads above the prediction; {above} rows above B | per head: replicated-head mean + Bonferroni normal quantile over all trained heads × sd of one replicated head × √(1 + 1/R) |\n",
-            trained.len()
+            "| (c) trained: heads above the prediction (learned structure; not a test) | {} rows, {heads} heads | {heads_above} heads above the prediction, {heads_above_bootstrap} of them on the bootstrap; {above} rows above B | per head: replicated-head mean + Bonferroni normal quantile over all trained heads × sd of one replicated head × √(1 + 1/R); bootstrap: the head's {}% quantile over {redraws} redraws of the held-out sequences above that limit |\n",
+            trained.len(),
+            BOOTSTRAP_HEAD_QUANTILE * 100.0,
         ));
     }
     if !mutations.is_empty() {
@@ -866,10 +890,12 @@ pub fn verification_markdown(
 
     md.push_str("## (b) Models at init and (c) trained checkpoints, per layer\n\n");
     md.push_str(&format!(
-        "Per layer: the held-out $R^2$ of `predict` at capture point `proj` (pre-norm, pre-RoPE: $y = W_t^\\top x$, the theorems' setting; OLMo-2: the raw residual stream entering self-attention, Llama: the input-normed stream), references chosen by `topn` on the fit split, split by sequence. Measured = mean over target heads of the held-out pooled $R^2$ (uniform beside it). $\\hat\\Sigma_\\ell$ is estimated on its own split of {} further tokens (sequences after the held-out ones; never fitted or scored), so the bound and the population value do not share rows with the measurement; its rows and $n/d$ are in each table. Each init row is judged by three checks, and fails if any fails:\n\n1. **Prediction (two-sided).** {} replications redraw every head of the layer from the source's own init law (truncated normal for `scheme=olmo`, Gaussian otherwise) and run them through the same selection, fit and score on the layer's *measured* fit and held-out input moments. At init a layer's weights are independent of its input, so the measured layer mean is one draw from exactly this law: the finite-sample deflation, the selection gain and the per-sequence structure of the split are in the prediction, nothing is approximated, and no Gaussianity is assumed. Tolerance = $c \\cdot s_R\\sqrt{{1+1/R}}$, where $s_R$ is the replications' sd of the layer mean and $\\sqrt{{1+1/R}}$ makes it a prediction interval for one new draw; $c$ is the Bonferroni critical value (Student $t$, $R-1$ df) for all tests of all init rows of this run at family-wise level $\\alpha = {FAMILY_ALPHA}$ ({TESTS_PER_INIT_ROW} tests per row: pooled, uniform, population). Holm's procedure would flag the same run as failing (its first step is this one).\n2. **Population.** Where rows are iid by construction (`--text random`, layer 0: the clean case), two-sided against population replications: Gaussian weights projecting $n$ fit and $n_t$ held-out Gaussian rows drawn from $N(0,\\hat\\Sigma_\\ell)$, i.e. the Monte Carlo $\\mathbb{{E}}R^2$ of random projections of the input covariance minus the exact held-out deflation, with the spread of both weights and data; same critical value. Elsewhere one-sided: measured $\\le$ Monte Carlo $\\mathbb{{E}}R^2_{{\\mathrm{{pool}}}}(\\hat\\Sigma_\\ell)$ + selection slack + $c\\, s_R\\sqrt{{1+1/R}}$ (Theorem 2 with Claim S: held out by sequence, the ratio-of-expectations $R^2$ never exceeds the population value).\n3. **Theorem (one-sided, as before).** Both measured values $\\le B_\\ell$ + selection slack + {HEAD_SPREAD_SIGMAS} × max(SE across target heads, σ_W); σ_W is the sd of one head's $R^2$ over the Monte Carlo draws of $\\hat\\Sigma_\\ell$ ({} draws; isotropic Beta sd when none are drawn). The selection slack is $\\sqrt{{2\\ln N\\cdot v}}$ over the $N = \\binom{{H-1}}{{k}}$ candidate sets with $v$ the larger of the isotropic proxy variance $1/(2rd_h+4)$ and σ_W² — init_bound.md §6.8's heuristic for anisotropic $\\Sigma$. The bound margin $B_\\ell$ − measured is reported beside it.\n\nTheorem 2 ($\\mathbb{{E}}[\\text{{ratio}}] \\le B$ and the floor) is proven for Gaussian weights only. The `scheme=olmo` rows are truncated-normal weights: for them check 3 relies on Theorem 1 (second moments) for $\\bar\\rho$ and on the Monte Carlo of §6.3/A.2 for the expectation of the ratio, not on a proof; checks 1 and 2 (clean case) do not depend on it. Trained rows get the same prediction as a null (random projections of the checkpoint's own input), and per head the count of heads above the per-head prediction limit (the replicated heads' mean + Bonferroni normal quantile over all trained heads × their sd × $\\sqrt{{1+1/R}}$). Settings: text `{}`, {} tokens, seq-len {}, fit split {}, kinds {}, k ≤ {} (capped at heads − 1 per kind), layers {}, seed {}. Every row is in `verification_layers.csv`.\n\n",
+        "Per layer: the held-out $R^2$ of `predict` at capture point `proj` (pre-norm, pre-RoPE: $y = W_t^\\top x$, the theorems' setting; OLMo-2: the raw residual stream entering self-attention, Llama: the input-normed stream), references chosen by `topn` on the fit split, split by sequence. Measured = mean over target heads of the held-out pooled $R^2$ (uniform beside it). $\\hat\\Sigma_\\ell$ is estimated on its own split of {} further tokens (sequences after the held-out ones; never fitted or scored), so the bound and the population value do not share rows with the measurement; its rows and $n/d$ are in each table. Each init row is judged by three checks, and fails if any fails:\n\n1. **Prediction (two-sided).** {} replications redraw every head of the layer from the source's own init law (truncated normal for `scheme=olmo`, Gaussian otherwise) and run them through the same selection, fit and score on the layer's *measured* fit and held-out input moments. At init a layer's weights are independent of its input, so the measured layer mean is one draw from exactly this law: the finite-sample deflation, the selection gain and the per-sequence structure of the split are in the prediction, nothing is approximated, and no Gaussianity is assumed. Tolerance = $c \\cdot s_R\\sqrt{{1+1/R}}$, where $s_R$ is the replications' sd of the layer mean and $\\sqrt{{1+1/R}}$ makes it a prediction interval for one new draw; $c$ is the Bonferroni critical value (Student $t$, $R-1$ df) for all tests of all init rows of this run at family-wise level $\\alpha = {FAMILY_ALPHA}$ ({TESTS_PER_INIT_ROW} tests per row: pooled, uniform, population). Holm's procedure would flag the same run as failing (its first step is this one).\n2. **Population.** Where rows are iid by construction (`--text random`, layer 0: the clean case), two-sided against population replications: Gaussian weights projecting $n$ fit and $n_t$ held-out Gaussian rows drawn from $N(0,\\hat\\Sigma_\\ell)$, i.e. the Monte Carlo $\\mathbb{{E}}R^2$ of random projections of the input covariance minus the exact held-out deflation, with the spread of both weights and data; same critical value. Elsewhere one-sided: measured $\\le$ Monte Carlo $\\mathbb{{E}}R^2_{{\\mathrm{{pool}}}}(\\hat\\Sigma_\\ell)$ + selection slack + $c\\, s_R\\sqrt{{1+1/R}}$ (Theorem 2 with Claim S: held out by sequence, the ratio-of-expectations $R^2$ never exceeds the population value).\n3. **Theorem (one-sided, as before).** Both measured values $\\le B_\\ell$ + selection slack + {HEAD_SPREAD_SIGMAS} × max(SE across target heads, σ_W); σ_W is the sd of one head's $R^2$ over the Monte Carlo draws of $\\hat\\Sigma_\\ell$ ({} draws; isotropic Beta sd when none are drawn). The selection slack is $\\sqrt{{2\\ln N\\cdot v}}$ over the $N = \\binom{{H-1}}{{k}}$ candidate sets with $v$ the larger of the isotropic proxy variance $1/(2rd_h+4)$ and σ_W² — init_bound.md §6.8's heuristic for anisotropic $\\Sigma$. The bound margin $B_\\ell$ − measured is reported beside it.\n\nTheorem 2 ($\\mathbb{{E}}[\\text{{ratio}}] \\le B$ and the floor) is proven for Gaussian weights only. The `scheme=olmo` rows are truncated-normal weights: for them check 3 relies on Theorem 1 (second moments) for $\\bar\\rho$ and on the Monte Carlo of §6.3/A.2 for the expectation of the ratio, not on a proof; checks 1 and 2 (clean case) do not depend on it. Trained rows get the same prediction as a null (random projections of the checkpoint's own input), and per head the count of heads above the per-head prediction limit (the replicated heads' mean + Bonferroni normal quantile over all trained heads × their sd × $\\sqrt{{1+1/R}}$). That limit holds the null's spread over weights; the measurement's own spread over *which* sequences were held out is a bootstrap: {} redraws of the held-out sequences with replacement, each rescoring the maps fitted on the fit split (`src/analysis/heldout_bootstrap.rs`), all heads of a layer on the same redraws. A head counts as above *on the bootstrap* when its {}% quantile over the redraws is above the limit; the layer mean's 95% percentile interval is in each trained table. Settings: text `{}`, {} tokens, seq-len {}, fit split {}, kinds {}, k ≤ {} (capped at heads − 1 per kind), layers {}, seed {}. Every row is in `verification_layers.csv`.\n\n",
         check.covariance_tokens,
         check.prediction_replications,
         check.layer_draws,
+        check.heldout_resamples,
+        BOOTSTRAP_HEAD_QUANTILE * 100.0,
         check.text,
         check.tokens,
         check.seq_len,
@@ -924,7 +950,7 @@ pub fn verification_markdown(
                     .join(", ")
             ));
         }
-        md.push_str("\nPer layer at k = 1 (K, or the first kind checked). Measured and predicted are layer means of held-out pooled R²; population = Monte Carlo E R²pool of Σ̂ (no data), and after §6.6's held-out deflation for iid rows; design deflation = population − predicted; bound margin = B − measured; heads above = target heads above the per-head prediction limit.\n\n| layer | Σ̂ rows (n/d) | measured pooled | measured uniform | predicted ± sd | deviation | tolerance | population | deflated (§6.6) | design deflation | B | bound margin | heads above | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("\nPer layer at k = 1 (K, or the first kind checked). Measured and predicted are layer means of held-out pooled R²; population = Monte Carlo E R²pool of Σ̂ (no data), and after §6.6's held-out deflation for iid rows; design deflation = population − predicted; bound margin = B − measured; heads above = target heads above the per-head prediction limit; bootstrap (trained) = the measured mean's 95% interval over redraws of the held-out sequences, and the heads above the limit on 95% of them.\n\n| layer | Σ̂ rows (n/d) | measured pooled | measured uniform | predicted ± sd | deviation | tolerance | population | deflated (§6.6) | design deflation | B | bound margin | heads above | bootstrap | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         let first_kind = if rows.iter().any(|r| r.kind == crate::capture::HeadKind::K) {
             Some(crate::capture::HeadKind::K)
         } else {
@@ -935,7 +961,7 @@ pub fn verification_markdown(
             .filter(|r| Some(r.kind) == first_kind && r.k == 1)
         {
             md.push_str(&format!(
-                "| {} | {} ({:.1}, {}) | {} ± {:.4} | {} ± {:.4} | {} ± {:.4} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {}{} |\n",
+                "| {} | {} ({:.1}, {}) | {} ± {:.4} | {} ± {:.4} | {} ± {:.4} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {}{} |\n",
                 r.layer,
                 r.covariance_rows,
                 r.covariance_rows_per_dimension,
@@ -955,6 +981,17 @@ pub fn verification_markdown(
                 fmt(r.bound_margin),
                 r.heads_above_prediction,
                 r.target_heads,
+                if r.heldout_resamples > 0 {
+                    format!(
+                        "[{}, {}]; {}/{}",
+                        fmt(r.r2_pooled_ci_low),
+                        fmt(r.r2_pooled_ci_high),
+                        r.heads_above_prediction_bootstrap,
+                        r.target_heads
+                    )
+                } else {
+                    "—".to_string()
+                },
                 r.verdict,
                 if r.failed_checks.is_empty() {
                     String::new()

@@ -7,6 +7,7 @@ pub mod manifest;
 pub mod plot;
 pub mod scan_figures;
 pub mod scan_report;
+pub mod theory_section;
 pub mod unit_cache;
 
 use std::path::{Path, PathBuf};

@@ -17,6 +17,7 @@ use crate::model::rope_scaling::RopeScaling;
 use crate::report::atomic::write_atomic;
 use crate::report::csv::write_csv;
 use crate::report::scan_figures::{write_figures, Figure};
+use crate::report::theory_section::{read_theory_rows, theory_markdown};
 use crate::series::manifest::SeriesManifest;
 
 /// One checkpoint of the scan, for checkpoints.csv.
@@ -223,7 +224,17 @@ pub fn write_report(
     )?;
     write_csv(&out_dir.join("sinks.csv"), &tables.sinks)?;
     let figures = write_figures(out_dir, tables, &summary, kinds, options.max_refs)?;
-    let markdown = render_markdown(manifest, options, config, tables, &summary, &figures);
+    let theory = read_theory_rows(out_dir)?;
+    let theory_section = theory_markdown(theory.as_deref(), &manifest.name, out_dir);
+    let markdown = render_markdown(
+        manifest,
+        options,
+        config,
+        tables,
+        &summary,
+        &figures,
+        &theory_section,
+    );
     write_atomic(&out_dir.join("report.md"), markdown.as_bytes())?;
     Ok(summary)
 }
@@ -243,6 +254,7 @@ fn render_markdown(
     tables: &ScanTables,
     summary: &[SummaryRow],
     figures: &[Figure],
+    theory_section: &str,
 ) -> String {
     let k_max = options.max_refs;
     let mut md = format!("# Scan: {}\n\n", manifest.name);
@@ -276,9 +288,10 @@ Q and K captured at `{}`{}; V is the raw projection. Provenance of every number 
         "- **R²** is how much of a head's {{Q, K, V}} vectors a least-squares map from k other heads of the same layer explains, \
 averaged over heads and layers. *Held-out* R² is scored on sequences the map never saw; *in-sample* on the fit sequences \
 (it is always higher, by about (1 − R²)·p/n). References are the k heads that best predict the target on the fit split.\n\
-- **Isotropic bound** k·d_head/d_model is what R² is at random initialisation with isotropic input (theory/init_bound.md): \
-{} at k = 1 and {} at k = {k_max} here. Real input is anisotropic, so an init can exceed it somewhat; \
-the random-initialisation rows show how much.\n\
+- **Isotropic bound** k·d_head/d_model is the population R² of random projections at initialisation for isotropic input \
+(theory/init_bound.md): {} at k = 1 and {} at k = {k_max} here. Real input is anisotropic, and for it the population R² at init \
+is larger (the theorem caps it by the input's top-eigenvalue share); the held-out R² of an init is smaller, because it predicts \
+across held-out sequences. The init-time check at the end compares each init layer with its own prediction.\n\
 - **Weight-only R²** ‖P_R W_t‖²/‖W_t‖² is the same prediction from the projection weights alone, for isotropic input: \
 the gap to the measured R² is what the input's structure adds.\n\
 - **mean cos²** averages cos² of the principal angles between two heads' projection subspaces over pairs; \
@@ -343,7 +356,9 @@ the first such position is exempt, and only positions seen by ≥ {MIN_VISIBLE_Q
         .iter()
         .filter(|c| !c.duplicate_of.is_empty())
         .collect();
-    md.push_str("\n## Integrity\n\n");
+    md.push('\n');
+    md.push_str(theory_section);
+    md.push_str("## Integrity\n\n");
     if duplicates.is_empty() {
         md.push_str("No two checkpoints have identical weights.\n");
     }

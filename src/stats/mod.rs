@@ -8,3 +8,4 @@ pub mod multiplicity;
 pub mod principal_angles;
 pub mod regression;
 pub mod selection;
+pub mod sequence_bootstrap;

@@ -189,13 +189,18 @@ impl Score {
     pub fn r2_pooled(&self) -> f64 {
         let sse = f64::try_from(self.sse.sum(Kind::Double)).unwrap_or(f64::NAN);
         let sst = f64::try_from(self.sst.sum(Kind::Double)).unwrap_or(f64::NAN);
-        if sst > 0.0 {
-            1.0 - sse / sst
-        } else if sse > 0.0 {
-            0.0
-        } else {
-            1.0
-        }
+        pooled_r2(sse, sst)
+    }
+}
+
+/// 1 − SSE/SST; a zero SST scores 1 if predicted exactly, else 0 (sklearn's `force_finite`).
+pub fn pooled_r2(sse: f64, sst: f64) -> f64 {
+    if sst > 0.0 {
+        1.0 - sse / sst
+    } else if sse > 0.0 {
+        0.0
+    } else {
+        1.0
     }
 }
 
