@@ -1,6 +1,6 @@
 //! ckpt-scan's forward pass against HF transformers (tests/fixtures/make_golden.py): logits,
-//! per-head Q/K/V at every capture point, and attention probabilities, for OLMo-2 and Llama-GQA,
-//! from single-file and sharded safetensors.
+//! per-head Q/K/V at every capture point, and attention probabilities, for OLMo-2, Llama-GQA,
+//! Qwen2 and Qwen3, from single-file and sharded safetensors.
 
 mod common;
 
@@ -121,6 +121,31 @@ fn olmo2_matches_transformers_with_hidden_states_spilled_to_disk() {
     check_model_with("olmo2", "olmo2", &budget);
     // The scratch file is gone once the forward returns.
     assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
+}
+
+/// Qwen2: Llama's block with biases on Q, K and V (perturbed away from zero in the fixture, so a
+/// dropped bias moves every capture point).
+#[test]
+fn qwen2_with_qkv_biases_matches_transformers() {
+    check_model("qwen2", "qwen2");
+    check_model("qwen2", "qwen2-sharded");
+}
+
+/// Qwen3: per-head QK-norm over head_dim with one shared weight (perturbed), tied embeddings.
+#[test]
+fn qwen3_with_per_head_qk_norm_matches_transformers() {
+    check_model("qwen3", "qwen3");
+    check_model("qwen3", "qwen3-sharded");
+}
+
+#[test]
+fn qwen2_peaked_attention_matches_transformers() {
+    check_scaled("qwen2-peaked");
+}
+
+#[test]
+fn qwen3_peaked_attention_matches_transformers() {
+    check_scaled("qwen3-peaked");
 }
 
 /// Peaked attention (Q and K ×8, make_golden.py `SCALED`) at 96 tokens with each RoPE variant

@@ -206,6 +206,13 @@ fn every_r2_equals_a_direct_least_squares_solve_llama_gqa() {
     check_exactness(Architecture::Llama, Selection::Topn);
 }
 
+/// Issue 14: the Qwen blocks (biases, per-head QK-norm) through the same capture and fits.
+#[test]
+fn every_r2_equals_a_direct_least_squares_solve_qwen2_and_qwen3() {
+    check_exactness(Architecture::Qwen2, Selection::Topn);
+    check_exactness(Architecture::Qwen3, Selection::Topn);
+}
+
 /// Feeds one synthetic layer straight into the sink: `[batch, heads, seq, d]` per batch.
 fn feed(sink: &mut PredictabilitySink, batches: &[Tensor]) -> Vec<PredictionRow> {
     for (i, b) in batches.iter().enumerate() {

@@ -1,14 +1,16 @@
-//! Multi-head self-attention with optional full-width QK-norm (OLMo-2) and GQA (Llama, OLMo-2-32B).
+//! Multi-head self-attention with GQA, optional Q/K/V biases (Qwen2) and an optional QK-norm:
+//! full-width (OLMo-2) or per head (Qwen3).
 //!
 //! OLMo-2's q_norm/k_norm normalise the whole projected vector before the split into heads, so a
-//! head's normed query depends on every head's raw projection (research/olmo2.md §1.2).
+//! head's normed query depends on every head's raw projection (research/olmo2.md §1.2); Qwen3's
+//! normalise each head's vector on its own, with one weight of head_dim shared by all heads.
 
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use crate::capture::{CapturePoint, CaptureSink, LayerCapture};
 use crate::edit::AttentionEdit;
-use crate::model::config::{Architecture, ModelConfig};
+use crate::model::config::{ModelConfig, QkNorm};
 use crate::model::head_map::HeadMap;
 use crate::model::kv_cache::{CachedHeads, LayerCache, NewEntries};
 use crate::model::mask::Visibility;
@@ -21,6 +23,11 @@ pub struct Attention {
     pub k_proj: Tensor,
     pub v_proj: Tensor,
     pub o_proj: Tensor,
+    /// Biases of q_proj, k_proj, v_proj (Qwen2).
+    pub q_bias: Option<Tensor>,
+    pub k_bias: Option<Tensor>,
+    pub v_bias: Option<Tensor>,
+    pub qk_norm: QkNorm,
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
     pub num_attention_heads: i64,
@@ -64,31 +71,65 @@ impl Attention {
             config.num_key_value_heads * config.head_dim,
         );
         let h = config.hidden_size;
-        let with_qk_norm = config.architecture == Architecture::Olmo2;
+        let qk_norm = config.architecture.qk_norm();
         let mut norm = |name: &str, n: i64| -> Result<Option<RmsNorm>> {
-            Ok(if with_qk_norm {
-                Some(RmsNorm::new(
-                    w.norm(name, n)?,
-                    config.rms_norm_eps,
-                    config.architecture,
-                ))
+            let size = match qk_norm {
+                QkNorm::None => return Ok(None),
+                QkNorm::WholeVector => n,
+                QkNorm::PerHead => config.head_dim,
+            };
+            Ok(Some(RmsNorm::new(
+                w.norm(name, size)?,
+                config.rms_norm_eps,
+                config.architecture,
+            )))
+        };
+        let q_norm = norm("self_attn.q_norm.weight", qn)?;
+        let k_norm = norm("self_attn.k_norm.weight", kvn)?;
+        let with_bias = config.architecture.qkv_bias();
+        let mut bias = |name: &str, n: i64| -> Result<Option<Tensor>> {
+            Ok(if with_bias {
+                Some(w.vector(name, n)?)
             } else {
                 None
             })
         };
-        let q_norm = norm("self_attn.q_norm.weight", qn)?;
-        let k_norm = norm("self_attn.k_norm.weight", kvn)?;
+        let (q_bias, k_bias, v_bias) = (
+            bias("self_attn.q_proj.bias", qn)?,
+            bias("self_attn.k_proj.bias", kvn)?,
+            bias("self_attn.v_proj.bias", kvn)?,
+        );
         Ok(Attention {
             q_proj: w.linear("self_attn.q_proj.weight", qn, h)?,
             k_proj: w.linear("self_attn.k_proj.weight", kvn, h)?,
             v_proj: w.linear("self_attn.v_proj.weight", kvn, h)?,
             o_proj: w.linear("self_attn.o_proj.weight", h, qn)?,
+            q_bias,
+            k_bias,
+            v_bias,
+            qk_norm,
             q_norm,
             k_norm,
             num_attention_heads: config.num_attention_heads,
             num_key_value_heads: config.num_key_value_heads,
             head_dim: config.head_dim,
         })
+    }
+
+    /// `raw` `[batch, seq, heads·head_dim]` after this attention's QK-norm (same shape).
+    fn qk_normed(&self, norm: Option<&RmsNorm>, raw: &Tensor, heads: i64) -> Tensor {
+        match (norm, self.qk_norm) {
+            (None, _) | (_, QkNorm::None) => raw.shallow_clone(),
+            (Some(n), QkNorm::WholeVector) => n.forward(raw),
+            (Some(n), QkNorm::PerHead) => {
+                let (b, s) = (raw.size()[0], raw.size()[1]);
+                n.forward(&raw.view([b, s, heads, self.head_dim])).view([
+                    b,
+                    s,
+                    heads * self.head_dim,
+                ])
+            }
+        }
     }
 
     /// `x`: `[batch, seq, hidden]` new tokens (after any cached ones) → `[batch, seq, hidden]`.
@@ -99,20 +140,14 @@ impl Attention {
         ctx: &mut CaptureContext,
     ) -> Result<Tensor> {
         let (b, s) = (x.size()[0], x.size()[1]);
-        let q_raw = x.linear::<Tensor>(&self.q_proj, None);
-        let k_raw = x.linear::<Tensor>(&self.k_proj, None);
-        let v_raw = x.linear::<Tensor>(&self.v_proj, None);
+        let q_raw = x.linear(&self.q_proj, self.q_bias.as_ref());
+        let k_raw = x.linear(&self.k_proj, self.k_bias.as_ref());
+        let v_raw = x.linear(&self.v_proj, self.v_bias.as_ref());
         let heads = |t: &Tensor, n: i64| t.view([b, s, n, self.head_dim]).transpose(1, 2);
         let (nq, nkv) = (self.num_attention_heads, self.num_key_value_heads);
         let v = heads(&v_raw, nkv);
-        let q_normed = self
-            .q_norm
-            .as_ref()
-            .map_or_else(|| q_raw.shallow_clone(), |n| n.forward(&q_raw));
-        let k_normed = self
-            .k_norm
-            .as_ref()
-            .map_or_else(|| k_raw.shallow_clone(), |n| n.forward(&k_raw));
+        let q_normed = self.qk_normed(self.q_norm.as_ref(), &q_raw, nq);
+        let k_normed = self.qk_normed(self.k_norm.as_ref(), &k_raw, nkv);
         let past = step.cache.as_ref().map_or(0, |c| c.len());
         let edit = step.edit.filter(|e| e.edits_layer(ctx.layer));
         // Cached and edited calls need explicit visibility; a plain prefill keeps the fused causal path.

@@ -13,13 +13,38 @@ use serde_json::Value;
 use crate::error::{SourceError, SourceResult};
 use crate::model::rope_scaling::{RopeParameters, RopeScaling};
 
-/// The block layouts ckpt-scan can run.
+/// The model families ckpt-scan can run. Each is a combination of the block properties below
+/// ([`Architecture::norm_placement`], [`Architecture::qk_norm`], [`Architecture::qkv_bias`]),
+/// so the forward has one loop for all of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Architecture {
     /// OLMo-2: no input norm, post-attention and post-feedforward RMSNorm, full-width QK-norm.
     Olmo2,
     /// Llama: pre-norm (input_layernorm, post_attention_layernorm before the MLP), GQA, no QK-norm.
     Llama,
+    /// Qwen2: Llama's block with biases on the Q, K and V projections.
+    Qwen2,
+    /// Qwen3: Llama's block with a per-head QK-norm (RMSNorm over head_dim, before RoPE).
+    Qwen3,
+}
+
+/// Where a block's norms sit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// Norm the residual stream before attention and before the MLP (Llama).
+    Pre,
+    /// Norm each sub-layer's output before it joins the residual stream (OLMo-2).
+    Post,
+}
+
+/// The norm applied to queries and keys before RoPE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    /// One RMSNorm over all heads' concatenated projection (OLMo-2): weight `[heads·head_dim]`.
+    WholeVector,
+    /// One RMSNorm per head over its head_dim, the weight shared by all heads (Qwen3): `[head_dim]`.
+    PerHead,
 }
 
 impl Architecture {
@@ -27,7 +52,44 @@ impl Architecture {
         match self {
             Architecture::Olmo2 => "Olmo2ForCausalLM",
             Architecture::Llama => "LlamaForCausalLM",
+            Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::Qwen3 => "Qwen3ForCausalLM",
         }
+    }
+
+    /// `model_type` in config.json.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Architecture::Olmo2 => "olmo2",
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
+        }
+    }
+
+    pub fn norm_placement(self) -> NormPlacement {
+        match self {
+            Architecture::Olmo2 => NormPlacement::Post,
+            Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3 => NormPlacement::Pre,
+        }
+    }
+
+    pub fn qk_norm(self) -> QkNorm {
+        match self {
+            Architecture::Olmo2 => QkNorm::WholeVector,
+            Architecture::Qwen3 => QkNorm::PerHead,
+            Architecture::Llama | Architecture::Qwen2 => QkNorm::None,
+        }
+    }
+
+    /// Whether q_proj, k_proj and v_proj carry a bias (o_proj never does here).
+    pub fn qkv_bias(self) -> bool {
+        self == Architecture::Qwen2
+    }
+
+    /// Whether tied input and output embeddings are the class default when config.json is silent.
+    fn ties_by_default(self) -> bool {
+        self == Architecture::Llama
     }
 }
 
@@ -110,7 +172,8 @@ impl ModelConfig {
         };
         let max_position_embeddings = opt_int("max_position_embeddings").unwrap_or(2048);
         let rope = RopeParameters::from_json(value, max_position_embeddings, path)?;
-        let default_tie = architecture == Architecture::Llama;
+        refuse_unsupported_fields(value, architecture, path)?;
+        let default_tie = architecture.ties_by_default();
         let config = ModelConfig {
             architecture,
             vocab_size: int("vocab_size")?,
@@ -233,10 +296,7 @@ impl ModelConfig {
     /// The `config.json` a Hugging Face loader accepts for this config. Plain RoPE adds no key,
     /// so the JSON (and digests of it) of unscaled configs is what it was before scaling existed.
     pub fn to_hf_json(&self) -> Value {
-        let model_type = match self.architecture {
-            Architecture::Olmo2 => "olmo2",
-            Architecture::Llama => "llama",
-        };
+        let model_type = self.architecture.model_type();
         let mut json = serde_json::json!({
             "architectures": [self.architecture.hf_class()],
             "model_type": model_type,
@@ -271,6 +331,35 @@ fn first_int(value: Option<&Value>) -> Option<i64> {
     }
 }
 
+/// Fields that would change the computation in ways not built: refused in one line rather than
+/// silently ignored (a bias or a window the forward does not apply would give wrong numbers).
+fn refuse_unsupported_fields(
+    value: &Value,
+    architecture: Architecture,
+    path: &Path,
+) -> SourceResult<()> {
+    let flag = |key: &str| value.get(key).and_then(Value::as_bool) == Some(true);
+    if flag("attention_bias") {
+        return Err(SourceError::malformed(
+            path,
+            format!(
+                "attention_bias = true is not supported for {}",
+                architecture.hf_class()
+            ),
+        ));
+    }
+    if flag("use_sliding_window") {
+        return Err(SourceError::malformed(
+            path,
+            format!(
+                "use_sliding_window = true (sliding-window attention) is not supported for {}",
+                architecture.hf_class()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn detect_architecture(value: &Value, path: &Path) -> SourceResult<Architecture> {
     let class = value
         .get("architectures")
@@ -281,6 +370,8 @@ fn detect_architecture(value: &Value, path: &Path) -> SourceResult<Architecture>
     match (class, model_type) {
         (Some("Olmo2ForCausalLM"), _) | (None, Some("olmo2")) => Ok(Architecture::Olmo2),
         (Some("LlamaForCausalLM"), _) | (None, Some("llama")) => Ok(Architecture::Llama),
+        (Some("Qwen2ForCausalLM"), _) | (None, Some("qwen2")) => Ok(Architecture::Qwen2),
+        (Some("Qwen3ForCausalLM"), _) | (None, Some("qwen3")) => Ok(Architecture::Qwen3),
         (class, model_type) => Err(SourceError::UnsupportedArchitecture {
             path: path.to_path_buf(),
             architecture: class.or(model_type).unwrap_or("<none given>").to_string(),
@@ -357,6 +448,53 @@ mod tests {
         let e = ModelConfig::from_json(&v, Path::new("x/config.json")).unwrap_err();
         assert!(e.to_string().contains("GPTNeoXForCausalLM"), "{e}");
         assert!(e.to_string().contains("x/config.json"), "{e}");
+    }
+
+    #[test]
+    fn qwen_classes_are_read_with_their_block_properties() {
+        for (class, model_type, arch) in [
+            ("Qwen2ForCausalLM", "qwen2", Architecture::Qwen2),
+            ("Qwen3ForCausalLM", "qwen3", Architecture::Qwen3),
+        ] {
+            let mut v = olmo_json();
+            v["architectures"] = serde_json::json!([class]);
+            v["model_type"] = serde_json::json!(model_type);
+            v.as_object_mut().unwrap().remove("tie_word_embeddings");
+            let c = ModelConfig::from_json(&v, Path::new("config.json")).unwrap();
+            assert_eq!(c.architecture, arch);
+            // Both classes default to untied embeddings (Llama's default is tied).
+            assert!(!c.tie_word_embeddings);
+            assert_eq!(c.to_hf_json()["model_type"], model_type);
+            assert_eq!(arch.norm_placement(), NormPlacement::Pre);
+        }
+        assert!(Architecture::Qwen2.qkv_bias() && !Architecture::Qwen3.qkv_bias());
+        assert_eq!(Architecture::Qwen3.qk_norm(), QkNorm::PerHead);
+        assert_eq!(Architecture::Olmo2.qk_norm(), QkNorm::WholeVector);
+        assert_eq!(Architecture::Qwen2.qk_norm(), QkNorm::None);
+    }
+
+    #[test]
+    fn fields_the_forward_would_ignore_are_refused_by_name() {
+        for (field, class) in [
+            ("attention_bias", "Qwen3ForCausalLM"),
+            ("attention_bias", "LlamaForCausalLM"),
+            ("use_sliding_window", "Qwen2ForCausalLM"),
+        ] {
+            let mut v = olmo_json();
+            v["architectures"] = serde_json::json!([class]);
+            v[field] = serde_json::json!(true);
+            let e = ModelConfig::from_json(&v, Path::new("m/config.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(field) && e.contains(class) && e.contains("m/config.json"),
+                "{e}"
+            );
+            assert_eq!(e.lines().count(), 1, "{e}");
+            // false (as Qwen's own config.json files spell it) is accepted.
+            v[field] = serde_json::json!(false);
+            assert!(ModelConfig::from_json(&v, Path::new("m/config.json")).is_ok());
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! One decoder block, in the two layouts ckpt-scan supports.
+//! One decoder block, in the two norm placements ckpt-scan supports (pre-norm: Llama, Qwen2,
+//! Qwen3; post-norm: OLMo-2).
 //!
 //! The checkpoints' norm names mean different things: in OLMo-2 `post_attention_layernorm` normalises
 //! the attention *output* before the residual add; in Llama it normalises the residual stream
@@ -8,20 +9,20 @@ use anyhow::Result;
 use tch::Tensor;
 
 use crate::model::attention::{Attention, AttentionStep, CaptureContext};
-use crate::model::config::{Architecture, ModelConfig};
+use crate::model::config::{ModelConfig, NormPlacement};
 use crate::model::mlp::Mlp;
 use crate::model::norm::RmsNorm;
 use crate::model::weights::{LayerWeights, LoadOptions};
 use crate::source::WeightSource;
 
 pub struct DecoderLayer {
-    pub architecture: Architecture,
+    pub placement: NormPlacement,
     pub self_attn: Attention,
     pub mlp: Mlp,
-    /// Llama only.
+    /// Pre-norm only.
     pub input_layernorm: Option<RmsNorm>,
     pub post_attention_layernorm: RmsNorm,
-    /// OLMo-2 only.
+    /// Post-norm only.
     pub post_feedforward_layernorm: Option<RmsNorm>,
 }
 
@@ -47,15 +48,16 @@ impl DecoderLayer {
         let self_attn = Attention::load(&mut w, config)?;
         let mlp = Mlp::load(&mut w, config)?;
         let post_attention_layernorm = norm(&mut w, "post_attention_layernorm.weight")?;
-        let (input_layernorm, post_feedforward_layernorm) = match arch {
-            Architecture::Olmo2 => (
+        let placement = arch.norm_placement();
+        let (input_layernorm, post_feedforward_layernorm) = match placement {
+            NormPlacement::Post => (
                 None,
                 Some(norm(&mut w, "post_feedforward_layernorm.weight")?),
             ),
-            Architecture::Llama => (Some(norm(&mut w, "input_layernorm.weight")?), None),
+            NormPlacement::Pre => (Some(norm(&mut w, "input_layernorm.weight")?), None),
         };
         Ok(DecoderLayer {
-            architecture: arch,
+            placement,
             self_attn,
             mlp,
             input_layernorm,
@@ -71,8 +73,8 @@ impl DecoderLayer {
         step: &mut AttentionStep,
         ctx: &mut CaptureContext,
     ) -> Result<Tensor> {
-        match self.architecture {
-            Architecture::Olmo2 => {
+        match self.placement {
+            NormPlacement::Post => {
                 // The attention input is the raw residual stream: OLMo-2 has no input norm.
                 ctx.sink.attention_input(ctx.layer, ctx.batch_index, x)?;
                 let attn = self.self_attn.forward(x, step, ctx)?;
@@ -81,11 +83,11 @@ impl DecoderLayer {
                 let post_ff = self
                     .post_feedforward_layernorm
                     .as_ref()
-                    .expect("olmo2 layer");
+                    .expect("post-norm layer");
                 Ok(&h + post_ff.forward(&ff))
             }
-            Architecture::Llama => {
-                let input_norm = self.input_layernorm.as_ref().expect("llama layer");
+            NormPlacement::Pre => {
+                let input_norm = self.input_layernorm.as_ref().expect("pre-norm layer");
                 let normed = input_norm.forward(x);
                 ctx.sink
                     .attention_input(ctx.layer, ctx.batch_index, &normed)?;

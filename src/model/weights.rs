@@ -84,9 +84,14 @@ impl LayerWeights<'_> {
         )
     }
 
-    /// A `[size]` norm weight.
-    pub fn norm(&mut self, suffix: &str, size: i64) -> Result<Tensor> {
+    /// A `[size]` vector (a bias).
+    pub fn vector(&mut self, suffix: &str, size: i64) -> Result<Tensor> {
         let name = format!("{}.{suffix}", self.prefix);
         load_tensor(self.source, &name, &[size], &self.options)
+    }
+
+    /// A `[size]` norm weight.
+    pub fn norm(&mut self, suffix: &str, size: i64) -> Result<Tensor> {
+        self.vector(suffix, size)
     }
 }

@@ -192,8 +192,15 @@ impl WeightSource for InitSource {
                 location: self.provenance.spec.clone(),
             })?
             .to_vec();
+        if shape.len() == 1 && name.ends_with(".bias") {
+            // Projection biases start at zero (transformers' `_init_weights` for nn.Linear).
+            return Ok(Tensor::f_zeros(
+                shape.as_slice(),
+                (Kind::Float, Device::Cpu),
+            )?);
+        }
         if shape.len() == 1 {
-            // Every 1-D tensor of these models is an RMSNorm weight, initialised to one.
+            // Every other 1-D tensor of these models is an RMSNorm weight, initialised to one.
             return Ok(Tensor::f_ones(
                 shape.as_slice(),
                 (Kind::Float, Device::Cpu),
@@ -247,5 +254,39 @@ mod tests {
         let _ = b.read(other).unwrap();
         assert!(a.read(name).unwrap().equal(&b.read(name).unwrap()));
         assert!(!a.read(name).unwrap().equal(&a.read(other).unwrap()));
+    }
+
+    #[test]
+    fn qwen_inits_have_zero_biases_and_head_dim_qk_norms_of_one() {
+        use crate::model::config::Architecture;
+        let base = olmo2_preset("olmo2-1b").unwrap();
+        let qwen2 = InitSource::new(
+            ModelConfig {
+                architecture: Architecture::Qwen2,
+                ..base.clone()
+            },
+            0,
+            InitScheme::Hf,
+            "init:qwen2",
+        );
+        let bias = qwen2.read("model.layers.0.self_attn.k_proj.bias").unwrap();
+        assert_eq!(bias.size(), [2048]);
+        assert_eq!(f64::try_from(bias.abs().max()).unwrap(), 0.0);
+        assert!(!qwen2.contains("model.layers.0.self_attn.q_norm.weight"));
+        let qwen3 = InitSource::new(
+            ModelConfig {
+                architecture: Architecture::Qwen3,
+                ..base
+            },
+            0,
+            InitScheme::Hf,
+            "init:qwen3",
+        );
+        let norm = qwen3
+            .read("model.layers.0.self_attn.q_norm.weight")
+            .unwrap();
+        assert_eq!(norm.size(), [128]);
+        assert_eq!(f64::try_from(norm.min()).unwrap(), 1.0);
+        assert!(!qwen3.contains("model.layers.0.self_attn.q_proj.bias"));
     }
 }

@@ -91,7 +91,7 @@ pub trait WeightSource {
 
 /// Expected shape of every tensor a model of this config needs, in Hugging Face names.
 pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<i64>)> {
-    use crate::model::config::Architecture;
+    use crate::model::config::{NormPlacement, QkNorm};
     let (h, i, v) = (
         config.hidden_size,
         config.intermediate_size,
@@ -111,13 +111,26 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<i64>)> {
         push("mlp.up_proj.weight", vec![i, h]);
         push("mlp.down_proj.weight", vec![h, i]);
         push("post_attention_layernorm.weight", vec![h]);
-        match config.architecture {
-            Architecture::Olmo2 => {
+        let arch = config.architecture;
+        if arch.qkv_bias() {
+            push("self_attn.q_proj.bias", vec![q]);
+            push("self_attn.k_proj.bias", vec![kv]);
+            push("self_attn.v_proj.bias", vec![kv]);
+        }
+        match arch.qk_norm() {
+            QkNorm::None => {}
+            QkNorm::WholeVector => {
                 push("self_attn.q_norm.weight", vec![q]);
                 push("self_attn.k_norm.weight", vec![kv]);
-                push("post_feedforward_layernorm.weight", vec![h]);
             }
-            Architecture::Llama => push("input_layernorm.weight", vec![h]),
+            QkNorm::PerHead => {
+                push("self_attn.q_norm.weight", vec![config.head_dim]);
+                push("self_attn.k_norm.weight", vec![config.head_dim]);
+            }
+        }
+        match arch.norm_placement() {
+            NormPlacement::Post => push("post_feedforward_layernorm.weight", vec![h]),
+            NormPlacement::Pre => push("input_layernorm.weight", vec![h]),
         }
     }
     out.push(("model.norm.weight".to_string(), vec![h]));
