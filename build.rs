@@ -12,8 +12,20 @@ fn main() {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
+    // Dirty means a tracked input of the results differs from the commit: the tool's own outputs
+    // (reports/, theory/'s verification files) and prose (*.md) do not count, so regenerating
+    // a committed report does not mark the run that regenerates it as built from an unknown tree.
     let dirty = std::process::Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
+        .args([
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)reports",
+            ":(exclude)theory/verification*",
+            ":(exclude)*.md",
+        ])
         .output()
         .ok()
         .is_some_and(|o| !o.stdout.is_empty());
