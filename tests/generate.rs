@@ -1,7 +1,8 @@
 //! KV-cached generation against the model's own full recompute: every decode step's logits equal
 //! the logits of the whole sequence run again without a cache, left padding changes nothing, and
-//! greedy decoding equals `ResidentModel::greedy` (which recomputes the prefix each step). On a tiny
-//! random OLMo-2 and Llama, and on SmolLM2-135M-Instruct (GGUF).
+//! greedy decoding equals `ResidentModel::greedy` (which recomputes the prefix each step). On tiny
+//! random OLMo-2, Llama, Qwen2 and Qwen3, on the golden Qwen fixtures (perturbed biases and norm
+//! gains), and on SmolLM2-135M-Instruct (GGUF).
 
 mod common;
 
@@ -75,7 +76,12 @@ fn check_cached_against_recompute(
 
 #[test]
 fn tiny_models_cached_decode_equals_recompute_with_left_padding() {
-    for architecture in [Architecture::Olmo2, Architecture::Llama] {
+    for architecture in [
+        Architecture::Olmo2,
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+    ] {
         let model = tiny(architecture);
         let prompts = vec![
             vec![5, 9, 13, 21, 40, 7, 7, 33],
@@ -152,6 +158,26 @@ fn stop_token_ends_one_sequence_and_not_the_others() {
     assert_eq!(outputs[0].tokens, free[..=first_stop]);
     let other = model.greedy(&prompts[1], 6, Some(free[2])).unwrap();
     assert_eq!(outputs[1].tokens, other);
+}
+
+/// At init the Qwen2 biases are zero; the golden fixtures carry non-zero ones (and Qwen3's
+/// per-head norm gains), so the decode path is checked with both in play.
+#[test]
+fn golden_qwen_models_cached_decode_equals_recompute() {
+    let Some(dir) = common::golden_dir() else {
+        return;
+    };
+    for folder in ["qwen2", "qwen3"] {
+        let source = open_source(dir.join(folder).to_str().unwrap()).unwrap();
+        let model = ResidentModel::load(source.as_ref(), &LoadOptions::cpu_f32()).unwrap();
+        let prompts = vec![vec![5, 9, 13, 21, 40, 7, 7, 33], vec![12, 3]];
+        let (greedy, worst) =
+            check_cached_against_recompute(&model, &prompts, 10, Sampling::Greedy);
+        for (prompt, tokens) in prompts.iter().zip(&greedy) {
+            assert_eq!(tokens, &model.greedy(prompt, 10, None).unwrap(), "{folder}");
+        }
+        eprintln!("{folder}: cached vs recomputed max relative |diff| {worst:e}");
+    }
 }
 
 #[test]
