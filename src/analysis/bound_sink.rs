@@ -178,26 +178,26 @@ impl BoundSink {
     pub fn prediction_rows_mut(&mut self) -> impl Iterator<Item = &mut PredictionRow> {
         self.sinks.iter_mut().flat_map(|s| s.rows.iter_mut())
     }
-}
 
-impl BoundSink {
     /// The bootstrap of the finished layer's rows over its held-out sequences; frees its vectors.
     fn resample_layer(&mut self, layer: i64) {
         let heldout_heads = std::mem::take(&mut self.heldout_heads);
+        // One set of redraws per layer: every kind and head is scored on the same ones.
+        let mut counts: Option<Vec<Vec<f64>>> = None;
         for sink in &self.sinks {
             for (kind, fit_moments) in &sink.finished_fit {
                 let Some(batches) = heldout_heads.get(kind) else {
                     continue;
                 };
-                let heldout = Tensor::cat(batches, 0);
-                let sequences = heldout.size()[0] as usize;
-                // One set of redraws per layer: every kind and head is scored on the same ones.
-                let counts = resample_counts(
-                    sequences,
-                    self.replication.heldout_resamples,
-                    self.replication.seed,
-                    &format!("theory/bootstrap/{}/{layer}", self.replication.stream),
-                );
+                let heldout = Tensor::cat(batches, 0).to_kind(tch::Kind::Double);
+                let counts = counts.get_or_insert_with(|| {
+                    resample_counts(
+                        heldout.size()[0] as usize,
+                        self.replication.heldout_resamples,
+                        self.replication.seed,
+                        &format!("theory/bootstrap/{}/{layer}", self.replication.stream),
+                    )
+                });
                 let mut by_k: BTreeMap<usize, Vec<&PredictionRow>> = BTreeMap::new();
                 for row in sink
                     .rows
@@ -209,7 +209,7 @@ impl BoundSink {
                 for (k, rows) in by_k {
                     self.resampled.insert(
                         (layer, *kind, k),
-                        resample_rows(&rows, fit_moments, &heldout, &counts),
+                        resample_rows(&rows, fit_moments, &heldout, counts),
                     );
                 }
             }
@@ -240,7 +240,7 @@ impl CaptureSink for BoundSink {
         }
         if role == BatchRole::Heldout && self.replication.heldout_resamples > 0 {
             for sink in &self.sinks {
-                for &kind in &sink.kinds() {
+                for &kind in sink.kinds() {
                     self.heldout_heads
                         .entry(kind)
                         .or_default()

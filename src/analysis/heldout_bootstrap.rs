@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::analysis::predictability::PredictionRow;
 use crate::capture::HeadKind;
@@ -38,15 +38,14 @@ fn references(row: &PredictionRow) -> Vec<usize> {
 
 /// Rescores each of `rows` (one layer, one kind) on the redraws `counts` of the held-out
 /// sequences. `fit_moments` are the kind's fit-split moments over all heads (head-major columns),
-/// `heldout` the kind's held-out vectors `[sequences, heads, positions, head_dim]`. A row whose map
-/// cannot be fitted gets NaN on every redraw.
+/// `heldout` the kind's held-out vectors `[sequences, heads, positions, head_dim]` (f64, as the
+/// moments). A row whose map cannot be fitted gets NaN on every redraw.
 pub fn resample_rows(
     rows: &[&PredictionRow],
     fit_moments: &Moments,
     heldout: &Tensor,
     counts: &[Vec<f64>],
 ) -> Vec<HeadResamples> {
-    let heldout = heldout.to_kind(Kind::Double);
     let (sequences, _, positions, head_dim) = heldout.size4().expect("[S, H, s, d_h]");
     rows.iter()
         .map(|row| {
@@ -87,6 +86,7 @@ mod tests {
     use crate::stats::gram::Gram;
     use crate::stats::selection::Selection;
     use crate::stats::sequence_bootstrap::resample_counts;
+    use tch::Kind;
 
     /// Heads sharing a component (so R² is far from 0) for `sequences` sequences.
     fn heads(sequences: i64, seed: i64) -> Tensor {

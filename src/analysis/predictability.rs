@@ -320,8 +320,8 @@ impl PredictabilitySink {
     }
 
     /// The kinds this sink analyses.
-    pub fn kinds(&self) -> Vec<HeadKind> {
-        self.options.kinds.clone()
+    pub fn kinds(&self) -> &[HeadKind] {
+        &self.options.kinds
     }
 }
 

@@ -338,24 +338,19 @@ fn refuse_unsupported_fields(
     architecture: Architecture,
     path: &Path,
 ) -> SourceResult<()> {
-    let flag = |key: &str| value.get(key).and_then(Value::as_bool) == Some(true);
-    if flag("attention_bias") {
-        return Err(SourceError::malformed(
-            path,
-            format!(
-                "attention_bias = true is not supported for {}",
-                architecture.hf_class()
-            ),
-        ));
-    }
-    if flag("use_sliding_window") {
-        return Err(SourceError::malformed(
-            path,
-            format!(
-                "use_sliding_window = true (sliding-window attention) is not supported for {}",
-                architecture.hf_class()
-            ),
-        ));
+    for (field, what) in [
+        ("attention_bias", "attention_bias = true"),
+        (
+            "use_sliding_window",
+            "use_sliding_window = true (sliding-window attention)",
+        ),
+    ] {
+        if value.get(field).and_then(Value::as_bool) == Some(true) {
+            return Err(SourceError::malformed(
+                path,
+                format!("{what} is not supported for {}", architecture.hf_class()),
+            ));
+        }
     }
     Ok(())
 }
