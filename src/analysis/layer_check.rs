@@ -230,6 +230,9 @@ pub struct LayerCheckOptions {
     pub iid_layer0: bool,
     /// Population replications per clean row (0: none).
     pub population_replications: usize,
+    /// Key of the Monte Carlo streams (`commands::theory::stream_key`): the same model draws the
+    /// same replications wherever its files lie.
+    pub stream: String,
 }
 
 /// The reference dimension m for k reference heads: k·d_h (the theory). A parameter so the
@@ -296,7 +299,7 @@ pub fn layer_rows_with(
                 WeightLaw::Gaussian,
                 options.monte_carlo_draws,
                 options.seed,
-                &format!("theory/layer/{source}/{}", spectrum.layer),
+                &format!("theory/layer/{}/{}", options.stream, spectrum.layer),
             )
         } else {
             Vec::new()
@@ -361,7 +364,10 @@ pub fn layer_rows_with(
                         n_heldout as usize,
                         options.population_replications,
                         options.seed,
-                        &format!("theory/population/{source}/{}/{heads}", spectrum.layer),
+                        &format!(
+                            "theory/population/{}/{}/{heads}",
+                            options.stream, spectrum.layer
+                        ),
                     )
                 });
                 entry
@@ -634,6 +640,7 @@ mod tests {
             seed: 0,
             iid_layer0: false,
             population_replications: 0,
+            stream: "init:olmo2-1b".to_string(),
         };
         let out = layer_rows(
             "init:olmo2-1b",

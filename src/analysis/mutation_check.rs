@@ -340,6 +340,7 @@ fn run_case_here(mutation: Mutation, seed: u64) -> Result<MutationRow> {
         seed,
         iid_layer0: !mutation.topics(),
         population_replications: REPLICATIONS,
+        stream: "init:mutation".to_string(),
     };
     let mut rows = layer_rows_with(
         "init:mutation",

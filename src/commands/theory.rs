@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::analysis::finite_sample_check::{
     default_cases, finite_sample_row, FiniteSampleRow, FINITE_SAMPLE_SIGMAS,
@@ -324,6 +325,27 @@ pub fn sources(args: &TheoryArgs) -> Vec<(SourceRole, String)> {
     list
 }
 
+/// The key of a source's Monte Carlo streams. Its label, unless the label names a local path
+/// outside the data folder (a temp folder, a home folder): then what the source *is* (kind,
+/// config, init seed and scheme, Hub revision), so the same model draws the same replications
+/// wherever it lies. Two local checkpoints of one config share their streams, i.e. their nulls
+/// use common random numbers; their input moments, and so the nulls, still differ.
+pub fn stream_key(label: &str, config: &ModelConfig, provenance: &Provenance) -> String {
+    let names_local_path = label.starts_with('/') || label.contains(":/");
+    if !names_local_path {
+        return label.to_string();
+    }
+    let identity = format!(
+        "{}\n{}\n{}\n{}",
+        provenance.kind,
+        serde_json::to_string(config).unwrap_or_default(),
+        provenance.init.as_deref().unwrap_or(""),
+        provenance.revision_sha.as_deref().unwrap_or(""),
+    );
+    let digest = Sha256::digest(identity.as_bytes());
+    format!("{}:{}", provenance.kind, &format!("{digest:x}")[..16])
+}
+
 /// `spec` with the data folder written as `$CKPT_SCAN_DATA`, so reports do not name a home folder.
 pub fn source_label(spec: &str) -> String {
     let root = data_root().display().to_string();
@@ -361,6 +383,7 @@ pub fn measure_source(
     let (token_set, tokenizer_name) =
         build_token_set(source.as_ref(), &text, &token_options, tokenizer)?;
     let label = source_label(spec);
+    let stream = stream_key(&label, &config, source.provenance());
     // The fit and held-out sequences come first (as for predict), the covariance ones after.
     let main_sequences = (check.tokens / seq_len).min(token_set.sequences.len());
     let fit_sequences = ((main_sequences as f64 * check.split).round() as usize)
@@ -399,7 +422,7 @@ pub fn measure_source(
             law: replication_law(role, source.provenance()),
             replications: check.prediction_replications,
             seed: check.seed,
-            stream: label.clone(),
+            stream: stream.clone(),
             heldout_resamples: match role {
                 SourceRole::Init => 0,
                 SourceRole::Trained => check.heldout_resamples,
@@ -425,6 +448,7 @@ pub fn measure_source(
         seed: check.seed,
         iid_layer0: check.iid_layer0,
         population_replications: check.prediction_replications,
+        stream,
     };
     let mut rows = single_threaded(|| {
         layer_rows(
@@ -1188,5 +1212,52 @@ pub fn layer_chart(rows: &[LayerRow]) -> SmallMultiples {
         panels,
         columns: 3,
         panel_size: (540, 400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::olmo2_preset;
+
+    fn provenance(kind: &str, init: Option<&str>) -> Provenance {
+        Provenance {
+            spec: String::new(),
+            kind: kind.to_string(),
+            files: Vec::new(),
+            revision_sha: None,
+            init: init.map(str::to_string),
+        }
+    }
+
+    /// CI once failed a tiny-model theory test that passed here: the streams were keyed by a temp
+    /// folder's name, so every run drew other replications. Keys now follow the model, not its path.
+    #[test]
+    fn stream_keys_follow_the_model_not_its_folder() {
+        let config = olmo2_preset("olmo2-1b").unwrap();
+        let init = provenance("init", Some("seed=5 scheme=olmo"));
+        let a = stream_key("init:/tmp/.tmpA/config.json", &config, &init);
+        let b = stream_key("init:/tmp/.tmpB/config.json", &config, &init);
+        assert_eq!(a, b);
+        assert!(a.starts_with("init:") && !a.contains("tmp"), "{a}");
+        // Another seed, another config or another kind is another stream.
+        let reseeded = provenance("init", Some("seed=6 scheme=olmo"));
+        assert_ne!(
+            a,
+            stream_key("init:/tmp/.tmpA/config.json", &config, &reseeded)
+        );
+        let mut wider = config.clone();
+        wider.hidden_size *= 2;
+        assert_ne!(a, stream_key("init:/tmp/.tmpA/config.json", &wider, &init));
+        let local = provenance("safetensors", None);
+        assert_ne!(a, stream_key("/tmp/.tmpA", &config, &local));
+        // Labels without a local path keep their streams (and the committed verification's figures).
+        for label in [
+            "init:olmo2-1b?seed=0&scheme=olmo",
+            "hf:allenai/OLMo-2-0425-1B@main",
+            "gguf:$CKPT_SCAN_DATA/smollm2/model.gguf",
+        ] {
+            assert_eq!(stream_key(label, &config, &init), label);
+        }
     }
 }
