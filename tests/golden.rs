@@ -1,6 +1,7 @@
 //! ckpt-scan's forward pass against HF transformers (tests/fixtures/make_golden.py): logits,
 //! per-head Q/K/V at every capture point, and attention probabilities, for OLMo-2, Llama-GQA,
-//! Qwen2 and Qwen3, from single-file and sharded safetensors.
+//! Qwen2 and Qwen3, from single-file and sharded safetensors; Mistral, OLMo-3 and Qwen2 with
+//! sliding windows.
 
 mod common;
 
@@ -146,6 +147,42 @@ fn qwen2_peaked_attention_matches_transformers() {
 #[test]
 fn qwen3_peaked_attention_matches_transformers() {
     check_scaled("qwen3-peaked");
+}
+
+/// Sliding windows (make_golden.py `WINDOWED`): 96 tokens, a 16-token window, peaked attention.
+/// The fixture holds transformers' logits without the window too: the window must matter (by
+/// 1.5–4.8 in these logits) for the comparison to test it.
+fn check_windowed(name: &str) {
+    let Some(dir) = golden_dir() else { return };
+    let golden = read_golden(&dir.join(format!("{name}-golden.safetensors")));
+    let effect = f64::try_from(
+        (&golden["logits_sdpa"] - &golden["logits_no_window"])
+            .abs()
+            .max(),
+    )
+    .unwrap();
+    assert!(
+        effect > 0.5,
+        "{name}: the window changes the logits by only {effect}"
+    );
+    check_model(name, name);
+}
+
+#[test]
+fn mistral_sliding_window_matches_transformers() {
+    check_windowed("mistral-window");
+}
+
+/// Layers 0 and 2 windowed with RoPE base 10⁴, layer 1 full with base 5·10⁵.
+#[test]
+fn olmo3_sliding_and_full_layers_with_their_own_rope_match_transformers() {
+    check_windowed("olmo3-window");
+}
+
+/// `use_sliding_window` with `max_window_layers = 1`: layers 1 and 2 windowed.
+#[test]
+fn qwen2_sliding_window_from_max_window_layers_matches_transformers() {
+    check_windowed("qwen2-window");
 }
 
 /// Peaked attention (Q and K ×8, make_golden.py `SCALED`) at 96 tokens with each RoPE variant

@@ -73,7 +73,11 @@ fn parse_heads(list: &str) -> Vec<usize> {
 
 /// Runs the sink and a recorder over the same batches of a tiny model; checks every row and edge.
 fn check_exactness(architecture: Architecture, selection: Selection) {
-    let config = tiny_config(architecture);
+    check_exactness_of(tiny_config(architecture), selection);
+}
+
+fn check_exactness_of(config: ckpt_scan::model::config::ModelConfig, selection: Selection) {
+    let architecture = config.architecture;
     let source = InitSource::new(config.clone(), 21, InitScheme::Hf, "init:tiny");
     tch::manual_seed(5);
     // 8 fit batches and 3 held-out batches of 2 × 16 tokens: 256 fit rows, 96 held-out rows.
@@ -211,6 +215,19 @@ fn every_r2_equals_a_direct_least_squares_solve_llama_gqa() {
 fn every_r2_equals_a_direct_least_squares_solve_qwen2_and_qwen3() {
     check_exactness(Architecture::Qwen2, Selection::Topn);
     check_exactness(Architecture::Qwen3, Selection::Topn);
+}
+
+/// Sliding windows (4 tokens over 16-token batches) in the capture the fits read.
+#[test]
+fn every_r2_equals_a_direct_least_squares_solve_mistral_and_olmo3_windowed() {
+    check_exactness_of(
+        common::tiny_windowed_config(Architecture::Mistral),
+        Selection::Topn,
+    );
+    check_exactness_of(
+        common::tiny_windowed_config(Architecture::Olmo3),
+        Selection::Topn,
+    );
 }
 
 /// Feeds one synthetic layer straight into the sink: `[batch, heads, seq, d]` per batch.

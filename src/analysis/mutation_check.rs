@@ -40,6 +40,7 @@ pub fn mutation_model_config() -> ModelConfig {
         rms_norm_eps: 1e-6,
         rope_theta: 10_000.0,
         max_position_embeddings: 64,
+        sliding_window: None,
         rope_scaling: Default::default(),
         tie_word_embeddings: false,
         pad_token_id: Some(1),

@@ -6,7 +6,6 @@ use anyhow::{anyhow, Context, Result};
 use tokenizers::Tokenizer;
 
 use crate::data::paths::{dolma2_tokenizer, fetch_hint};
-use crate::model::config::Architecture;
 use crate::source::WeightSource;
 
 /// Loads a packaged or source-provided tokenizer file; a missing one points at the data fetch.
@@ -63,7 +62,7 @@ pub fn tokenizer_for(
             "embedded".into(),
         ));
     }
-    if source.config().architecture == Architecture::Olmo2 {
+    if source.config().architecture.norm_multiplies_before_cast() {
         let path: PathBuf = dolma2_tokenizer();
         return Ok((load_tokenizer_file(&path)?, path.display().to_string()));
     }

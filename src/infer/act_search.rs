@@ -22,7 +22,7 @@ use crate::infer::harness::{requests_of, right_padded, ItemScore, Metric, Reques
 use crate::model::attention::{AttentionStep, CaptureContext};
 use crate::model::mask::Visibility;
 use crate::model::resident::ResidentModel;
-use crate::model::rope::Rope;
+use crate::model::rope::ModelRope;
 
 /// What the search tries.
 #[derive(Clone, Debug)]
@@ -92,7 +92,7 @@ pub fn search_heads(
     requests.sort_by_key(|r| std::cmp::Reverse(r.ids.len()));
     let device = model.options().device;
     let width = requests.first().map_or(1, |r| r.ids.len()) as i64;
-    let rope = Rope::for_config(config, width, device);
+    let rope = ModelRope::for_config(config, width, device);
     let mut batches = make_batches(model, &requests, options.batch_tokens);
     let tokens = requests.iter().map(|r| r.ids.len() as i64).sum();
 
@@ -196,11 +196,7 @@ pub fn search_heads(
                 }
                 requests_changed += changed.len();
                 let index = Tensor::from_slice(&changed).to_device(device);
-                let visibility = Visibility {
-                    visible: batch.visibility.visible.index_select(0, &index),
-                    query_valid: batch.visibility.query_valid.index_select(0, &index),
-                    positions: batch.visibility.positions.index_select(0, &index),
-                };
+                let visibility = batch.visibility.rows(&index);
                 let hidden = run_layers(
                     model,
                     &rope,
@@ -282,7 +278,7 @@ fn make_batches(model: &ResidentModel, requests: &[Request], batch_tokens: usize
 /// Runs the residual stream `x` `[rows, width, hidden]` through `layers` with `edit`.
 fn run_layers(
     model: &ResidentModel,
-    rope: &Rope,
+    rope: &ModelRope,
     x: &Tensor,
     visibility: &Visibility,
     layers: std::ops::Range<usize>,

@@ -15,7 +15,7 @@ use crate::model::head_map::HeadMap;
 use crate::model::kv_cache::{CachedHeads, LayerCache, NewEntries};
 use crate::model::mask::Visibility;
 use crate::model::norm::RmsNorm;
-use crate::model::rope::Rope;
+use crate::model::rope::ModelRope;
 use crate::model::weights::LayerWeights;
 
 pub struct Attention {
@@ -33,6 +33,8 @@ pub struct Attention {
     pub num_attention_heads: i64,
     pub num_key_value_heads: i64,
     pub head_dim: i64,
+    /// Sliding window (keys a query sees, itself included); `None`: full causal attention.
+    pub window: Option<i64>,
 }
 
 /// Where the forward is in the model, for the capture sink.
@@ -45,7 +47,8 @@ pub struct CaptureContext<'a> {
 /// What one attention call needs besides its input: RoPE tables, which keys each query sees, the
 /// layer's KV cache, and an edit. [`AttentionStep::plain`] is a whole-sequence causal forward.
 pub struct AttentionStep<'a> {
-    pub rope: &'a Rope,
+    /// Every layer's tables; the attention reads its own layer's.
+    pub rope: &'a ModelRope,
     /// Positions and masks for padded or cached calls; `None`: unpadded, causal, positions from the
     /// cache length on.
     pub visibility: Option<&'a Visibility>,
@@ -54,7 +57,7 @@ pub struct AttentionStep<'a> {
 }
 
 impl<'a> AttentionStep<'a> {
-    pub fn plain(rope: &'a Rope) -> Self {
+    pub fn plain(rope: &'a ModelRope) -> Self {
         AttentionStep {
             rope,
             visibility: None,
@@ -65,7 +68,7 @@ impl<'a> AttentionStep<'a> {
 }
 
 impl Attention {
-    pub fn load(w: &mut LayerWeights, config: &ModelConfig) -> Result<Self> {
+    pub fn load(w: &mut LayerWeights, config: &ModelConfig, layer: i64) -> Result<Self> {
         let (qn, kvn) = (
             config.num_attention_heads * config.head_dim,
             config.num_key_value_heads * config.head_dim,
@@ -113,6 +116,7 @@ impl Attention {
             num_attention_heads: config.num_attention_heads,
             num_key_value_heads: config.num_key_value_heads,
             head_dim: config.head_dim,
+            window: config.attention_window(layer),
         })
     }
 
@@ -150,17 +154,21 @@ impl Attention {
         let k_normed = self.qk_normed(self.k_norm.as_ref(), &k_raw, nkv);
         let past = step.cache.as_ref().map_or(0, |c| c.len());
         let edit = step.edit.filter(|e| e.edits_layer(ctx.layer));
-        // Cached and edited calls need explicit visibility; a plain prefill keeps the fused causal path.
+        let rope = step.rope.layer(ctx.layer);
+        // A window shorter than the keys cuts some off (position gaps never exceed index gaps).
+        let window = self.window.filter(|&w| past + s > w);
+        // Cached, edited and windowed calls need explicit visibility; a plain prefill keeps the
+        // fused causal path.
         let owned_visibility = match step.visibility {
-            None if past > 0 || edit.is_some() => {
+            None if past > 0 || edit.is_some() || window.is_some() => {
                 Some(Visibility::unpadded(b, past + s, s, x.device()))
             }
             _ => None,
         };
         let visibility = step.visibility.or(owned_visibility.as_ref());
         let rope_at = |t: &Tensor| match visibility {
-            Some(v) => step.rope.apply_at(t, &v.positions),
-            None => step.rope.apply(t, 0),
+            Some(v) => rope.apply_at(t, &v.positions),
+            None => rope.apply(t, 0),
         };
         let q = rope_at(&heads(&q_normed, nq));
         let k_unrotated = heads(&k_normed, nkv);
@@ -179,7 +187,7 @@ impl Attention {
                     values: &v,
                     positions: &positions,
                 };
-                cache.append(&new, step.rope)
+                cache.append(&new, rope)
             }
             None => (
                 CachedHeads::Whole(k.shallow_clone()),
@@ -190,7 +198,8 @@ impl Attention {
         let wants_attention = ctx.sink.wants_attention(ctx.layer);
         let points = ctx.sink.points(ctx.layer);
         let group = nq / nkv;
-        let visible = visibility.map(|v| &v.visible);
+        let windowed = window.zip(visibility).map(|(w, v)| v.within_window(w));
+        let visible = windowed.as_ref().or(visibility.map(|v| &v.visible));
         let (out, probabilities) = if wants_attention || edit.is_some() {
             let mut p = probabilities_of(&scores_of(&q, &keys, group), visible);
             if let (Some(edit), Some(visibility)) = (edit, visibility) {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{SourceError, SourceResult};
+use crate::model::attention_window::{self, SlidingWindow};
 use crate::model::rope_scaling::{RopeParameters, RopeScaling};
 
 /// The model families ckpt-scan can run. Each is a combination of the block properties below
@@ -26,6 +27,10 @@ pub enum Architecture {
     Qwen2,
     /// Qwen3: Llama's block with a per-head QK-norm (RMSNorm over head_dim, before RoPE).
     Qwen3,
+    /// Mistral: Llama's block; every layer sliding-window when `sliding_window` is set.
+    Mistral,
+    /// OLMo-3: OLMo-2's block with sliding-window and full-attention layers (`layer_types`).
+    Olmo3,
 }
 
 /// Where a block's norms sit.
@@ -54,6 +59,8 @@ impl Architecture {
             Architecture::Llama => "LlamaForCausalLM",
             Architecture::Qwen2 => "Qwen2ForCausalLM",
             Architecture::Qwen3 => "Qwen3ForCausalLM",
+            Architecture::Mistral => "MistralForCausalLM",
+            Architecture::Olmo3 => "Olmo3ForCausalLM",
         }
     }
 
@@ -64,27 +71,38 @@ impl Architecture {
             Architecture::Llama => "llama",
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
+            Architecture::Mistral => "mistral",
+            Architecture::Olmo3 => "olmo3",
         }
     }
 
     pub fn norm_placement(self) -> NormPlacement {
         match self {
-            Architecture::Olmo2 => NormPlacement::Post,
-            Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3 => NormPlacement::Pre,
+            Architecture::Olmo2 | Architecture::Olmo3 => NormPlacement::Post,
+            Architecture::Llama
+            | Architecture::Qwen2
+            | Architecture::Qwen3
+            | Architecture::Mistral => NormPlacement::Pre,
         }
     }
 
     pub fn qk_norm(self) -> QkNorm {
         match self {
-            Architecture::Olmo2 => QkNorm::WholeVector,
+            Architecture::Olmo2 | Architecture::Olmo3 => QkNorm::WholeVector,
             Architecture::Qwen3 => QkNorm::PerHead,
-            Architecture::Llama | Architecture::Qwen2 => QkNorm::None,
+            Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral => QkNorm::None,
         }
     }
 
     /// Whether q_proj, k_proj and v_proj carry a bias (o_proj never does here).
     pub fn qkv_bias(self) -> bool {
         self == Architecture::Qwen2
+    }
+
+    /// Whether RMSNorm multiplies by its weight before casting back to the input dtype (OLMo's
+    /// norms) or after (Llama's); equal in f32, different in bf16.
+    pub fn norm_multiplies_before_cast(self) -> bool {
+        matches!(self, Architecture::Olmo2 | Architecture::Olmo3)
     }
 
     /// Whether tied input and output embeddings are the class default when config.json is silent.
@@ -126,6 +144,10 @@ pub struct ModelConfig {
     #[serde(default)]
     pub rope_scaling: RopeScaling,
     pub max_position_embeddings: i64,
+    /// Sliding-window layers (Mistral, OLMo-3, Qwen with `use_sliding_window`); absent from the
+    /// JSON of configs without one, so their digests are what they were before windows existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<SlidingWindow>,
     pub tie_word_embeddings: bool,
     pub pad_token_id: Option<i64>,
     pub bos_token_id: Option<i64>,
@@ -171,15 +193,24 @@ impl ModelConfig {
             None => 0,
         };
         let max_position_embeddings = opt_int("max_position_embeddings").unwrap_or(2048);
-        let rope = RopeParameters::from_json(value, max_position_embeddings, path)?;
+        // OLMo-3 may give RoPE per layer type; the config's own fields are the full layers'.
+        let full_rope_json = attention_window::full_layer_rope_json(value);
+        let rope = RopeParameters::from_json(
+            full_rope_json.as_ref().unwrap_or(value),
+            max_position_embeddings,
+            path,
+        )?;
         refuse_unsupported_fields(value, architecture, path)?;
+        let num_hidden_layers = int("num_hidden_layers")?;
+        let sliding_window =
+            SlidingWindow::from_json(value, architecture, num_hidden_layers, &rope, path)?;
         let default_tie = architecture.ties_by_default();
         let config = ModelConfig {
             architecture,
             vocab_size: int("vocab_size")?,
             hidden_size,
             intermediate_size: int("intermediate_size")?,
-            num_hidden_layers: int("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -190,6 +221,7 @@ impl ModelConfig {
             rope_theta: rope.theta,
             rope_scaling: rope.scaling,
             max_position_embeddings,
+            sliding_window,
             tie_word_embeddings: value
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -320,7 +352,28 @@ impl ModelConfig {
         if let Some(scaling) = self.rope_scaling.to_hf_json(self.rope_theta) {
             json["rope_scaling"] = scaling;
         }
+        attention_window::to_hf_json(
+            self.sliding_window.as_ref(),
+            self.architecture,
+            self.num_hidden_layers,
+            self.rope_theta,
+            &self.rope_scaling,
+            &mut json,
+        );
         json
+    }
+
+    /// The window of `layer` (keys a query sees, itself included), `None` for full attention.
+    pub fn attention_window(&self, layer: i64) -> Option<i64> {
+        self.sliding_window.as_ref()?.of_layer(layer)
+    }
+
+    /// RoPE base and variant of `layer` (OLMo-3's windowed layers may have their own).
+    pub fn layer_rope(&self, layer: i64) -> (f64, &RopeScaling) {
+        match &self.sliding_window {
+            Some(w) if w.of_layer(layer).is_some() => (w.rope_theta, &w.rope_scaling),
+            _ => (self.rope_theta, &self.rope_scaling),
+        }
     }
 }
 
@@ -338,13 +391,7 @@ fn refuse_unsupported_fields(
     architecture: Architecture,
     path: &Path,
 ) -> SourceResult<()> {
-    for (field, what) in [
-        ("attention_bias", "attention_bias = true"),
-        (
-            "use_sliding_window",
-            "use_sliding_window = true (sliding-window attention)",
-        ),
-    ] {
+    for (field, what) in [("attention_bias", "attention_bias = true")] {
         if value.get(field).and_then(Value::as_bool) == Some(true) {
             return Err(SourceError::malformed(
                 path,
@@ -367,6 +414,8 @@ fn detect_architecture(value: &Value, path: &Path) -> SourceResult<Architecture>
         (Some("LlamaForCausalLM"), _) | (None, Some("llama")) => Ok(Architecture::Llama),
         (Some("Qwen2ForCausalLM"), _) | (None, Some("qwen2")) => Ok(Architecture::Qwen2),
         (Some("Qwen3ForCausalLM"), _) | (None, Some("qwen3")) => Ok(Architecture::Qwen3),
+        (Some("MistralForCausalLM"), _) | (None, Some("mistral")) => Ok(Architecture::Mistral),
+        (Some("Olmo3ForCausalLM"), _) | (None, Some("olmo3")) => Ok(Architecture::Olmo3),
         (class, model_type) => Err(SourceError::UnsupportedArchitecture {
             path: path.to_path_buf(),
             architecture: class.or(model_type).unwrap_or("<none given>").to_string(),
@@ -396,6 +445,7 @@ pub fn olmo2_preset(name: &str) -> Option<ModelConfig> {
         rope_theta: 500_000.0,
         rope_scaling: RopeScaling::Default,
         max_position_embeddings: 4096,
+        sliding_window: None,
         tie_word_embeddings: false,
         pad_token_id: Some(100_277),
         bos_token_id: None,
@@ -473,7 +523,6 @@ mod tests {
         for (field, class) in [
             ("attention_bias", "Qwen3ForCausalLM"),
             ("attention_bias", "LlamaForCausalLM"),
-            ("use_sliding_window", "Qwen2ForCausalLM"),
         ] {
             let mut v = olmo_json();
             v["architectures"] = serde_json::json!([class]);

@@ -13,7 +13,7 @@ use crate::model::config::ModelConfig;
 use crate::model::hidden_store::HiddenStore;
 use crate::model::layer::DecoderLayer;
 use crate::model::norm::RmsNorm;
-use crate::model::rope::Rope;
+use crate::model::rope::ModelRope;
 use crate::model::weights::{load_tensor, LoadOptions};
 use crate::source::WeightSource;
 
@@ -64,12 +64,12 @@ pub fn forward_streamed(
     // transformers computes for that batch alone); for the other variants a shorter table is a
     // prefix of a longer one, so the values are the same either way.
     let lengths: Vec<i64> = batches.iter().map(|b| b.size()[1].max(1)).collect();
-    let ropes: BTreeMap<i64, Rope> = lengths
+    let ropes: BTreeMap<i64, ModelRope> = lengths
         .iter()
         .copied()
         .collect::<BTreeSet<i64>>()
         .into_iter()
-        .map(|len| (len, Rope::for_config(&config, len, options.device)))
+        .map(|len| (len, ModelRope::for_config(&config, len, options.device)))
         .collect();
     let _no_grad = tch::no_grad_guard();
 

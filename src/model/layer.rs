@@ -45,7 +45,7 @@ impl DecoderLayer {
         let norm = |w: &mut LayerWeights, name: &str| -> Result<RmsNorm> {
             Ok(RmsNorm::new(w.norm(name, h)?, eps, arch))
         };
-        let self_attn = Attention::load(&mut w, config)?;
+        let self_attn = Attention::load(&mut w, config, layer)?;
         let mlp = Mlp::load(&mut w, config)?;
         let post_attention_layernorm = norm(&mut w, "post_attention_layernorm.weight")?;
         let placement = arch.norm_placement();

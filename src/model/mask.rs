@@ -14,6 +14,8 @@ pub struct Visibility {
     pub query_valid: Tensor,
     /// Int64 `[batch, queries]`: the RoPE position of each query (real tokens before it).
     pub positions: Tensor,
+    /// Int64 `[batch, keys]`: the RoPE position of each key, for sliding windows.
+    pub key_positions: Tensor,
 }
 
 impl Visibility {
@@ -37,13 +39,13 @@ impl Visibility {
             .eq_tensor(&query_at)
             .view([1, 1, queries, keys])
             .logical_and(&query_valid.logical_not().view([batch, 1, queries, 1]));
-        let positions = (key_valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1)
-            .clamp_min(0)
-            .narrow(1, past, queries);
+        let key_positions =
+            (key_valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
         Visibility {
             visible: visible.logical_or(&padding_self),
             query_valid,
-            positions,
+            positions: key_positions.narrow(1, past, queries),
+            key_positions,
         }
     }
 
@@ -76,12 +78,35 @@ impl Visibility {
             visible: visible.logical_or(&padding_self),
             query_valid: key_valid,
             positions: positions.shallow_clone(),
+            key_positions: positions.shallow_clone(),
         }
     }
 
     /// No padding: `batch` sequences of `keys` real tokens, the last `queries` of them new.
     pub fn unpadded(batch: i64, keys: i64, queries: i64, device: Device) -> Self {
         Self::causal(&Tensor::ones([batch, keys], (Kind::Bool, device)), queries)
+    }
+
+    /// The rows `index` (int64 `[n]`) of every tensor.
+    pub fn rows(&self, index: &Tensor) -> Self {
+        Visibility {
+            visible: self.visible.index_select(0, index),
+            query_valid: self.query_valid.index_select(0, index),
+            positions: self.positions.index_select(0, index),
+            key_positions: self.key_positions.index_select(0, index),
+        }
+    }
+
+    /// `visible` restricted to keys fewer than `window` positions behind their query: transformers'
+    /// sliding window (`key index > query index − window`). Counted in positions, which equal
+    /// indices for the real tokens of a padded or cached row, so that packed branches keep the
+    /// shared prefix they would see as sequences of their own. A query always sees itself.
+    pub fn within_window(&self, window: i64) -> Tensor {
+        let (batch, queries) = (self.positions.size()[0], self.positions.size()[1]);
+        let keys = self.key_positions.size()[1];
+        let behind = self.positions.view([batch, 1, queries, 1])
+            - self.key_positions.view([batch, 1, 1, keys]);
+        self.visible.logical_and(&behind.lt(window))
     }
 
     /// The visibility as an additive f32 mask: 0 where visible, −∞ elsewhere.
@@ -100,6 +125,47 @@ mod tests {
         (0..t.size()[0])
             .map(|i| Vec::<i64>::try_from(t.get(i)).unwrap())
             .collect()
+    }
+
+    /// transformers' window of 2 (`key index > query index − 2`) on a left-padded row and on a
+    /// cached call, and on packed branches, where the window counts positions, not columns.
+    #[test]
+    fn a_window_keeps_the_last_keys_by_position() {
+        let key_valid = Tensor::from_slice(&[0i64, 1, 1, 1, 1])
+            .view([1, 5])
+            .to_kind(Kind::Bool);
+        let v = Visibility::causal(&key_valid, 5);
+        assert_eq!(
+            rows(&v.within_window(2).get(0).get(0)),
+            [
+                [1, 0, 0, 0, 0],
+                [0, 1, 0, 0, 0],
+                [0, 1, 1, 0, 0],
+                [0, 0, 1, 1, 0],
+                [0, 0, 0, 1, 1]
+            ]
+        );
+        // Two new queries on three cached keys.
+        let cached = Visibility::unpadded(1, 5, 2, Device::Cpu);
+        assert_eq!(
+            rows(&cached.within_window(2).get(0).get(0)),
+            [[0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]
+        );
+        // Prefix of 2 (positions 0, 1), then branches at positions 2, 3 and 2: the second branch's
+        // first token is 3 columns but 1 position after the prefix's last.
+        let segments = Tensor::from_slice(&[0i64, 0, 1, 1, 2]).view([1, 5]);
+        let positions = Tensor::from_slice(&[0i64, 1, 2, 3, 2]).view([1, 5]);
+        let b = Visibility::branched(&segments, &positions);
+        assert_eq!(
+            rows(&b.within_window(2).get(0).get(0)),
+            [
+                [1, 0, 0, 0, 0],
+                [1, 1, 0, 0, 0],
+                [0, 1, 1, 0, 0],
+                [0, 0, 1, 1, 0],
+                [0, 1, 0, 0, 1]
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The transformer: config, building blocks, and the layer-streamed forward pass.
 
 pub mod attention;
+pub mod attention_window;
 pub mod config;
 pub mod forward;
 pub mod head_map;

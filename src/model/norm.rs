@@ -19,7 +19,7 @@ impl RmsNorm {
         RmsNorm {
             weight,
             eps,
-            multiply_before_cast: architecture == Architecture::Olmo2,
+            multiply_before_cast: architecture.norm_multiplies_before_cast(),
         }
     }
 

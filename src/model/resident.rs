@@ -12,7 +12,7 @@ use crate::model::kv_cache::KvCache;
 use crate::model::layer::DecoderLayer;
 use crate::model::mask::Visibility;
 use crate::model::norm::RmsNorm;
-use crate::model::rope::Rope;
+use crate::model::rope::ModelRope;
 use crate::model::weights::{load_tensor, LoadOptions};
 use crate::source::WeightSource;
 
@@ -160,7 +160,7 @@ impl ResidentModel {
     fn forward_hidden(&self, ids: &Tensor, state: &mut ForwardState) -> Result<Tensor> {
         let seq = ids.size()[1];
         let past = state.cache.as_ref().map_or(0, |c| c.len());
-        let rope = Rope::for_config(&self.config, past + seq, self.options.device);
+        let rope = ModelRope::for_config(&self.config, past + seq, self.options.device);
         let mut x = Tensor::embedding(
             &self.embed_tokens,
             &ids.to_device(self.options.device),

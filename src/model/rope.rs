@@ -87,6 +87,44 @@ impl Rope {
     }
 }
 
+/// The tables of every layer of a model: one set for the full-attention layers and, when the
+/// windowed layers have a RoPE of their own (OLMo-3's `rope_parameters.sliding_attention`), one
+/// for those.
+pub struct ModelRope {
+    full: Rope,
+    /// The windowed layers' tables and which layers those are, when they differ from `full`.
+    windowed: Option<(Rope, Vec<bool>)>,
+}
+
+impl ModelRope {
+    /// The tables for a forward call over positions `0..max_positions` (see [`Rope::for_config`]).
+    pub fn for_config(config: &ModelConfig, max_positions: i64, device: Device) -> Self {
+        let full = Rope::for_config(config, max_positions, device);
+        let windowed = config.sliding_window.as_ref().and_then(|w| {
+            let same = w.rope_theta == config.rope_theta && w.rope_scaling == config.rope_scaling;
+            (!same).then(|| {
+                let tables = Rope::new(
+                    config.head_dim,
+                    w.rope_theta,
+                    &w.rope_scaling,
+                    max_positions,
+                    device,
+                );
+                (tables, w.layers.clone())
+            })
+        });
+        ModelRope { full, windowed }
+    }
+
+    /// The tables `layer` rotates with.
+    pub fn layer(&self, layer: i64) -> &Rope {
+        match &self.windowed {
+            Some((tables, layers)) if usize::try_from(layer).is_ok_and(|l| layers[l]) => tables,
+            _ => &self.full,
+        }
+    }
+}
+
 /// `cat(-x[d/2:], x[:d/2])` over the last dimension.
 fn rotate_half(x: &Tensor) -> Tensor {
     let half = x.size()[x.dim() - 1] / 2;

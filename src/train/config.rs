@@ -225,6 +225,7 @@ impl TrainConfig {
             rope_theta: self.rope_theta,
             rope_scaling: RopeScaling::Default,
             max_position_embeddings: self.seq_len,
+            sliding_window: None,
             tie_word_embeddings: false,
             pad_token_id: Some(crate::train::tokenizer::PAD_ID),
             bos_token_id: None,

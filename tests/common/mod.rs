@@ -100,11 +100,34 @@ pub fn tiny_config(
         rope_theta: 10_000.0,
         rope_scaling: ckpt_scan::model::rope_scaling::RopeScaling::Default,
         max_position_embeddings: 64,
+        sliding_window: None,
         tie_word_embeddings: architecture == Architecture::Llama,
         pad_token_id: Some(1),
         bos_token_id: None,
         eos_token_id: Some(2),
     }
+}
+
+/// [`tiny_config`] with a 4-token sliding window: on every layer for Mistral; on layer 0 only,
+/// with its own RoPE base, for OLMo-3 (layer 1 full); Qwen's rule otherwise (layers ≥ 1).
+pub fn tiny_windowed_config(
+    architecture: ckpt_scan::model::config::Architecture,
+) -> ckpt_scan::model::config::ModelConfig {
+    use ckpt_scan::model::attention_window::SlidingWindow;
+    use ckpt_scan::model::config::Architecture;
+    let mut config = tiny_config(architecture);
+    let (layers, rope_theta) = match architecture {
+        Architecture::Mistral => (vec![true, true], config.rope_theta),
+        Architecture::Olmo3 => (vec![true, false], 1_000.0),
+        _ => (vec![false, true], config.rope_theta),
+    };
+    config.sliding_window = Some(SlidingWindow {
+        size: 4,
+        layers,
+        rope_theta,
+        rope_scaling: ckpt_scan::model::rope_scaling::RopeScaling::Default,
+    });
+    config
 }
 
 /// Writes a randomly initialised tiny model to a fresh temp folder as safetensors.
