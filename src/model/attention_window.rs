@@ -353,6 +353,25 @@ mod tests {
         assert_eq!(read(&full.to_hf_json()).unwrap(), full);
     }
 
+    /// A config built in code (or read from a cache) is checked too, before a layer indexes it.
+    #[test]
+    fn a_window_over_the_wrong_layer_count_is_refused() {
+        let mut c = read(&json(
+            "MistralForCausalLM",
+            serde_json::json!({"sliding_window": 8}),
+        ))
+        .unwrap();
+        c.sliding_window.as_mut().unwrap().layers.pop();
+        let e = c
+            .validate(Path::new("m/config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("7 layer flags") && e.contains("num_hidden_layers is 8"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn bad_window_fields_are_one_line_errors_naming_the_file() {
         for (class, extra, needle) in [

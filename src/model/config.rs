@@ -295,6 +295,20 @@ impl ModelConfig {
         if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
+        if let Some(window) = &self.sliding_window {
+            if window.size <= 0 || window.layers.len() as i64 != self.num_hidden_layers {
+                return bad(format!(
+                    "sliding window of {} over {} layer flags; num_hidden_layers is {}",
+                    window.size,
+                    window.layers.len(),
+                    self.num_hidden_layers
+                ));
+            }
+            if !positive(window.rope_theta) {
+                return bad("the sliding layers' rope_theta must be positive".into());
+            }
+            window.rope_scaling.validate(path)?;
+        }
         self.rope_scaling.validate(path)
     }
 

@@ -119,7 +119,11 @@ impl ModelRope {
     /// The tables `layer` rotates with.
     pub fn layer(&self, layer: i64) -> &Rope {
         match &self.windowed {
-            Some((tables, layers)) if usize::try_from(layer).is_ok_and(|l| layers[l]) => tables,
+            Some((tables, layers))
+                if usize::try_from(layer).is_ok_and(|l| layers.get(l) == Some(&true)) =>
+            {
+                tables
+            }
             _ => &self.full,
         }
     }
