@@ -160,6 +160,19 @@ fn print_report(r: &InspectReport, p: &Printer) {
         c.rope_scaling.describe(),
         c.max_position_embeddings
     ));
+    if let Some(w) = &c.sliding_window {
+        let windowed: Vec<String> = (0..c.num_hidden_layers)
+            .filter(|&l| c.attention_window(l).is_some())
+            .map(|l| l.to_string())
+            .collect();
+        p.result(format!(
+            "window       {} keys on layers {} (rope_theta {}, {})",
+            w.size,
+            windowed.join(","),
+            w.rope_theta,
+            w.rope_scaling.describe()
+        ));
+    }
     p.result(format!(
         "{:<56} {:>18} {:>6} {:>12} {:>16} {:>8}",
         "tensor", "shape", "dtype", "bytes", "fingerprint", "nan/inf"

@@ -11,6 +11,7 @@ pub mod layer;
 pub mod mask;
 pub mod mlp;
 pub mod norm;
+pub mod presets;
 pub mod resident;
 pub mod rope;
 pub mod rope_scaling;

@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::model::config::{olmo2_preset, ModelConfig};
+use crate::model::config::ModelConfig;
+use crate::model::presets::preset;
 use crate::series::manifest::{expand, parse_scheme, SeriesManifest};
 use crate::series::sampling::sample_branches;
 use crate::source::branch::BranchName;
@@ -131,7 +132,7 @@ pub fn resolve_plan(
     for entry in &manifest.init {
         let config = match entry.config.as_str() {
             "series" => None,
-            preset if olmo2_preset(preset).is_some() => Some(preset.to_string()),
+            name if preset(name).is_some() => Some(name.to_string()),
             path => Some(
                 manifest_dir
                     .join(expand(path, var)?)
@@ -187,7 +188,7 @@ pub fn init_spec(config: &str, seed: u64, scheme: &str) -> String {
 
 /// A config read for an init entry that names a preset or file.
 pub fn init_config(config: &str) -> Result<ModelConfig> {
-    match olmo2_preset(config) {
+    match preset(config) {
         Some(c) => Ok(c),
         None => Ok(ModelConfig::from_file(Path::new(config))?),
     }

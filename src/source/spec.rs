@@ -11,7 +11,8 @@ use super::init::{InitScheme, InitSource};
 use super::safetensors::SafetensorsSource;
 use super::WeightSource;
 use crate::error::{SourceError, SourceResult};
-use crate::model::config::{olmo2_preset, ModelConfig, OLMO2_PRESETS};
+use crate::model::config::ModelConfig;
+use crate::model::presets::{preset, preset_names};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceSpec {
@@ -66,7 +67,7 @@ impl SourceSpec {
             if model.is_empty() {
                 return Err(bad(format!(
                     "expected init:MODEL, MODEL one of {} or a config.json path",
-                    OLMO2_PRESETS.join(", ")
+                    preset_names().join(", ")
                 )));
             }
             let (mut seed, mut scheme) = (0u64, InitScheme::Olmo);
@@ -95,10 +96,10 @@ impl SourceSpec {
                     }
                 }
             }
-            if olmo2_preset(model).is_none() && !model.ends_with(".json") {
+            if preset(model).is_none() && !model.ends_with(".json") {
                 return Err(bad(format!(
                     "unknown model {model:?}: expected one of {} or a path to config.json",
-                    OLMO2_PRESETS.join(", ")
+                    preset_names().join(", ")
                 )));
             }
             return Ok(SourceSpec::Init {
@@ -137,7 +138,7 @@ pub fn open_source_with(spec: &str, hub: &HubSettings) -> SourceResult<Box<dyn W
             seed,
             scheme,
         } => {
-            let config = match olmo2_preset(&model) {
+            let config = match preset(&model) {
                 Some(c) => c,
                 None => ModelConfig::from_file(Path::new(&model))?,
             };

@@ -1,0 +1,117 @@
+//! Published model configs, for `init:NAME` sources: OLMo-2's sizes (`config::olmo2_preset`) and
+//! the final models of other families, written as the fields of their `config.json` on the Hub
+//! and read by the same parser as a downloaded file, so a preset means what the file means.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::model::config::{olmo2_preset, ModelConfig, OLMO2_PRESETS};
+
+/// Presets of the other families, by name.
+pub const FAMILY_PRESETS: [&str; 4] = ["llama-3.1-8b", "mistral-7b", "qwen3-0.6b", "qwen3-32b"];
+
+/// Every preset name `init:` accepts.
+pub fn preset_names() -> Vec<&'static str> {
+    OLMO2_PRESETS
+        .iter()
+        .chain(&FAMILY_PRESETS)
+        .copied()
+        .collect()
+}
+
+/// The config of preset `name`, `None` for an unknown name.
+pub fn preset(name: &str) -> Option<ModelConfig> {
+    if let Some(config) = olmo2_preset(name) {
+        return Some(config);
+    }
+    let fields = family_fields(name)?;
+    let config = ModelConfig::from_json(&fields, Path::new(name))
+        .unwrap_or_else(|e| panic!("preset {name} does not parse: {e}"));
+    Some(config)
+}
+
+/// The `config.json` fields of a family preset (meta-llama/Llama-3.1-8B,
+/// mistralai/Mistral-7B-v0.1, Qwen/Qwen3-0.6B, Qwen/Qwen3-32B).
+fn family_fields(name: &str) -> Option<Value> {
+    Some(match name {
+        "llama-3.1-8b" => json!({
+            "architectures": ["LlamaForCausalLM"], "vocab_size": 128256, "hidden_size": 4096,
+            "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+            "max_position_embeddings": 131072, "tie_word_embeddings": false,
+            "bos_token_id": 128000, "eos_token_id": 128001
+        }),
+        "mistral-7b" => json!({
+            "architectures": ["MistralForCausalLM"], "vocab_size": 32000, "hidden_size": 4096,
+            "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "sliding_window": 4096, "max_position_embeddings": 32768,
+            "tie_word_embeddings": false, "bos_token_id": 1, "eos_token_id": 2
+        }),
+        "qwen3-0.6b" => json!({
+            "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936, "hidden_size": 1024,
+            "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
+            "num_key_value_heads": 8, "head_dim": 128, "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0, "max_position_embeddings": 40960,
+            "use_sliding_window": false, "tie_word_embeddings": true,
+            "bos_token_id": 151643, "eos_token_id": 151645
+        }),
+        "qwen3-32b" => json!({
+            "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936, "hidden_size": 5120,
+            "intermediate_size": 25600, "num_hidden_layers": 64, "num_attention_heads": 64,
+            "num_key_value_heads": 8, "head_dim": 128, "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0, "max_position_embeddings": 40960,
+            "use_sliding_window": false, "tie_word_embeddings": false,
+            "bos_token_id": 151643, "eos_token_id": 151645
+        }),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Architecture;
+
+    /// Exact weight counts of the released models (embedding, projections, norms, head), from
+    /// their published sizes: a wrong dimension in a preset moves its count.
+    fn exact_parameters(c: &ModelConfig) -> i64 {
+        let (h, d) = (c.hidden_size, c.head_dim);
+        let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+        let qk_norm = match c.architecture {
+            Architecture::Qwen3 => 2 * d,
+            _ => 0,
+        };
+        let layer = 2 * q * h + 2 * kv * h + 3 * c.intermediate_size * h + 2 * h + qk_norm;
+        let heads = if c.tie_word_embeddings { 1 } else { 2 };
+        c.num_hidden_layers * layer + heads * c.vocab_size * h + h
+    }
+
+    #[test]
+    fn family_presets_have_their_published_sizes() {
+        for (name, architecture, parameters) in [
+            ("llama-3.1-8b", Architecture::Llama, 8_030_261_248),
+            ("mistral-7b", Architecture::Mistral, 7_241_732_096),
+            ("qwen3-0.6b", Architecture::Qwen3, 596_049_920),
+            ("qwen3-32b", Architecture::Qwen3, 32_762_123_264),
+        ] {
+            let c = preset(name).unwrap();
+            assert_eq!(c.architecture, architecture, "{name}");
+            assert_eq!(exact_parameters(&c), parameters, "{name}");
+            c.validate(Path::new(name)).unwrap();
+        }
+        assert_eq!(
+            preset("mistral-7b").unwrap().attention_window(31),
+            Some(4096)
+        );
+        assert_eq!(preset("qwen3-0.6b").unwrap().sliding_window, None);
+        assert!(preset("gpt-5").is_none());
+        assert_eq!(
+            preset_names().len(),
+            OLMO2_PRESETS.len() + FAMILY_PRESETS.len()
+        );
+    }
+}
