@@ -99,6 +99,7 @@ fn tiny_models_cached_decode_equals_recompute_with_left_padding() {
         Architecture::Qwen3,
         Architecture::Mistral,
         Architecture::Olmo3,
+        Architecture::GptNeox,
     ] {
         let model = tiny(architecture);
         let prompts = vec![
@@ -178,14 +179,15 @@ fn stop_token_ends_one_sequence_and_not_the_others() {
     assert_eq!(outputs[1].tokens, other);
 }
 
-/// At init the Qwen2 biases are zero; the golden fixtures carry non-zero ones (and Qwen3's
-/// per-head norm gains), so the decode path is checked with both in play.
+/// At init the Qwen2 and GPT-NeoX biases are zero; the golden fixtures carry non-zero ones (and
+/// Qwen3's per-head norm gains, GPT-NeoX's LayerNorm biases and partial rotary), so the decode
+/// path is checked with all of them in play.
 #[test]
-fn golden_qwen_models_cached_decode_equals_recompute() {
+fn golden_biased_models_cached_decode_equals_recompute() {
     let Some(dir) = common::golden_dir() else {
         return;
     };
-    for folder in ["qwen2", "qwen3"] {
+    for folder in ["qwen2", "qwen3", "gpt-neox"] {
         let source = open_source(dir.join(folder).to_str().unwrap()).unwrap();
         let model = ResidentModel::load(source.as_ref(), &LoadOptions::cpu_f32()).unwrap();
         let prompts = vec![vec![5, 9, 13, 21, 40, 7, 7, 33], vec![12, 3]];
@@ -206,7 +208,8 @@ const PEAKED_CACHED_TOLERANCE: f64 = 5e-4;
 /// Sliding windows in the cached path: a left-padded batch whose prompts (20 and 5 tokens) and
 /// continuations (24 tokens) run past the fixtures' 16-token window, so both the prefill and the
 /// decode steps cut keys off; each step equals a full recompute, which the golden tests hold to
-/// transformers. `llama-peaked` (no window) is the control for the tolerance.
+/// transformers. `llama-peaked` and `gpt-neox-peaked` (no window) are the controls for the
+/// tolerance.
 #[test]
 fn windowed_models_cached_decode_equals_recompute() {
     let Some(dir) = common::golden_dir() else {
@@ -217,6 +220,7 @@ fn windowed_models_cached_decode_equals_recompute() {
         "olmo3-window",
         "qwen2-window",
         "llama-peaked",
+        "gpt-neox-peaked",
     ] {
         let source = open_source(dir.join(folder).to_str().unwrap()).unwrap();
         let model = ResidentModel::load(source.as_ref(), &LoadOptions::cpu_f32()).unwrap();

@@ -149,6 +149,21 @@ fn qwen3_peaked_attention_matches_transformers() {
     check_scaled("qwen3-peaked");
 }
 
+/// GPT-NeoX (Pythia's class): fused QKV split per head, a quarter of each head rotated, LayerNorms
+/// and every linear with perturbed biases, parallel residual, untied `embed_out`.
+#[test]
+fn gpt_neox_matches_transformers() {
+    check_model("gpt-neox", "gpt-neox");
+    check_model("gpt-neox", "gpt-neox-sharded");
+}
+
+/// Peaked at 96 tokens: parallel residual with rotary_pct 0.25 (Pythia's), and sequential with 0.5.
+#[test]
+fn gpt_neox_peaked_parallel_and_sequential_match_transformers() {
+    check_scaled("gpt-neox-peaked");
+    check_scaled("gpt-neox-sequential-peaked");
+}
+
 /// Sliding windows (make_golden.py `WINDOWED`): 96 tokens, a 16-token window, peaked attention.
 /// The fixture holds transformers' logits without the window too: the window must matter (by
 /// 1.5–4.8 in these logits) for the comparison to test it.

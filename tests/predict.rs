@@ -217,6 +217,12 @@ fn every_r2_equals_a_direct_least_squares_solve_qwen2_and_qwen3() {
     check_exactness(Architecture::Qwen3, Selection::Topn);
 }
 
+/// GPT-NeoX: the fused QKV read per head, biases, partial rotary, parallel residual.
+#[test]
+fn every_r2_equals_a_direct_least_squares_solve_gpt_neox() {
+    check_exactness(Architecture::GptNeox, Selection::Topn);
+}
+
 /// Sliding windows (4 tokens over 16-token batches) in the capture the fits read.
 #[test]
 fn every_r2_equals_a_direct_least_squares_solve_mistral_and_olmo3_windowed() {

@@ -41,6 +41,8 @@ pub fn mutation_model_config() -> ModelConfig {
         rope_theta: 10_000.0,
         max_position_embeddings: 64,
         sliding_window: None,
+        rotary_dim: None,
+        parallel_residual: false,
         rope_scaling: Default::default(),
         tie_word_embeddings: false,
         pad_token_id: Some(1),

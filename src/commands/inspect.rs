@@ -155,11 +155,18 @@ fn print_report(r: &InspectReport, p: &Printer) {
         "             rms_norm_eps {:e}, rope_theta {}, tied embeddings {}, parameters {}",
         c.rms_norm_eps, c.rope_theta, c.tie_word_embeddings, r.parameters
     ));
+    let partial = match c.rotary_dim {
+        Some(r) => format!(", rotates {r} of {} dims per head", c.head_dim),
+        None => String::new(),
+    };
     p.result(format!(
-        "rope         {}, max_position_embeddings {}",
+        "rope         {}, max_position_embeddings {}{partial}",
         c.rope_scaling.describe(),
         c.max_position_embeddings
     ));
+    if c.parallel_residual {
+        p.result("block        parallel residual: x + attn(ln₁ x) + mlp(ln₂ x)");
+    }
     if let Some(w) = &c.sliding_window {
         let windowed: Vec<String> = (0..c.num_hidden_layers)
             .filter(|&l| c.attention_window(l).is_some())

@@ -14,7 +14,7 @@ use crate::model::config::{ModelConfig, QkNorm};
 use crate::model::head_map::HeadMap;
 use crate::model::kv_cache::{CachedHeads, LayerCache, NewEntries};
 use crate::model::mask::Visibility;
-use crate::model::norm::RmsNorm;
+use crate::model::norm::Norm;
 use crate::model::rope::ModelRope;
 use crate::model::weights::LayerWeights;
 
@@ -27,9 +27,11 @@ pub struct Attention {
     pub q_bias: Option<Tensor>,
     pub k_bias: Option<Tensor>,
     pub v_bias: Option<Tensor>,
+    /// Bias of o_proj (GPT-NeoX's `attention.dense`).
+    pub o_bias: Option<Tensor>,
     pub qk_norm: QkNorm,
-    pub q_norm: Option<RmsNorm>,
-    pub k_norm: Option<RmsNorm>,
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
     pub num_attention_heads: i64,
     pub num_key_value_heads: i64,
     pub head_dim: i64,
@@ -75,13 +77,13 @@ impl Attention {
         );
         let h = config.hidden_size;
         let qk_norm = config.architecture.qk_norm();
-        let mut norm = |name: &str, n: i64| -> Result<Option<RmsNorm>> {
+        let mut norm = |name: &str, n: i64| -> Result<Option<Norm>> {
             let size = match qk_norm {
                 QkNorm::None => return Ok(None),
                 QkNorm::WholeVector => n,
                 QkNorm::PerHead => config.head_dim,
             };
-            Ok(Some(RmsNorm::new(
+            Ok(Some(Norm::new(
                 w.norm(name, size)?,
                 config.rms_norm_eps,
                 config.architecture,
@@ -102,6 +104,10 @@ impl Attention {
             bias("self_attn.k_proj.bias", kvn)?,
             bias("self_attn.v_proj.bias", kvn)?,
         );
+        let o_bias = match config.architecture.output_bias() {
+            true => Some(w.vector("self_attn.o_proj.bias", h)?),
+            false => None,
+        };
         Ok(Attention {
             q_proj: w.linear("self_attn.q_proj.weight", qn, h)?,
             k_proj: w.linear("self_attn.k_proj.weight", kvn, h)?,
@@ -110,6 +116,7 @@ impl Attention {
             q_bias,
             k_bias,
             v_bias,
+            o_bias,
             qk_norm,
             q_norm,
             k_norm,
@@ -121,7 +128,7 @@ impl Attention {
     }
 
     /// `raw` `[batch, seq, heads·head_dim]` after this attention's QK-norm (same shape).
-    fn qk_normed(&self, norm: Option<&RmsNorm>, raw: &Tensor, heads: i64) -> Tensor {
+    fn qk_normed(&self, norm: Option<&Norm>, raw: &Tensor, heads: i64) -> Tensor {
         match (norm, self.qk_norm) {
             (None, _) | (_, QkNorm::None) => raw.shallow_clone(),
             (Some(n), QkNorm::WholeVector) => n.forward(raw),
@@ -226,7 +233,7 @@ impl Attention {
             })?;
         }
         let merged = out.transpose(1, 2).reshape([b, s, nq * self.head_dim]);
-        Ok(merged.linear::<Tensor>(&self.o_proj, None))
+        Ok(merged.linear(&self.o_proj, self.o_bias.as_ref()))
     }
 }
 

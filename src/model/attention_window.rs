@@ -68,7 +68,7 @@ impl SlidingWindow {
         };
         let layers = num_layers.max(0) as usize;
         let windowed: Vec<bool> = match architecture {
-            Architecture::Olmo2 | Architecture::Llama => return Ok(None),
+            Architecture::Olmo2 | Architecture::Llama | Architecture::GptNeox => return Ok(None),
             Architecture::Mistral => vec![true; layers],
             Architecture::Qwen2 | Architecture::Qwen3 => {
                 if value.get("use_sliding_window").and_then(Value::as_bool) != Some(true) {

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::error::{SourceError, SourceResult};
 use crate::model::attention_window::{self, SlidingWindow};
+use crate::model::gpt_neox_config;
 use crate::model::rope_scaling::{RopeParameters, RopeScaling};
 
 /// The model families ckpt-scan can run. Each is a combination of the block properties below
@@ -31,6 +32,10 @@ pub enum Architecture {
     Mistral,
     /// OLMo-3: OLMo-2's block with sliding-window and full-attention layers (`layer_types`).
     Olmo3,
+    /// GPT-NeoX (Pythia): pre-norm LayerNorms with biases, biased fused QKV and output, partial
+    /// rotary, GELU MLP with biases, parallel residual (`source/gpt_neox_names.rs` maps its
+    /// tensor names).
+    GptNeox,
 }
 
 /// Where a block's norms sit.
@@ -40,6 +45,24 @@ pub enum NormPlacement {
     Pre,
     /// Norm each sub-layer's output before it joins the residual stream (OLMo-2).
     Post,
+}
+
+/// Which normalisation a block uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// `weight · x / rms(x)`.
+    Rms,
+    /// `weight · (x − mean) / sd + bias` (`torch.nn.LayerNorm`).
+    Layer,
+}
+
+/// Which feed-forward a block uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlpKind {
+    /// `down(silu(gate x) · up x)`, no biases (`mlp.gate_proj`, `up_proj`, `down_proj`).
+    SwiGlu,
+    /// `down(gelu(up x + b) ) + b` with exact GELU (`mlp.up_proj`, `down_proj`, with biases).
+    Gelu,
 }
 
 /// The norm applied to queries and keys before RoPE.
@@ -61,6 +84,7 @@ impl Architecture {
             Architecture::Qwen3 => "Qwen3ForCausalLM",
             Architecture::Mistral => "MistralForCausalLM",
             Architecture::Olmo3 => "Olmo3ForCausalLM",
+            Architecture::GptNeox => "GPTNeoXForCausalLM",
         }
     }
 
@@ -73,6 +97,7 @@ impl Architecture {
             Architecture::Qwen3 => "qwen3",
             Architecture::Mistral => "mistral",
             Architecture::Olmo3 => "olmo3",
+            Architecture::GptNeox => "gpt_neox",
         }
     }
 
@@ -82,7 +107,8 @@ impl Architecture {
             Architecture::Llama
             | Architecture::Qwen2
             | Architecture::Qwen3
-            | Architecture::Mistral => NormPlacement::Pre,
+            | Architecture::Mistral
+            | Architecture::GptNeox => NormPlacement::Pre,
         }
     }
 
@@ -90,13 +116,37 @@ impl Architecture {
         match self {
             Architecture::Olmo2 | Architecture::Olmo3 => QkNorm::WholeVector,
             Architecture::Qwen3 => QkNorm::PerHead,
-            Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral => QkNorm::None,
+            Architecture::Llama
+            | Architecture::Qwen2
+            | Architecture::Mistral
+            | Architecture::GptNeox => QkNorm::None,
         }
     }
 
-    /// Whether q_proj, k_proj and v_proj carry a bias (o_proj never does here).
+    /// Whether q_proj, k_proj and v_proj carry a bias.
     pub fn qkv_bias(self) -> bool {
-        self == Architecture::Qwen2
+        matches!(self, Architecture::Qwen2 | Architecture::GptNeox)
+    }
+
+    /// Whether o_proj carries a bias (GPT-NeoX's `attention.dense`).
+    pub fn output_bias(self) -> bool {
+        self == Architecture::GptNeox
+    }
+
+    /// The block's norms: LayerNorm with a bias (GPT-NeoX) or RMSNorm.
+    pub fn norm_kind(self) -> NormKind {
+        match self {
+            Architecture::GptNeox => NormKind::Layer,
+            _ => NormKind::Rms,
+        }
+    }
+
+    /// The feed-forward: SwiGLU without biases, or GELU with biases (GPT-NeoX).
+    pub fn mlp_kind(self) -> MlpKind {
+        match self {
+            Architecture::GptNeox => MlpKind::Gelu,
+            _ => MlpKind::SwiGlu,
+        }
     }
 
     /// Whether RMSNorm multiplies by its weight before casting back to the input dtype (OLMo's
@@ -148,6 +198,13 @@ pub struct ModelConfig {
     /// JSON of configs without one, so their digests are what they were before windows existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<SlidingWindow>,
+    /// Rotated dimensions of each head when fewer than `head_dim` (GPT-NeoX's `rotary_pct`); the
+    /// rest pass through RoPE unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotary_dim: Option<i64>,
+    /// `x + attn(ln₁ x) + mlp(ln₂ x)` instead of one sub-layer after the other (GPT-NeoX).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parallel_residual: bool,
     pub tie_word_embeddings: bool,
     pub pad_token_id: Option<i64>,
     pub bos_token_id: Option<i64>,
@@ -168,6 +225,11 @@ impl ModelConfig {
     /// Builds a config from parsed `config.json` contents; `path` is only used in error messages.
     pub fn from_json(value: &Value, path: &Path) -> SourceResult<Self> {
         let architecture = detect_architecture(value, path)?;
+        let neox = match architecture {
+            Architecture::GptNeox => Some(gpt_neox_config::read(value, path)?),
+            _ => None,
+        };
+        let value = neox.as_ref().map_or(value, |n| &n.canonical);
         let int = |key: &str| -> SourceResult<i64> {
             value.get(key).and_then(Value::as_i64).ok_or_else(|| {
                 SourceError::malformed(path, format!("missing or non-integer field {key:?}"))
@@ -222,6 +284,12 @@ impl ModelConfig {
             rope_scaling: rope.scaling,
             max_position_embeddings,
             sliding_window,
+            // transformers: `int(head_dim * partial_rotary_factor)`.
+            rotary_dim: neox
+                .as_ref()
+                .map(|n| (head_dim as f64 * n.partial_rotary_factor) as i64)
+                .filter(|&r| r != head_dim),
+            parallel_residual: neox.as_ref().is_some_and(|n| n.parallel_residual),
             tie_word_embeddings: value
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -290,6 +358,14 @@ impl ModelConfig {
                 self.head_dim
             ));
         }
+        if let Some(r) = self.rotary_dim {
+            if r <= 0 || r > self.head_dim || r % 2 != 0 {
+                return bad(format!(
+                    "the rotary dimensions ({r}) must be even and within head_dim ({})",
+                    self.head_dim
+                ));
+            }
+        }
         // Written so that NaN fails too (a plain `<= 0.0` would let it through).
         let positive = |x: f64| x.partial_cmp(&0.0) == Some(std::cmp::Ordering::Greater);
         if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
@@ -334,6 +410,11 @@ impl ModelConfig {
             .checked_add(h)
     }
 
+    /// The dimensions RoPE rotates in each head: all of them but for GPT-NeoX's partial rotary.
+    pub fn rotary_dims(&self) -> i64 {
+        self.rotary_dim.unwrap_or(self.head_dim)
+    }
+
     /// Query heads that share one KV head (GQA group size).
     pub fn kv_group_size(&self) -> i64 {
         self.num_attention_heads / self.num_key_value_heads
@@ -365,6 +446,15 @@ impl ModelConfig {
         });
         if let Some(scaling) = self.rope_scaling.to_hf_json(self.rope_theta) {
             json["rope_scaling"] = scaling;
+        }
+        if self.architecture == Architecture::GptNeox {
+            // GPTNeoXConfig's own spellings (gpt_neox_config.rs).
+            json["layer_norm_eps"] = self.rms_norm_eps.into();
+            json["rotary_pct"] = (self.rotary_dims() as f64 / self.head_dim as f64).into();
+            json["rotary_emb_base"] = self.rope_theta.into();
+            json["use_parallel_residual"] = self.parallel_residual.into();
+            json["attention_bias"] = true.into();
+            json["hidden_act"] = "gelu".into();
         }
         attention_window::to_hf_json(
             self.sliding_window.as_ref(),
@@ -430,6 +520,7 @@ fn detect_architecture(value: &Value, path: &Path) -> SourceResult<Architecture>
         (Some("Qwen3ForCausalLM"), _) | (None, Some("qwen3")) => Ok(Architecture::Qwen3),
         (Some("MistralForCausalLM"), _) | (None, Some("mistral")) => Ok(Architecture::Mistral),
         (Some("Olmo3ForCausalLM"), _) | (None, Some("olmo3")) => Ok(Architecture::Olmo3),
+        (Some("GPTNeoXForCausalLM"), _) | (None, Some("gpt_neox")) => Ok(Architecture::GptNeox),
         (class, model_type) => Err(SourceError::UnsupportedArchitecture {
             path: path.to_path_buf(),
             architecture: class.or(model_type).unwrap_or("<none given>").to_string(),
@@ -460,6 +551,8 @@ pub fn olmo2_preset(name: &str) -> Option<ModelConfig> {
         rope_scaling: RopeScaling::Default,
         max_position_embeddings: 4096,
         sliding_window: None,
+        rotary_dim: None,
+        parallel_residual: false,
         tie_word_embeddings: false,
         pad_token_id: Some(100_277),
         bos_token_id: None,
@@ -503,9 +596,9 @@ mod tests {
     #[test]
     fn unknown_architecture_is_named_in_the_error() {
         let mut v = olmo_json();
-        v["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
+        v["architectures"] = serde_json::json!(["Gemma3ForCausalLM"]);
         let e = ModelConfig::from_json(&v, Path::new("x/config.json")).unwrap_err();
-        assert!(e.to_string().contains("GPTNeoXForCausalLM"), "{e}");
+        assert!(e.to_string().contains("Gemma3ForCausalLM"), "{e}");
         assert!(e.to_string().contains("x/config.json"), "{e}");
     }
 
@@ -552,6 +645,56 @@ mod tests {
             // false (as Qwen's own config.json files spell it) is accepted.
             v[field] = serde_json::json!(false);
             assert!(ModelConfig::from_json(&v, Path::new("m/config.json")).is_ok());
+        }
+    }
+
+    /// Pythia-160M's config.json (v4 spellings): rotary_pct, rotary_emb_base, layer_norm_eps.
+    #[test]
+    fn gpt_neox_reads_its_own_spellings_and_writes_them_back() {
+        let pythia = serde_json::json!({
+            "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+            "vocab_size": 50304, "hidden_size": 768, "intermediate_size": 3072,
+            "num_hidden_layers": 12, "num_attention_heads": 12, "rotary_pct": 0.25,
+            "rotary_emb_base": 10000, "layer_norm_eps": 1e-5, "use_parallel_residual": true,
+            "hidden_act": "gelu", "max_position_embeddings": 2048, "tie_word_embeddings": false,
+            "bos_token_id": 0, "eos_token_id": 0
+        });
+        let c = ModelConfig::from_json(&pythia, Path::new("p/config.json")).unwrap();
+        assert_eq!(c.architecture, Architecture::GptNeox);
+        assert_eq!(
+            (c.head_dim, c.rotary_dims(), c.num_key_value_heads),
+            (64, 16, 12)
+        );
+        assert_eq!((c.rms_norm_eps, c.rope_theta), (1e-5, 10000.0));
+        assert!(c.parallel_residual && !c.tie_word_embeddings);
+        assert_eq!(
+            ModelConfig::from_json(&c.to_hf_json(), Path::new("x")).unwrap(),
+            c
+        );
+        // v5 spelling: the partial factor inside rope_parameters.
+        let mut v5 = pythia.clone();
+        let object = v5.as_object_mut().unwrap();
+        object.remove("rotary_pct");
+        object.remove("rotary_emb_base");
+        object.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
+        );
+        let c5 = ModelConfig::from_json(&v5, Path::new("p/config.json")).unwrap();
+        assert_eq!(c5.rotary_dims(), 32);
+        // What the forward does not build is refused in one line naming the field.
+        for (field, value) in [
+            ("hidden_act", serde_json::json!("gelu_new")),
+            ("attention_bias", serde_json::json!(false)),
+            ("rotary_pct", serde_json::json!(1.5)),
+        ] {
+            let mut bad = pythia.clone();
+            bad[field] = value;
+            let e = ModelConfig::from_json(&bad, Path::new("p/config.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains("p/config.json"), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
         }
     }
 

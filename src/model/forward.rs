@@ -12,9 +12,8 @@ use crate::model::attention::{AttentionStep, CaptureContext};
 use crate::model::config::ModelConfig;
 use crate::model::hidden_store::HiddenStore;
 use crate::model::layer::DecoderLayer;
-use crate::model::norm::RmsNorm;
 use crate::model::rope::ModelRope;
-use crate::model::weights::{load_tensor, LoadOptions};
+use crate::model::weights::{load_norm, load_tensor, LoadOptions};
 use crate::source::WeightSource;
 
 /// What the forward returns per batch after the last layer.
@@ -120,11 +119,7 @@ pub fn forward_streamed(
     if head == OutputHead::None {
         return Ok(Vec::new());
     }
-    let final_norm = RmsNorm::new(
-        load_tensor(source, "model.norm.weight", &[config.hidden_size], options)?,
-        config.rms_norm_eps,
-        config.architecture,
-    );
+    let final_norm = load_norm(source, "model.norm", config.hidden_size, &config, options)?;
     let lm_head = match embed {
         Some(e) => e,
         None => load_tensor(

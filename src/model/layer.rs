@@ -11,19 +11,21 @@ use tch::Tensor;
 use crate::model::attention::{Attention, AttentionStep, CaptureContext};
 use crate::model::config::{ModelConfig, NormPlacement};
 use crate::model::mlp::Mlp;
-use crate::model::norm::RmsNorm;
+use crate::model::norm::Norm;
 use crate::model::weights::{LayerWeights, LoadOptions};
 use crate::source::WeightSource;
 
 pub struct DecoderLayer {
     pub placement: NormPlacement,
+    /// GPT-NeoX: `x + attn(input_layernorm x) + mlp(post_attention_layernorm x)`.
+    pub parallel_residual: bool,
     pub self_attn: Attention,
     pub mlp: Mlp,
     /// Pre-norm only.
-    pub input_layernorm: Option<RmsNorm>,
-    pub post_attention_layernorm: RmsNorm,
+    pub input_layernorm: Option<Norm>,
+    pub post_attention_layernorm: Norm,
     /// Post-norm only.
-    pub post_feedforward_layernorm: Option<RmsNorm>,
+    pub post_feedforward_layernorm: Option<Norm>,
 }
 
 impl DecoderLayer {
@@ -39,25 +41,20 @@ impl DecoderLayer {
             prefix: format!("model.layers.{layer}"),
             options: *options,
         };
-        let h = config.hidden_size;
-        let arch = config.architecture;
-        let eps = config.rms_norm_eps;
-        let norm = |w: &mut LayerWeights, name: &str| -> Result<RmsNorm> {
-            Ok(RmsNorm::new(w.norm(name, h)?, eps, arch))
-        };
         let self_attn = Attention::load(&mut w, config, layer)?;
         let mlp = Mlp::load(&mut w, config)?;
-        let post_attention_layernorm = norm(&mut w, "post_attention_layernorm.weight")?;
-        let placement = arch.norm_placement();
+        let post_attention_layernorm = w.block_norm("post_attention_layernorm", config)?;
+        let placement = config.architecture.norm_placement();
         let (input_layernorm, post_feedforward_layernorm) = match placement {
             NormPlacement::Post => (
                 None,
-                Some(norm(&mut w, "post_feedforward_layernorm.weight")?),
+                Some(w.block_norm("post_feedforward_layernorm", config)?),
             ),
-            NormPlacement::Pre => (Some(norm(&mut w, "input_layernorm.weight")?), None),
+            NormPlacement::Pre => (Some(w.block_norm("input_layernorm", config)?), None),
         };
         Ok(DecoderLayer {
             placement,
+            parallel_residual: config.parallel_residual,
             self_attn,
             mlp,
             input_layernorm,
@@ -92,6 +89,11 @@ impl DecoderLayer {
                 ctx.sink
                     .attention_input(ctx.layer, ctx.batch_index, &normed)?;
                 let attn = self.self_attn.forward(&normed, step, ctx)?;
+                if self.parallel_residual {
+                    // The MLP reads the block's input; summed in transformers' order.
+                    let ff = self.mlp.forward(&self.post_attention_layernorm.forward(x));
+                    return Ok(ff + attn + x);
+                }
                 let h = x + attn;
                 let ff = self.mlp.forward(&self.post_attention_layernorm.forward(&h));
                 Ok(&h + ff)

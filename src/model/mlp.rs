@@ -1,31 +1,56 @@
-//! SwiGLU feed-forward: `down_proj(silu(gate_proj x) * up_proj x)`, no biases.
+//! The feed-forward: SwiGLU `down_proj(silu(gate_proj x) * up_proj x)` without biases, or GPT-NeoX's
+//! `down_proj(gelu(up_proj x + b₁)) + b₂` with exact (erf) GELU.
 
 use anyhow::Result;
 use tch::Tensor;
 
-use crate::model::config::ModelConfig;
+use crate::model::config::{MlpKind, ModelConfig};
 use crate::model::weights::LayerWeights;
 
 pub struct Mlp {
-    pub gate_proj: Tensor,
+    /// SwiGLU only.
+    pub gate_proj: Option<Tensor>,
     pub up_proj: Tensor,
     pub down_proj: Tensor,
+    /// GELU only (GPT-NeoX's `dense_h_to_4h.bias`, `dense_4h_to_h.bias`).
+    pub up_bias: Option<Tensor>,
+    pub down_bias: Option<Tensor>,
 }
 
 impl Mlp {
     pub fn load(w: &mut LayerWeights, config: &ModelConfig) -> Result<Self> {
         let (h, i) = (config.hidden_size, config.intermediate_size);
+        let kind = config.architecture.mlp_kind();
+        // Read in the checkpoint's order (gate, up, down), so a bad shape names the first tensor.
+        let gate_proj = match kind {
+            MlpKind::SwiGlu => Some(w.linear("mlp.gate_proj.weight", i, h)?),
+            MlpKind::Gelu => None,
+        };
+        let up_proj = w.linear("mlp.up_proj.weight", i, h)?;
+        let down_proj = w.linear("mlp.down_proj.weight", h, i)?;
+        let (up_bias, down_bias) = match kind {
+            MlpKind::SwiGlu => (None, None),
+            MlpKind::Gelu => (
+                Some(w.vector("mlp.up_proj.bias", i)?),
+                Some(w.vector("mlp.down_proj.bias", h)?),
+            ),
+        };
         Ok(Mlp {
-            gate_proj: w.linear("mlp.gate_proj.weight", i, h)?,
-            up_proj: w.linear("mlp.up_proj.weight", i, h)?,
-            down_proj: w.linear("mlp.down_proj.weight", h, i)?,
+            gate_proj,
+            up_proj,
+            down_proj,
+            up_bias,
+            down_bias,
         })
     }
 
     /// `[..., hidden]` → `[..., hidden]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let gate = x.linear::<Tensor>(&self.gate_proj, None).silu();
-        let up = x.linear::<Tensor>(&self.up_proj, None);
-        (gate * up).linear::<Tensor>(&self.down_proj, None)
+        let up = x.linear(&self.up_proj, self.up_bias.as_ref());
+        let inner = match &self.gate_proj {
+            Some(gate) => x.linear::<Tensor>(gate, None).silu() * up,
+            None => up.gelu("none"),
+        };
+        inner.linear(&self.down_proj, self.down_bias.as_ref())
     }
 }

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod attention_window;
 pub mod config;
 pub mod forward;
+pub mod gpt_neox_config;
 pub mod head_map;
 pub mod hidden_store;
 pub mod kv_cache;

@@ -1,30 +1,49 @@
-//! RMSNorm as Hugging Face transformers computes it, including where the cast back happens.
+//! RMSNorm and LayerNorm as Hugging Face transformers computes them, including where the cast
+//! back happens.
 
 use tch::{Kind, Tensor};
 
 use crate::model::config::Architecture;
 
-/// `weight * x / sqrt(mean(x²) + eps)` over the last dimension, with the mean taken in f32.
+/// RMSNorm: `weight * x / sqrt(mean(x²) + eps)` over the last dimension, with the mean taken in
+/// f32. With a bias, LayerNorm (`torch.nn.LayerNorm`, GPT-NeoX): `weight * (x − mean) / sd + bias`.
 ///
 /// OLMo-2 multiplies by the weight *before* casting back to the input dtype (transformers
 /// PR #38131); Llama casts first. The two orders agree in f32 and differ in bf16.
-pub struct RmsNorm {
+pub struct Norm {
     pub weight: Tensor,
+    /// LayerNorm's bias; `None`: RMSNorm.
+    pub bias: Option<Tensor>,
     pub eps: f64,
     pub multiply_before_cast: bool,
 }
 
-impl RmsNorm {
+impl Norm {
     pub fn new(weight: Tensor, eps: f64, architecture: Architecture) -> Self {
-        RmsNorm {
+        Norm {
             weight,
+            bias: None,
             eps,
             multiply_before_cast: architecture.norm_multiplies_before_cast(),
         }
     }
 
+    /// A LayerNorm with `weight` and `bias`.
+    pub fn layer(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        Norm {
+            weight,
+            bias: Some(bias),
+            eps,
+            multiply_before_cast: false,
+        }
+    }
+
     /// `x`: `[..., n]` of any float kind; result has `x`'s kind and shape.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if let Some(bias) = &self.bias {
+            let width = self.weight.size();
+            return x.layer_norm(&width, Some(&self.weight), Some(bias), self.eps, false);
+        }
         let kind = x.kind();
         let x32 = x.to_kind(Kind::Float);
         let variance = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
@@ -44,7 +63,7 @@ mod tests {
     #[test]
     fn unit_weight_gives_unit_rms() {
         let x = Tensor::from_slice(&[3.0f32, -4.0, 0.0, 5.0]).reshape([1, 4]);
-        let norm = RmsNorm::new(
+        let norm = Norm::new(
             Tensor::ones([4], (Kind::Float, tch::Device::Cpu)),
             0.0,
             Architecture::Olmo2,

@@ -9,7 +9,14 @@ use serde_json::{json, Value};
 use crate::model::config::{olmo2_preset, ModelConfig, OLMO2_PRESETS};
 
 /// Presets of the other families, by name.
-pub const FAMILY_PRESETS: [&str; 4] = ["llama-3.1-8b", "mistral-7b", "qwen3-0.6b", "qwen3-32b"];
+pub const FAMILY_PRESETS: [&str; 6] = [
+    "llama-3.1-8b",
+    "mistral-7b",
+    "qwen3-0.6b",
+    "qwen3-32b",
+    "pythia-160m",
+    "pythia-1b",
+];
 
 /// Every preset name `init:` accepts.
 pub fn preset_names() -> Vec<&'static str> {
@@ -32,7 +39,8 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
 }
 
 /// The `config.json` fields of a family preset (meta-llama/Llama-3.1-8B,
-/// mistralai/Mistral-7B-v0.1, Qwen/Qwen3-0.6B, Qwen/Qwen3-32B).
+/// mistralai/Mistral-7B-v0.1, Qwen/Qwen3-0.6B, Qwen/Qwen3-32B, EleutherAI/pythia-160m and
+/// pythia-1b; the `-deduped` models have the same configs).
 fn family_fields(name: &str) -> Option<Value> {
     Some(match name {
         "llama-3.1-8b" => json!({
@@ -67,7 +75,21 @@ fn family_fields(name: &str) -> Option<Value> {
             "use_sliding_window": false, "tie_word_embeddings": false,
             "bos_token_id": 151643, "eos_token_id": 151645
         }),
+        "pythia-160m" => pythia(768, 12, 12),
+        "pythia-1b" => pythia(2048, 16, 8),
         _ => return None,
+    })
+}
+
+/// A Pythia config: hidden size, layers and heads differ per size; the rest is shared.
+fn pythia(hidden: i64, layers: i64, heads: i64) -> Value {
+    json!({
+        "architectures": ["GPTNeoXForCausalLM"], "vocab_size": 50304, "hidden_size": hidden,
+        "intermediate_size": 4 * hidden, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "rotary_pct": 0.25, "rotary_emb_base": 10000,
+        "layer_norm_eps": 1e-5, "use_parallel_residual": true, "hidden_act": "gelu",
+        "max_position_embeddings": 2048, "tie_word_embeddings": false,
+        "bos_token_id": 0, "eos_token_id": 0
     })
 }
 
@@ -79,15 +101,19 @@ mod tests {
     /// Exact weight counts of the released models (embedding, projections, norms, head), from
     /// their published sizes: a wrong dimension in a preset moves its count.
     fn exact_parameters(c: &ModelConfig) -> i64 {
-        let (h, d) = (c.hidden_size, c.head_dim);
+        let (h, d, i) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
-        let qk_norm = match c.architecture {
-            Architecture::Qwen3 => 2 * d,
-            _ => 0,
+        let (layer, final_norm) = match c.architecture {
+            // Fused QKV and dense with biases, two GELU linears with biases, two LayerNorms.
+            Architecture::GptNeox => (
+                3 * q * h + 3 * q + h * h + h + 2 * i * h + i + h + 4 * h,
+                2 * h,
+            ),
+            Architecture::Qwen3 => (2 * q * h + 2 * kv * h + 3 * i * h + 2 * h + 2 * d, h),
+            _ => (2 * q * h + 2 * kv * h + 3 * i * h + 2 * h, h),
         };
-        let layer = 2 * q * h + 2 * kv * h + 3 * c.intermediate_size * h + 2 * h + qk_norm;
         let heads = if c.tie_word_embeddings { 1 } else { 2 };
-        c.num_hidden_layers * layer + heads * c.vocab_size * h + h
+        c.num_hidden_layers * layer + heads * c.vocab_size * h + final_norm
     }
 
     #[test]
@@ -97,6 +123,8 @@ mod tests {
             ("mistral-7b", Architecture::Mistral, 7_241_732_096),
             ("qwen3-0.6b", Architecture::Qwen3, 596_049_920),
             ("qwen3-32b", Architecture::Qwen3, 32_762_123_264),
+            ("pythia-160m", Architecture::GptNeox, 162_322_944),
+            ("pythia-1b", Architecture::GptNeox, 1_011_781_632),
         ] {
             let c = preset(name).unwrap();
             assert_eq!(c.architecture, architecture, "{name}");

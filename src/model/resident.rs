@@ -11,9 +11,9 @@ use crate::model::config::ModelConfig;
 use crate::model::kv_cache::KvCache;
 use crate::model::layer::DecoderLayer;
 use crate::model::mask::Visibility;
-use crate::model::norm::RmsNorm;
+use crate::model::norm::Norm;
 use crate::model::rope::ModelRope;
-use crate::model::weights::{load_tensor, LoadOptions};
+use crate::model::weights::{load_norm, load_tensor, LoadOptions};
 use crate::source::WeightSource;
 
 /// What a forward call runs on top of: the KV cache it extends, the visibility of padded or cached
@@ -29,7 +29,7 @@ pub struct ResidentModel {
     pub config: ModelConfig,
     pub embed_tokens: Tensor,
     pub layers: Vec<DecoderLayer>,
-    pub norm: RmsNorm,
+    pub norm: Norm,
     pub lm_head: Tensor,
     options: LoadOptions,
 }
@@ -42,11 +42,7 @@ impl ResidentModel {
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::load(source, i, &config, options))
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::new(
-            load_tensor(source, "model.norm.weight", &[h], options)?,
-            config.rms_norm_eps,
-            config.architecture,
-        );
+        let norm = load_norm(source, "model.norm", h, &config, options)?;
         let lm_head = if config.tie_word_embeddings {
             embed_tokens.shallow_clone()
         } else {
@@ -108,6 +104,10 @@ impl ResidentModel {
                 ("self_attn.k_proj.weight", Some(&attn.k_proj)),
                 ("self_attn.v_proj.weight", Some(&attn.v_proj)),
                 ("self_attn.o_proj.weight", Some(&attn.o_proj)),
+                ("self_attn.q_proj.bias", attn.q_bias.as_ref()),
+                ("self_attn.k_proj.bias", attn.k_bias.as_ref()),
+                ("self_attn.v_proj.bias", attn.v_bias.as_ref()),
+                ("self_attn.o_proj.bias", attn.o_bias.as_ref()),
                 (
                     "self_attn.q_norm.weight",
                     attn.q_norm.as_ref().map(|n| &n.weight),
@@ -116,9 +116,19 @@ impl ResidentModel {
                     "self_attn.k_norm.weight",
                     attn.k_norm.as_ref().map(|n| &n.weight),
                 ),
-                ("mlp.gate_proj.weight", Some(&layer.mlp.gate_proj)),
+                ("mlp.gate_proj.weight", layer.mlp.gate_proj.as_ref()),
                 ("mlp.up_proj.weight", Some(&layer.mlp.up_proj)),
                 ("mlp.down_proj.weight", Some(&layer.mlp.down_proj)),
+                ("mlp.up_proj.bias", layer.mlp.up_bias.as_ref()),
+                ("mlp.down_proj.bias", layer.mlp.down_bias.as_ref()),
+                (
+                    "input_layernorm.bias",
+                    layer.input_layernorm.as_ref().and_then(|n| n.bias.as_ref()),
+                ),
+                (
+                    "post_attention_layernorm.bias",
+                    layer.post_attention_layernorm.bias.as_ref(),
+                ),
                 (
                     "input_layernorm.weight",
                     layer.input_layernorm.as_ref().map(|n| &n.weight),
@@ -139,6 +149,9 @@ impl ResidentModel {
             }
         }
         out.push(("model.norm.weight".to_string(), &self.norm.weight));
+        if let Some(bias) = &self.norm.bias {
+            out.push(("model.norm.bias".to_string(), bias));
+        }
         if !self.config.tie_word_embeddings {
             out.push(("lm_head.weight".to_string(), &self.lm_head));
         }

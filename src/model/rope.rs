@@ -22,7 +22,7 @@ impl Rope {
     /// under `max_position_embeddings`; ckpt-scan's calls are independent).
     pub fn for_config(config: &ModelConfig, max_positions: i64, device: Device) -> Self {
         Rope::new(
-            config.head_dim,
+            config.rotary_dims(),
             config.rope_theta,
             &config.rope_scaling,
             max_positions,
@@ -55,10 +55,11 @@ impl Rope {
     /// Computed in f32 and cast back to `x`'s kind (transformers PR #38131).
     pub fn apply(&self, x: &Tensor, offset: i64) -> Tensor {
         let seq = x.size()[2];
-        let cos = self.cos.narrow(0, offset, seq);
-        let sin = self.sin.narrow(0, offset, seq);
-        let x32 = x.to_kind(Kind::Float);
-        (&x32 * cos + rotate_half(&x32) * sin).to_kind(x.kind())
+        rotate(
+            x,
+            &self.cos.narrow(0, offset, seq),
+            &self.sin.narrow(0, offset, seq),
+        )
     }
 
     /// Applies RoPE to `x`: `[batch, heads, seq, head_dim]` at per-row positions `[batch, seq]` (int64).
@@ -68,8 +69,7 @@ impl Rope {
             t.index_select(0, &positions.reshape([-1]))
                 .view([batch, 1, seq, -1])
         };
-        let x32 = x.to_kind(Kind::Float);
-        (&x32 * table(&self.cos) + rotate_half(&x32) * table(&self.sin)).to_kind(x.kind())
+        rotate(x, &table(&self.cos), &table(&self.sin))
     }
 
     pub fn max_positions(&self) -> i64 {
@@ -104,7 +104,7 @@ impl ModelRope {
             let same = w.rope_theta == config.rope_theta && w.rope_scaling == config.rope_scaling;
             (!same).then(|| {
                 let tables = Rope::new(
-                    config.head_dim,
+                    config.rotary_dims(),
                     w.rope_theta,
                     &w.rope_scaling,
                     max_positions,
@@ -127,6 +127,22 @@ impl ModelRope {
             _ => &self.full,
         }
     }
+}
+
+/// `x·cos + rotate_half(x)·sin` in f32, cast back. Tables narrower than `x` (partial rotary,
+/// GPT-NeoX) rotate its first dimensions and pass the rest through, as transformers'
+/// `apply_rotary_pos_emb` does with `q[..., :rotary_dim]`.
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let (width, rotary) = (x.size()[x.dim() - 1], cos.size()[cos.dim() - 1]);
+    let x32 = x.to_kind(Kind::Float);
+    let rotated = |part: &Tensor| part * cos + rotate_half(part) * sin;
+    let out = if rotary == width {
+        rotated(&x32)
+    } else {
+        let pass = x32.narrow(-1, rotary, width - rotary);
+        Tensor::cat(&[rotated(&x32.narrow(-1, 0, rotary)), pass], -1)
+    };
+    out.to_kind(x.kind())
 }
 
 /// `cat(-x[d/2:], x[:d/2])` over the last dimension.

@@ -5,6 +5,8 @@ use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::SourceError;
+use crate::model::config::{ModelConfig, NormKind};
+use crate::model::norm::Norm;
 use crate::source::WeightSource;
 
 /// Device, dtype and integrity policy for loaded weights.
@@ -65,6 +67,24 @@ pub fn count_non_finite(tensor: &Tensor) -> i64 {
         .sum()
 }
 
+/// The block norm `{stem}.weight` (and `{stem}.bias` for a LayerNorm) of width `size`.
+pub fn load_norm(
+    source: &dyn WeightSource,
+    stem: &str,
+    size: i64,
+    config: &ModelConfig,
+    options: &LoadOptions,
+) -> Result<Norm> {
+    let weight = load_tensor(source, &format!("{stem}.weight"), &[size], options)?;
+    Ok(match config.architecture.norm_kind() {
+        NormKind::Rms => Norm::new(weight, config.rms_norm_eps, config.architecture),
+        NormKind::Layer => {
+            let bias = load_tensor(source, &format!("{stem}.bias"), &[size], options)?;
+            Norm::layer(weight, bias, config.rms_norm_eps)
+        }
+    })
+}
+
 /// The tensors of one decoder layer, named relative to `model.layers.{i}.`.
 pub struct LayerWeights<'a> {
     pub source: &'a dyn WeightSource,
@@ -93,5 +113,17 @@ impl LayerWeights<'_> {
     /// A `[size]` norm weight.
     pub fn norm(&mut self, suffix: &str, size: i64) -> Result<Tensor> {
         self.vector(suffix, size)
+    }
+
+    /// A block norm `{stem}.weight` (+ `.bias` for a LayerNorm) of width hidden_size.
+    pub fn block_norm(&mut self, stem: &str, config: &ModelConfig) -> Result<Norm> {
+        let stem = format!("{}.{stem}", self.prefix);
+        load_norm(
+            self.source,
+            &stem,
+            config.hidden_size,
+            config,
+            &self.options,
+        )
     }
 }

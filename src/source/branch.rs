@@ -6,6 +6,8 @@
 //! `B`. The token count is rounded inconsistently between stages, so names are only ever parsed,
 //! never built from a step. ckpt-scan's own small training runs (`ckpt-scan train`) count tokens
 //! in thousands or millions: `tokens{M}K` and `tokens{M}M` parse too; a bare number means billions.
+//! Pythia (EleutherAI) publishes `step{N}` alone, `step0` … `step143000`: every Pythia model trained
+//! on 1024 sequences × 2048 tokens per step, so the tokens are `N · 2,097,152`.
 
 use std::cmp::Ordering;
 
@@ -91,7 +93,21 @@ fn parse_checkpoint(name: &str) -> Option<CheckpointName> {
         _ => None,
     };
     let step = number_after(parts.next()?, "step")?;
-    let tokens_text = parts.next()?.strip_prefix("tokens")?;
+    let Some(tokens_part) = parts.next() else {
+        // Pythia's bare form; a stage or ingredient without tokens is no known form.
+        if stage.is_some() || ingredient.is_some() {
+            return None;
+        }
+        let tokens = step.checked_mul(PYTHIA_TOKENS_PER_STEP)?;
+        return Some(CheckpointName {
+            stage: None,
+            ingredient: None,
+            step,
+            tokens_billions: tokens / BILLION,
+            tokens,
+        });
+    };
+    let tokens_text = tokens_part.strip_prefix("tokens")?;
     let (digits, unit) = match tokens_text.as_bytes().last()? {
         b'B' => (&tokens_text[..tokens_text.len() - 1], BILLION),
         b'M' => (&tokens_text[..tokens_text.len() - 1], 1_000_000),
@@ -112,6 +128,9 @@ fn parse_checkpoint(name: &str) -> Option<CheckpointName> {
 }
 
 const BILLION: u64 = 1_000_000_000;
+
+/// Pythia's batch: 1024 sequences of 2048 tokens (the Pythia paper, Table 1 and §2).
+const PYTHIA_TOKENS_PER_STEP: u64 = 1024 * 2048;
 
 /// The token part of a branch name ckpt-scan writes for its own runs: OLMo's ceiling rounding, in
 /// the unit that keeps the number informative (`K` below ten million, `M` below ten billion, else
@@ -217,6 +236,23 @@ mod tests {
                 tokens_billions: 860,
                 tokens: 860_000_000_000,
             }
+        );
+    }
+
+    #[test]
+    fn pythia_steps_count_two_million_tokens_each_and_sort_by_number() {
+        let c = checkpoint("step143000");
+        assert_eq!(
+            (c.stage, c.step, c.tokens),
+            (None, 143_000, 299_892_736_000)
+        );
+        assert_eq!(c.tokens_billions, 299);
+        assert_eq!(checkpoint("step0").tokens, 0);
+        let mut names = vec!["step1000", "main", "step512", "step0", "step143000"];
+        names.sort_by(|a, b| compare_branches(a, b));
+        assert_eq!(
+            names,
+            ["step0", "step512", "step1000", "step143000", "main"]
         );
     }
 

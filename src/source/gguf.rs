@@ -255,6 +255,8 @@ pub fn config_from_metadata(file: &GgufFile) -> SourceResult<ModelConfig> {
         rope_scaling: RopeScaling::Default,
         max_position_embeddings: opt_int("context_length")?.unwrap_or(DEFAULT_CONTEXT_LENGTH),
         sliding_window: None,
+        rotary_dim: None,
+        parallel_residual: false,
         // llama.cpp's converter drops lm_head when it equals the embedding.
         tie_word_embeddings: file.tensor("output.weight").is_none(),
         pad_token_id: token_id("padding_token_id"),

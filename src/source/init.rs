@@ -193,14 +193,14 @@ impl WeightSource for InitSource {
             })?
             .to_vec();
         if shape.len() == 1 && name.ends_with(".bias") {
-            // Projection biases start at zero (transformers' `_init_weights` for nn.Linear).
+            // Projection and LayerNorm biases start at zero (transformers' `_init_weights`).
             return Ok(Tensor::f_zeros(
                 shape.as_slice(),
                 (Kind::Float, Device::Cpu),
             )?);
         }
         if shape.len() == 1 {
-            // Every other 1-D tensor of these models is an RMSNorm weight, initialised to one.
+            // Every other 1-D tensor of these models is a norm weight, initialised to one.
             return Ok(Tensor::f_ones(
                 shape.as_slice(),
                 (Kind::Float, Device::Cpu),

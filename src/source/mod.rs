@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod gguf_file;
 pub mod gguf_quant;
 pub mod gguf_tokenizer;
+pub mod gpt_neox_names;
 pub mod hub;
 pub mod init;
 pub mod names;
@@ -91,7 +92,7 @@ pub trait WeightSource {
 
 /// Expected shape of every tensor a model of this config needs, in Hugging Face names.
 pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<i64>)> {
-    use crate::model::config::{NormPlacement, QkNorm};
+    use crate::model::config::{MlpKind, NormKind, NormPlacement, QkNorm};
     let (h, i, v) = (
         config.hidden_size,
         config.intermediate_size,
@@ -107,15 +108,28 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<i64>)> {
         push("self_attn.k_proj.weight", vec![kv, h]);
         push("self_attn.v_proj.weight", vec![kv, h]);
         push("self_attn.o_proj.weight", vec![h, q]);
-        push("mlp.gate_proj.weight", vec![i, h]);
+        let arch = config.architecture;
+        match arch.mlp_kind() {
+            MlpKind::SwiGlu => push("mlp.gate_proj.weight", vec![i, h]),
+            MlpKind::Gelu => {
+                push("mlp.up_proj.bias", vec![i]);
+                push("mlp.down_proj.bias", vec![h]);
+            }
+        }
         push("mlp.up_proj.weight", vec![i, h]);
         push("mlp.down_proj.weight", vec![h, i]);
         push("post_attention_layernorm.weight", vec![h]);
-        let arch = config.architecture;
         if arch.qkv_bias() {
             push("self_attn.q_proj.bias", vec![q]);
             push("self_attn.k_proj.bias", vec![kv]);
             push("self_attn.v_proj.bias", vec![kv]);
+        }
+        if arch.output_bias() {
+            push("self_attn.o_proj.bias", vec![h]);
+        }
+        if arch.norm_kind() == NormKind::Layer {
+            push("post_attention_layernorm.bias", vec![h]);
+            push("input_layernorm.bias", vec![h]);
         }
         match arch.qk_norm() {
             QkNorm::None => {}
@@ -134,6 +148,9 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<i64>)> {
         }
     }
     out.push(("model.norm.weight".to_string(), vec![h]));
+    if config.architecture.norm_kind() == NormKind::Layer {
+        out.push(("model.norm.bias".to_string(), vec![h]));
+    }
     if !config.tie_word_embeddings {
         out.push(("lm_head.weight".to_string(), vec![v, h]));
     }

@@ -13,6 +13,7 @@ use super::WeightSource;
 use crate::error::{SourceError, SourceResult};
 use crate::model::config::ModelConfig;
 use crate::model::presets::{preset, preset_names};
+use crate::source::gpt_neox_names::{has_neox_names, NeoxNames};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceSpec {
@@ -131,6 +132,16 @@ pub fn open_source(spec: &str) -> SourceResult<Box<dyn WeightSource>> {
 
 /// `open_source` with explicit Hub settings.
 pub fn open_source_with(spec: &str, hub: &HubSettings) -> SourceResult<Box<dyn WeightSource>> {
+    let source = open_named_as_stored(spec, hub)?;
+    Ok(if has_neox_names(source.as_ref()) {
+        Box::new(NeoxNames::new(source))
+    } else {
+        source
+    })
+}
+
+/// [`open_source_with`] before GPT-NeoX's names are mapped to the common ones.
+fn open_named_as_stored(spec: &str, hub: &HubSettings) -> SourceResult<Box<dyn WeightSource>> {
     Ok(match SourceSpec::parse(spec)? {
         SourceSpec::Local(path) => Box::new(SafetensorsSource::open(&path, spec)?),
         SourceSpec::Init {

@@ -226,6 +226,8 @@ impl TrainConfig {
             rope_scaling: RopeScaling::Default,
             max_position_embeddings: self.seq_len,
             sliding_window: None,
+            rotary_dim: None,
+            parallel_residual: false,
             tie_word_embeddings: false,
             pad_token_id: Some(crate::train::tokenizer::PAD_ID),
             bos_token_id: None,

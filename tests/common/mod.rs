@@ -101,6 +101,9 @@ pub fn tiny_config(
         rope_scaling: ckpt_scan::model::rope_scaling::RopeScaling::Default,
         max_position_embeddings: 64,
         sliding_window: None,
+        // GPT-NeoX as Pythia: a quarter of each head rotated, parallel residual.
+        rotary_dim: (architecture == Architecture::GptNeox).then_some(2),
+        parallel_residual: architecture == Architecture::GptNeox,
         tie_word_embeddings: architecture == Architecture::Llama,
         pad_token_id: Some(1),
         bos_token_id: None,
