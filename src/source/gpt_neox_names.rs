@@ -6,6 +6,7 @@
 //! head `[q_h; k_h; v_h]`: head h's query rows are `3·h·d .. 3·h·d + d`, its key rows the next d,
 //! its value rows the d after. The bias is laid out the same way.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 
 use tch::Tensor;
@@ -17,6 +18,9 @@ use crate::source::{expected_tensors, Provenance, TensorInfo, WeightSource};
 /// A GPT-NeoX source read under the common names.
 pub struct NeoxNames {
     inner: Box<dyn WeightSource>,
+    /// The fused tensor read last: a layer's Q, K and V (weights, then biases) are read one after
+    /// another, so one read serves all three.
+    last_fused: RefCell<Option<(String, Tensor)>>,
 }
 
 /// Whether `source` holds GPT-NeoX's own tensor names (an init source already uses the common ones).
@@ -26,7 +30,10 @@ pub fn has_neox_names(source: &dyn WeightSource) -> bool {
 
 impl NeoxNames {
     pub fn new(inner: Box<dyn WeightSource>) -> Self {
-        NeoxNames { inner }
+        NeoxNames {
+            inner,
+            last_fused: RefCell::new(None),
+        }
     }
 }
 
@@ -96,6 +103,21 @@ fn split_fused(fused: &Tensor, heads: i64, part: Fused) -> Tensor {
         .reshape(out.as_slice())
 }
 
+impl NeoxNames {
+    /// The fused tensor `name`, from the last read when it was this one.
+    fn read_fused(&self, name: &str) -> SourceResult<Tensor> {
+        let mut last = self.last_fused.borrow_mut();
+        if let Some((held, tensor)) = last.as_ref() {
+            if held == name {
+                return Ok(tensor.shallow_clone());
+            }
+        }
+        let tensor = self.inner.read(name)?;
+        *last = Some((name.to_string(), tensor.shallow_clone()));
+        Ok(tensor)
+    }
+}
+
 impl WeightSource for NeoxNames {
     fn config(&self) -> &ModelConfig {
         self.inner.config()
@@ -151,7 +173,7 @@ impl WeightSource for NeoxNames {
         match stored(name) {
             Some(Stored::Whole(n)) => self.inner.read(&n),
             Some(Stored::Fused { name: n, part }) => {
-                let fused = self.inner.read(&n)?;
+                let fused = self.read_fused(&n)?;
                 let heads = self.config().num_attention_heads;
                 if fused.size()[0] != 3 * heads * self.config().head_dim {
                     return Err(SourceError::ShapeMismatch {
@@ -202,6 +224,54 @@ mod tests {
             rows(split_fused(&bias, 2, Fused::Key)),
             [2.0, 3.0, 8.0, 9.0]
         );
+    }
+
+    /// Counts the reads of a fused weight of Pythia-160M's shape.
+    struct CountingSource {
+        config: ModelConfig,
+        provenance: Provenance,
+        reads: std::rc::Rc<std::cell::Cell<usize>>,
+    }
+
+    impl WeightSource for CountingSource {
+        fn config(&self) -> &ModelConfig {
+            &self.config
+        }
+        fn provenance(&self) -> &Provenance {
+            &self.provenance
+        }
+        fn tensor_infos(&self) -> Vec<TensorInfo> {
+            Vec::new()
+        }
+        fn contains(&self, _name: &str) -> bool {
+            true
+        }
+        fn read(&self, _name: &str) -> SourceResult<Tensor> {
+            self.reads.set(self.reads.get() + 1);
+            Ok(Tensor::arange(2304 * 768, (tch::Kind::Float, tch::Device::Cpu)).view([2304, 768]))
+        }
+    }
+
+    /// Q, K and V of a layer come from one read of the fused tensor; the next layer reads again.
+    #[test]
+    fn a_layers_three_projections_read_the_fused_tensor_once() {
+        let reads = std::rc::Rc::new(std::cell::Cell::new(0));
+        let source = NeoxNames::new(Box::new(CountingSource {
+            config: crate::model::presets::preset("pythia-160m").unwrap(),
+            provenance: Provenance::default(),
+            reads: reads.clone(),
+        }));
+        let read = |n: &str| source.read(n).unwrap();
+        let q = read("model.layers.0.self_attn.q_proj.weight");
+        let k = read("model.layers.0.self_attn.k_proj.weight");
+        let _ = read("model.layers.0.self_attn.v_proj.weight");
+        assert_eq!(reads.get(), 1);
+        // Rows 64..128 of the fused weight are head 0's keys: each entry 64 rows of 768 further on.
+        assert!(k
+            .narrow(0, 0, 64)
+            .equal(&(q.narrow(0, 0, 64) + 64.0 * 768.0)));
+        let _ = read("model.layers.1.self_attn.q_proj.weight");
+        assert_eq!(reads.get(), 2);
     }
 
     #[test]
