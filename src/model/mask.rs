@@ -104,9 +104,14 @@ impl Visibility {
     pub fn within_window(&self, window: i64) -> Tensor {
         let (batch, queries) = (self.positions.size()[0], self.positions.size()[1]);
         let keys = self.key_positions.size()[1];
-        let behind = self.positions.view([batch, 1, queries, 1])
-            - self.key_positions.view([batch, 1, 1, keys]);
-        self.visible.logical_and(&behind.lt(window))
+        // `key > query − window`, compared by broadcasting: no int64 [queries, keys] difference
+        // (128 MB per layer at 4096 tokens) is built.
+        let oldest = (&self.positions - window).view([batch, 1, queries, 1]);
+        let in_window = self
+            .key_positions
+            .view([batch, 1, 1, keys])
+            .gt_tensor(&oldest);
+        self.visible.logical_and(&in_window)
     }
 
     /// The visibility as an additive f32 mask: 0 where visible, −∞ elsewhere.

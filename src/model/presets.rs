@@ -59,25 +59,23 @@ fn family_fields(name: &str) -> Option<Value> {
             "sliding_window": 4096, "max_position_embeddings": 32768,
             "tie_word_embeddings": false, "bos_token_id": 1, "eos_token_id": 2
         }),
-        "qwen3-0.6b" => json!({
-            "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936, "hidden_size": 1024,
-            "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
-            "num_key_value_heads": 8, "head_dim": 128, "rms_norm_eps": 1e-6,
-            "rope_theta": 1000000.0, "max_position_embeddings": 40960,
-            "use_sliding_window": false, "tie_word_embeddings": true,
-            "bos_token_id": 151643, "eos_token_id": 151645
-        }),
-        "qwen3-32b" => json!({
-            "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936, "hidden_size": 5120,
-            "intermediate_size": 25600, "num_hidden_layers": 64, "num_attention_heads": 64,
-            "num_key_value_heads": 8, "head_dim": 128, "rms_norm_eps": 1e-6,
-            "rope_theta": 1000000.0, "max_position_embeddings": 40960,
-            "use_sliding_window": false, "tie_word_embeddings": false,
-            "bos_token_id": 151643, "eos_token_id": 151645
-        }),
+        "qwen3-0.6b" => qwen3(1024, 3072, 28, 16, true),
+        "qwen3-32b" => qwen3(5120, 25600, 64, 64, false),
         "pythia-160m" => pythia(768, 12, 12),
         "pythia-1b" => pythia(2048, 16, 8),
         _ => return None,
+    })
+}
+
+/// A Qwen3 config: sizes and tying differ per size; 8 KV heads of 128 and the rest are shared.
+fn qwen3(hidden: i64, intermediate: i64, layers: i64, heads: i64, tied: bool) -> Value {
+    json!({
+        "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936, "hidden_size": hidden,
+        "intermediate_size": intermediate, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": 8, "head_dim": 128,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
+        "use_sliding_window": false, "tie_word_embeddings": tied,
+        "bos_token_id": 151643, "eos_token_id": 151645
     })
 }
 
