@@ -29,11 +29,12 @@ pub enum SourceError {
     },
     #[error("{path}: unsupported architecture {architecture:?} (supported: Olmo2ForCausalLM, Olmo3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, GPTNeoXForCausalLM)")]
     UnsupportedArchitecture { path: PathBuf, architecture: String },
-    #[error(
-        "{path}: unsupported RoPE type {rope_type:?} (supported: {})",
-        crate::model::rope_scaling::SUPPORTED_ROPE_TYPES
-    )]
-    UnsupportedRopeType { path: PathBuf, rope_type: String },
+    #[error("{path}: unsupported RoPE type {rope_type:?} (supported: {supported})")]
+    UnsupportedRopeType {
+        path: PathBuf,
+        rope_type: String,
+        supported: &'static str,
+    },
     #[error("tensor {name}: contains {count} NaN/Inf values (use --allow-nan to run anyway)")]
     NonFinite { name: String, count: i64 },
     #[error("source {spec:?}: {message}")]

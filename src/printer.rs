@@ -21,11 +21,8 @@ impl Printer {
 
     pub fn result(&self, message: impl AsRef<str>) {
         let mut out = std::io::stdout().lock();
-        if let Err(e) = writeln!(out, "{}", message.as_ref()) {
-            // A closed pipe (`| head`) means the reader has what it wants: stop quietly.
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-        }
+        // A closed pipe (`| head`) means the reader has what it wants: the result is dropped and
+        // the command goes on to finish its files (library code never exits the process).
+        let _ = writeln!(out, "{}", message.as_ref());
     }
 }

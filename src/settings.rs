@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use tch::{Device, Kind};
 
 use crate::cli::{DeviceArg, DtypeArg, GlobalArgs};
-use crate::model::forward::HiddenBudget;
+use crate::model::forward::{ForwardSettings, HiddenBudget};
 use crate::model::weights::LoadOptions;
 use crate::source::hub::HubSettings;
 
@@ -18,6 +18,14 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// What a forward pass needs of these settings.
+    pub fn forward(&self) -> ForwardSettings {
+        ForwardSettings {
+            load: self.load,
+            hidden_budget: self.hidden_budget.clone(),
+        }
+    }
+
     pub fn resolve(global: &GlobalArgs) -> Result<Self> {
         if let Some(threads) = global.threads {
             if threads < 1 {

@@ -12,6 +12,7 @@ use crate::source::WeightSource;
 use crate::stats::principal_angles::{
     f32_rank_tolerance, orthonormal_basis, principal_cosines, summarize, ProjectionGram,
 };
+use crate::stats::random::with_torch_seed;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct AlignmentOptions {
@@ -137,20 +138,22 @@ pub struct LayerAlignment {
 
 /// Mean cos² of principal angles between independent Gaussian subspaces, sampled.
 pub fn null_spread(d_model: i64, head_dim: i64, samples: usize, seed: u64) -> (f64, f64) {
-    tch::manual_seed(seed as i64);
-    let values: Vec<f64> = (0..samples)
-        .map(|_| {
-            let a = orthonormal_basis(&Tensor::randn(
-                [d_model, head_dim],
-                (Kind::Double, Device::Cpu),
-            ));
-            let b = orthonormal_basis(&Tensor::randn(
-                [d_model, head_dim],
-                (Kind::Double, Device::Cpu),
-            ));
-            summarize(&principal_cosines(&a, &b)).mean_cos2
-        })
-        .collect();
+    // Torch-seeded (the published null spreads were drawn this way), under the generator's lock.
+    let values: Vec<f64> = with_torch_seed(seed as i64, || {
+        (0..samples)
+            .map(|_| {
+                let a = orthonormal_basis(&Tensor::randn(
+                    [d_model, head_dim],
+                    (Kind::Double, Device::Cpu),
+                ));
+                let b = orthonormal_basis(&Tensor::randn(
+                    [d_model, head_dim],
+                    (Kind::Double, Device::Cpu),
+                ));
+                summarize(&principal_cosines(&a, &b)).mean_cos2
+            })
+            .collect()
+    });
     let n = values.len().max(1) as f64;
     let mean = values.iter().sum::<f64>() / n;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);

@@ -28,8 +28,8 @@ use crate::analysis::predictability::{
 };
 use crate::capture::activation_store::{ActivationStore, ColumnBlock};
 use crate::capture::{CapturePoint, CaptureSink, HeadKind, LayerCapture};
+use crate::config::ModelConfig;
 use crate::data::token_set::Split;
-use crate::model::config::ModelConfig;
 use crate::stats::gram::Moments;
 use crate::stats::regression::RegressionBlocks;
 use crate::stats::selection::{

@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::source::init::sample_normal;
 use crate::stats::finite_sample::{heldout_r2, in_sample_r2, simulate, GaussianDesign};
 use crate::stats::init_bound::{population_values, Spectrum};
+use crate::stats::random::sample_normal;
 
 /// Simulated and closed-form values must agree within this many standard errors of the
 /// replication mean.

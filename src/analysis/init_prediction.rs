@@ -17,9 +17,9 @@ use tch::{Kind, Tensor};
 
 use crate::analysis::predictability::{finite_mean, same_layer_rows, LayerRows};
 use crate::capture::HeadKind;
-use crate::source::init::sample_normal;
 use crate::stats::gram::{Gram, Moments};
 use crate::stats::init_bound::{mean_se, WeightLaw};
+use crate::stats::random::sample_normal;
 use crate::stats::selection::Selection;
 
 /// What R replications of one layer gave for one reference count k.

@@ -23,7 +23,7 @@ use crate::analysis::heldout_bootstrap::LayerResamples;
 use crate::analysis::init_prediction::{population_replicates, Replicates};
 use crate::analysis::predictability::{finite_mean, PredictionRow};
 use crate::capture::HeadKind;
-use crate::model::config::ModelConfig;
+use crate::config::ModelConfig;
 use crate::stats::finite_sample::heldout_r2;
 use crate::stats::init_bound::{
     choose, gaussian_floor, isotropic_pooled_sd, mean_se, monte_carlo, numerical_rank,
@@ -596,7 +596,7 @@ fn mean_and_se(values: &[f64]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::olmo2_preset;
+    use crate::config::olmo2_preset;
     use crate::stats::init_bound::selection_slack;
 
     /// Prediction rows of layer 0, K, k = 1 for 16 target heads with the given held-out R².

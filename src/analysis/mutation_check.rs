@@ -16,14 +16,15 @@ use crate::analysis::layer_check::{
     judge, layer_rows_with, reference_dims, LayerCheckOptions, LayerRow, ReferenceDims, SourceRole,
 };
 use crate::capture::HeadKind;
+use crate::config::{Architecture, ModelConfig};
 use crate::data::token_set::{TokenSet, TokenSetOptions};
 use crate::error::SourceResult;
-use crate::model::config::{Architecture, ModelConfig};
 use crate::model::forward::{forward_streamed, HiddenBudget, OutputHead};
 use crate::model::weights::LoadOptions;
-use crate::source::init::{sample_normal, InitScheme, InitSource};
+use crate::source::init::{InitScheme, InitSource};
 use crate::source::{Provenance, TensorInfo, WeightSource};
 use crate::stats::init_bound::WeightLaw;
+use crate::stats::random::sample_normal;
 
 /// The case's model: OLMo-2 layout, d = 128, 16 heads of d_h = 8 (m/d = k/16 as OLMo-2-1B), two
 /// layers, 1024 tokens (so layer-0 inputs are draws from 1024 embedding rows).

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::capture::{CapturePoint, CaptureSink, HeadKind, LayerCapture};
+use crate::config::ModelConfig;
 use crate::data::token_set::Split;
-use crate::model::config::ModelConfig;
 use crate::stats::gram::{Gram, Moments};
 use crate::stats::selection::{
     fit_and_score, select_references, single_reference_scores, FitScores, HeadId, HeadLayout,

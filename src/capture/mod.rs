@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 use tch::Tensor;
 
-use crate::model::config::ModelConfig;
+use crate::config::ModelConfig;
 
 /// Which per-head vectors: queries, keys or values.
 #[derive(

@@ -8,19 +8,19 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::cli::ActSearchArgs;
+use crate::config::ModelConfig;
 use crate::data::calibration::{calibration_set, CalibrationTask};
 use crate::data::tokenizer::tokenizer_for;
 use crate::edit::act::{SinkThreshold, FIRST_LAYER};
 use crate::infer::act_search::{calibration_score, search_heads, CalibrationScore, SearchOptions};
-use crate::model::config::ModelConfig;
 use crate::model::resident::ResidentModel;
+use crate::output::atomic::{check_output_dir, write_atomic};
+use crate::output::default_out_dir;
+use crate::output::digest::sha256_file;
+use crate::output::manifest::{tool_version, ToolVersion};
 use crate::printer::Printer;
-use crate::report::atomic::{check_output_dir, write_atomic};
-use crate::report::default_out_dir;
-use crate::report::manifest::{tool_version, ToolVersion};
 use crate::settings::{describe, Settings};
 use crate::source::{open_source_with, Provenance};
 
@@ -177,11 +177,9 @@ pub fn run(args: &ActSearchArgs, settings: &Settings) -> Result<()> {
         .files
         .iter()
         .map(|path| {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
             Ok(SourceFile {
                 path: path.clone(),
-                sha256: format!("{:x}", Sha256::digest(&bytes)),
+                sha256: sha256_file(path)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;

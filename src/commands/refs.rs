@@ -5,8 +5,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::cli::RefsArgs;
+use crate::output::atomic::write_atomic;
 use crate::printer::Printer;
-use crate::report::atomic::write_atomic;
 use crate::settings::Settings;
 use crate::source::branch::{compare_branches, BranchName};
 use crate::source::hub::{list_refs, HubSettings, RefListing, RefsOrigin};

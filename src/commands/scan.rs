@@ -10,34 +10,34 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::analysis::alignment::AlignmentOptions;
+use crate::analysis::alignment_pass::{run_alignment, AlignOutput, MeasuredReferenceSet};
+use crate::analysis::inspection::fingerprint;
 use crate::analysis::predictability::{Candidates, PredictabilityOptions};
+use crate::analysis::predictability_pass::{run_predictability, TOKENS_PER_BATCH};
 use crate::analysis::sinks::{SinkStatisticsSink, MIN_VISIBLE_QUERIES, SINK_THRESHOLD};
 use crate::capture::HeadKind;
 use crate::cli::ScanArgs;
-use crate::commands::align::{run_alignment, AlignOutput, MeasuredReferenceSet};
-use crate::commands::inspect::fingerprint;
-use crate::commands::predict::{run_predictability, TOKENS_PER_BATCH};
-use crate::data::corpora::{load_documents, TextSource};
+use crate::config::rope_scaling::RopeScaling;
+use crate::config::ModelConfig;
+use crate::data::corpora::TextSource;
 use crate::data::paths::{manifest_var, unit_cache_root};
-use crate::data::token_set::{TokenSet, TokenSetOptions};
-use crate::data::tokenizer::tokenizer_for;
-use crate::model::config::ModelConfig;
+use crate::data::token_set::{token_set_for, TokenSet, TokenSetOptions};
 use crate::model::forward::{forward_streamed, OutputHead};
-use crate::model::rope_scaling::RopeScaling;
+use crate::output::atomic::{check_output_dir, write_atomic};
+use crate::output::csv::write_csv;
+use crate::output::digest::sha256_file;
+use crate::output::manifest::{tool_version, ToolVersion, ANALYSIS_VERSION};
 use crate::printer::Printer;
 use crate::progress::Progress;
-use crate::report::atomic::{check_output_dir, write_atomic};
-use crate::report::claim::ClaimTimeouts;
-use crate::report::csv::write_csv;
-use crate::report::manifest::{tool_version, ToolVersion, ANALYSIS_VERSION};
 use crate::report::scan_report::{write_report, CheckpointRow, ScanTables};
-use crate::report::unit_cache::{Table, UnitCache, UnitKey};
+use crate::series::claim::ClaimTimeouts;
 use crate::series::manifest::{parse_scheme, SeriesManifest};
 use crate::series::plan::{
     init_config, init_spec, resolve_plan, Plan, PlannedCheckpoint, PlannedSource,
 };
 use crate::series::shard::{partition, Shard};
 use crate::series::slurm;
+use crate::series::unit_cache::{Table, UnitCache, UnitKey};
 use crate::series::units::{
     clear_failure, record_failure, recorded_failure, Acquired, MissingUnit, UnitMode, UnitState,
     UnitWork,
@@ -113,7 +113,6 @@ const MAX_HASHED_FILE_BYTES: u64 = 4 << 30;
 /// `(file, sha256)` for each file a checkpoint reads: the blob name for a link into an HF cache
 /// (blobs are named by their sha256), else the file's hash when it is small enough to read.
 fn file_hashes(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
-    use sha2::{Digest, Sha256};
     let mut out = Vec::new();
     for path in files {
         let blob = std::fs::read_link(path)
@@ -122,26 +121,13 @@ fn file_hashes(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
             .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()));
         let hash = match blob {
             Some(name) => name,
-            None => {
-                let Ok(metadata) = std::fs::metadata(path) else {
-                    out.push((path.display().to_string(), "not present".into()));
-                    continue;
-                };
-                let size = metadata.len();
-                if size > MAX_HASHED_FILE_BYTES {
-                    format!("not hashed ({size} bytes)")
-                } else {
-                    let mut hasher = Sha256::new();
-                    let mut file =
-                        std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-                    std::io::copy(&mut file, &mut hasher)?;
-                    hasher
-                        .finalize()
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect()
+            None => match std::fs::metadata(path) {
+                Err(_) => "not present".into(),
+                Ok(m) if m.len() > MAX_HASHED_FILE_BYTES => {
+                    format!("not hashed ({} bytes)", m.len())
                 }
-            }
+                Ok(_) => sha256_file(path)?,
+            },
         };
         out.push((path.display().to_string(), hash));
     }
@@ -825,12 +811,6 @@ fn build_token_set(
         separator: config.eos_token_id,
     };
     let text = TextSource::parse(&options.text);
-    if text == TextSource::Random {
-        return Ok((
-            TokenSet::uniform_random(config.vocab_size, &token_options)?,
-            "none (random ids)".into(),
-        ));
-    }
     let explicit = manifest
         .analysis
         .tokenizer
@@ -839,12 +819,7 @@ fn build_token_set(
             Ok(manifest_dir.join(crate::series::manifest::expand(t, &manifest_var)?))
         })
         .transpose()?;
-    let (tokenizer, name) = tokenizer_for(source, explicit.as_deref())?;
-    let documents = load_documents(&text)?;
-    Ok((
-        TokenSet::build(&documents, &tokenizer, &token_options)?,
-        name,
-    ))
+    token_set_for(source, &text, &token_options, explicit.as_deref())
 }
 
 /// sha256 of the config as JSON, hex.
@@ -921,7 +896,7 @@ fn scan_checkpoint(
             ];
             let mut parts = Vec::new();
             for name in &names {
-                parts.push(fingerprint(&source.read(name)?));
+                parts.push(fingerprint(&source.read(name)?)?);
             }
             Ok(vec![FingerprintRow {
                 fingerprint: parts.join(":"),
@@ -947,15 +922,12 @@ fn scan_checkpoint(
         &mut units,
         |_| {
             bars.analysis("predict", config.num_hidden_layers);
-            let quiet = Settings {
-                quiet: true,
-                ..settings.clone()
-            };
             let output = run_predictability(
                 source,
                 token_set.clone(),
                 &options.predictability,
-                &quiet,
+                &settings.forward(),
+                &Printer { quiet: true },
                 &mut |layer, _| bars.layer(layer),
             )?;
             Ok(output.rows)

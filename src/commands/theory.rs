@@ -26,18 +26,19 @@ use crate::analysis::mutation_check::{
     HELDOUT_SEQUENCES, MAX_REFS as MUTATION_MAX_REFS, REPLICATIONS as MUTATION_REPLICATIONS,
     SEQ_LEN, TOPIC_COVARIANCE_SEQUENCES,
 };
+use crate::analysis::predictability_pass::TOKENS_PER_BATCH;
 use crate::cli::TheoryArgs;
-use crate::commands::predict::{build_token_set, TOKENS_PER_BATCH};
+use crate::config::ModelConfig;
 use crate::data::corpora::TextSource;
 use crate::data::paths::{data_root, smollm2_gguf};
+use crate::data::token_set::token_set_for;
 use crate::data::token_set::{TokenSet, TokenSetOptions};
-use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, OutputHead};
+use crate::output::atomic::{check_output_dir, write_atomic};
+use crate::output::csv::write_csv;
+use crate::output::manifest::{tool_version, ToolVersion};
 use crate::printer::Printer;
 use crate::progress::Progress;
-use crate::report::atomic::{check_output_dir, write_atomic};
-use crate::report::csv::write_csv;
-use crate::report::manifest::{tool_version, ToolVersion};
 use crate::report::plot::{
     distinct_in_order, write_small_multiples, LegendPosition, LineChart, Series, SmallMultiples,
 };
@@ -381,7 +382,7 @@ pub fn measure_source(
     };
     let text = TextSource::parse(&check.text);
     let (token_set, tokenizer_name) =
-        build_token_set(source.as_ref(), &text, &token_options, tokenizer)?;
+        token_set_for(source.as_ref(), &text, &token_options, tokenizer)?;
     let label = source_label(spec);
     let stream = stream_key(&label, &config, source.provenance());
     // The fit and held-out sequences come first (as for predict), the covariance ones after.
@@ -1218,7 +1219,7 @@ pub fn layer_chart(rows: &[LayerRow]) -> SmallMultiples {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::olmo2_preset;
+    use crate::config::olmo2_preset;
 
     fn provenance(kind: &str, init: Option<&str>) -> Provenance {
         Provenance {

@@ -15,7 +15,7 @@ pub fn run(args: &TrainArgs, settings: &Settings) -> Result<()> {
     };
     let config = TrainConfig::resolve(&args.config)?;
     let series_dir = args.out.clone().unwrap_or_else(series_root);
-    crate::report::atomic::check_output_dir(&series_dir, "--out")?;
+    crate::output::atomic::check_output_dir(&series_dir, "--out")?;
     let request = TrainRequest {
         config,
         series_dir: series_dir.clone(),

@@ -12,26 +12,27 @@ use sha2::{Digest, Sha256};
 
 use crate::cli::ValidateArgs;
 use crate::commands::validate_tasks::{ExtraManifest, ExtraResults, ExtraTasks};
+use crate::config::ModelConfig;
 use crate::data::corpora::TextSource;
 use crate::data::tasks::{check_eval_task, eval_request_file, read_mc_items, select_items, McItem};
 use crate::data::token_set::TokenSetOptions;
 use crate::data::tokenizer::{encode, tokenizer_for};
-use crate::edit::AttentionEdit;
 use crate::infer::generate::{generate, GenerationOptions};
 use crate::infer::harness::{accuracy, score_items, Accuracy, ItemScore, Metric};
 use crate::infer::kv_calibration::{calibrate, plan as kv_plan, CalibrationRecord};
 use crate::infer::reference_heads::{
     CompressionOptions, CompressionPlan, KindPlan, KvMode, TargetRow,
 };
-use crate::model::config::ModelConfig;
+use crate::model::attention_edit::AttentionEdit;
 use crate::model::kv_cache::KvCache;
 use crate::model::resident::ResidentModel;
+use crate::output::atomic::{check_output_dir, write_atomic};
+use crate::output::csv::write_csv;
+use crate::output::default_out_dir;
+use crate::output::digest::{hex, sha256_file};
+use crate::output::manifest::{tool_version, ToolVersion};
 use crate::printer::Printer;
 use crate::progress::Progress;
-use crate::report::atomic::{check_output_dir, write_atomic};
-use crate::report::csv::write_csv;
-use crate::report::default_out_dir;
-use crate::report::manifest::{tool_version, ToolVersion};
 use crate::settings::{describe, Settings};
 use crate::source::{open_source_with, Provenance};
 use crate::stats::interval::{paired_interval_of, Z_95};
@@ -699,15 +700,6 @@ fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-pub(super) fn sha256_file(path: &std::path::Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(hex(&Sha256::digest(&bytes)))
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A signed difference to four places, or "—" where there is none (the baseline against itself).

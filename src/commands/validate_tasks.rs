@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use crate::cli::ValidateArgs;
-use crate::commands::validate::{hex, sha256_file, signed_or_dash, AccuracyRow, Mode};
+use crate::commands::validate::{signed_or_dash, AccuracyRow, Mode};
+use crate::config::ModelConfig;
 use crate::data::corpora::{load_documents, TextSource};
 use crate::data::gsm8k::{
     gsm8k_request_file, read_gsm8k_items, Gsm8kItem, GSM8K_TASK, GSM8K_VARIANT,
@@ -21,10 +22,10 @@ use crate::infer::bits_per_byte::{
 };
 use crate::infer::generate::StopReason;
 use crate::infer::gsm8k::{evaluate_gsm8k, Gsm8kOptions, Gsm8kRun};
-use crate::model::config::ModelConfig;
 use crate::model::resident::ResidentModel;
+use crate::output::csv::write_csv;
+use crate::output::digest::{hex, sha256_file};
 use crate::printer::Printer;
-use crate::report::csv::write_csv;
 
 /// The task name that runs bits per byte on --bpb-text.
 pub const BPB_TASK: &str = "bpb";

@@ -1,6 +1,11 @@
 //! The token set an analysis runs on: documents shuffled by seed, tokenized, packed into
 //! equal-length sequences, and split by sequence into fit and held-out parts.
 
+use std::path::Path;
+
+use crate::data::corpora::{load_documents, TextSource};
+use crate::data::tokenizer::tokenizer_for;
+use crate::source::WeightSource;
 use anyhow::{bail, Result};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -201,4 +206,25 @@ fn keyed_rng(seed: u64, label: &[u8]) -> ChaCha8Rng {
     let n = label.len().min(24);
     key[8..8 + n].copy_from_slice(&label[..n]);
     ChaCha8Rng::from_seed(key)
+}
+/// The token set `text` gives for `source` (uniform ids for `random`, else its tokenizer or
+/// `tokenizer`), and the tokenizer's name for the manifest.
+pub fn token_set_for(
+    source: &dyn WeightSource,
+    text: &TextSource,
+    options: &TokenSetOptions,
+    tokenizer: Option<&Path>,
+) -> Result<(TokenSet, String)> {
+    if *text == TextSource::Random {
+        return Ok((
+            TokenSet::uniform_random(source.config().vocab_size, options)?,
+            "none (random ids)".to_string(),
+        ));
+    }
+    let (tokenizer, tokenizer_name) = tokenizer_for(source, tokenizer)?;
+    let documents = load_documents(text)?;
+    Ok((
+        TokenSet::build(&documents, &tokenizer, options)?,
+        tokenizer_name,
+    ))
 }

@@ -16,8 +16,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::edit::AttentionEdit;
-use crate::model::config::ModelConfig;
+use crate::config::ModelConfig;
+use crate::model::attention_edit::AttentionEdit;
 use crate::model::mask::Visibility;
 
 /// β of the released scripts.
@@ -361,7 +361,7 @@ mod tests {
         let config = ModelConfig {
             num_hidden_layers: 6,
             num_attention_heads: 4,
-            ..crate::model::config::olmo2_preset("olmo2-1b").unwrap()
+            ..crate::config::olmo2_preset("olmo2-1b").unwrap()
         };
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("heads.json");
@@ -386,7 +386,7 @@ mod tests {
         let config = ModelConfig {
             num_hidden_layers: 6,
             num_attention_heads: 4,
-            ..crate::model::config::olmo2_preset("olmo2-1b").unwrap()
+            ..crate::config::olmo2_preset("olmo2-1b").unwrap()
         };
         let act = Act::new(
             BTreeMap::from([(2, vec![1])]),

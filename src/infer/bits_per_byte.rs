@@ -18,12 +18,12 @@ use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use crate::config::ModelConfig;
 use crate::data::token_set::seeded_shuffle;
 use crate::data::tokenizer::encode;
-use crate::edit::AttentionEdit;
 use crate::infer::harness::{target_logprobs, ScoringRequest};
 use crate::infer::reference_heads::CompressionPlan;
-use crate::model::config::ModelConfig;
+use crate::model::attention_edit::AttentionEdit;
 use crate::model::resident::ResidentModel;
 
 /// The separator the documents are joined with, when the tokenizer has it.

@@ -8,7 +8,7 @@ use rand_chacha::rand_core::RngCore;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use crate::edit::AttentionEdit;
+use crate::model::attention_edit::AttentionEdit;
 use crate::model::kv_cache::KvCache;
 use crate::model::mask::Visibility;
 use crate::model::resident::{ForwardState, ResidentModel};

@@ -18,10 +18,10 @@ use tokenizers::Tokenizer;
 
 use crate::data::gsm8k::Gsm8kItem;
 use crate::data::tokenizer::{decode, encode};
-use crate::edit::AttentionEdit;
 use crate::infer::generate::{generate, GenerationOptions, GenerationStats, StopReason};
 use crate::infer::harness::Accuracy;
 use crate::infer::reference_heads::CompressionPlan;
+use crate::model::attention_edit::AttentionEdit;
 use crate::model::kv_cache::KvCache;
 use crate::model::resident::ResidentModel;
 

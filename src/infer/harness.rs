@@ -15,11 +15,11 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 use tokenizers::Tokenizer;
 
+use crate::config::ModelConfig;
 use crate::data::tasks::McItem;
 use crate::data::tokenizer::encode;
-use crate::edit::AttentionEdit;
 use crate::infer::reference_heads::CompressionPlan;
-use crate::model::config::ModelConfig;
+use crate::model::attention_edit::AttentionEdit;
 use crate::model::mask::Visibility;
 use crate::model::resident::{ForwardState, ResidentModel};
 use crate::stats::interval::{wilson_interval, Z_95};

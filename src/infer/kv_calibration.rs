@@ -9,10 +9,10 @@ use tokenizers::Tokenizer;
 
 use crate::analysis::predictability::LayerGrams;
 use crate::capture::{CapturePoint, CaptureSink, HeadKind, LayerCapture};
+use crate::config::ModelConfig;
 use crate::data::corpora::{load_documents, TextSource};
 use crate::data::token_set::{Split, TokenSet, TokenSetOptions};
 use crate::infer::reference_heads::{plan_kind, CompressionOptions, CompressionPlan, KvMode};
-use crate::model::config::ModelConfig;
 use crate::model::forward::{forward_streamed, HiddenBudget, OutputHead};
 use crate::model::head_map::KeySpace;
 use crate::model::weights::LoadOptions;

@@ -9,8 +9,8 @@ use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use crate::capture::{CapturePoint, CaptureSink, LayerCapture};
-use crate::edit::AttentionEdit;
-use crate::model::config::{ModelConfig, QkNorm};
+use crate::config::{ModelConfig, QkNorm};
+use crate::model::attention_edit::AttentionEdit;
 use crate::model::head_map::HeadMap;
 use crate::model::kv_cache::{CachedHeads, LayerCache, NewEntries};
 use crate::model::mask::Visibility;

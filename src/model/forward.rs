@@ -8,8 +8,8 @@ use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 use crate::capture::CaptureSink;
+use crate::config::ModelConfig;
 use crate::model::attention::{AttentionStep, CaptureContext};
-use crate::model::config::ModelConfig;
 use crate::model::hidden_store::HiddenStore;
 use crate::model::layer::DecoderLayer;
 use crate::model::rope::ModelRope;
@@ -25,6 +25,14 @@ pub enum OutputHead {
     Logits,
     /// f32 logits `[batch, vocab]` of the last position only.
     LastLogits,
+}
+
+/// How a forward pass runs (device, dtype, the hidden-state budget): the part of the resolved
+/// settings that library code needs, passed down instead of the command's settings.
+#[derive(Clone, Debug)]
+pub struct ForwardSettings {
+    pub load: LoadOptions,
+    pub hidden_budget: HiddenBudget,
 }
 
 /// How much memory the residual stream of all batches may take before it spills to disk.

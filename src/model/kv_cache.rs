@@ -227,7 +227,7 @@ pub fn element_bytes(kind: Kind) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::rope_scaling::RopeScaling;
+    use crate::config::rope_scaling::RopeScaling;
     use tch::Device;
 
     /// Appends `keys`/`values` `[2, 3, 40, 4]` in uneven steps; checks every read against `expect`.

@@ -8,8 +8,8 @@
 use anyhow::Result;
 use tch::Tensor;
 
+use crate::config::{ModelConfig, NormPlacement};
 use crate::model::attention::{Attention, AttentionStep, CaptureContext};
-use crate::model::config::{ModelConfig, NormPlacement};
 use crate::model::mlp::Mlp;
 use crate::model::norm::Norm;
 use crate::model::weights::{LayerWeights, LoadOptions};

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use tch::Tensor;
 
-use crate::model::config::{MlpKind, ModelConfig};
+use crate::config::{MlpKind, ModelConfig};
 use crate::model::weights::LayerWeights;
 
 pub struct Mlp {

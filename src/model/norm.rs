@@ -3,7 +3,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::model::config::Architecture;
+use crate::config::Architecture;
 
 /// RMSNorm: `weight * x / sqrt(mean(x²) + eps)` over the last dimension, with the mean taken in
 /// f32. With a bias, LayerNorm (`torch.nn.LayerNorm`, GPT-NeoX): `weight * (x − mean) / sd + bias`.

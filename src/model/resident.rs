@@ -5,9 +5,9 @@ use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use crate::capture::NoCapture;
-use crate::edit::AttentionEdit;
+use crate::config::ModelConfig;
 use crate::model::attention::{AttentionStep, CaptureContext};
-use crate::model::config::ModelConfig;
+use crate::model::attention_edit::AttentionEdit;
 use crate::model::kv_cache::KvCache;
 use crate::model::layer::DecoderLayer;
 use crate::model::mask::Visibility;

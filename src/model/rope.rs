@@ -1,11 +1,11 @@
 //! Rotary position embedding, "rotate half" layout (dimension j pairs with j + d/2), as in
 //! transformers' RoPE for OLMo-2 and Llama, with the frequency variants of `rope_scaling`
-//! (model/rope_scaling.rs). Angles are computed in f32 exactly as HF does.
+//! (config/rope_scaling.rs). Angles are computed in f32 exactly as HF does.
 
 use tch::{Device, Kind, Tensor};
 
-use crate::model::config::ModelConfig;
-use crate::model::rope_scaling::RopeScaling;
+use crate::config::rope_scaling::RopeScaling;
+use crate::config::ModelConfig;
 
 /// Precomputed cos/sin tables for positions `0..max_positions`, each `[max_positions, head_dim]` in f32.
 pub struct Rope {

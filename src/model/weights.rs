@@ -4,8 +4,8 @@
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
+use crate::config::{ModelConfig, NormKind};
 use crate::error::SourceError;
-use crate::model::config::{ModelConfig, NormKind};
 use crate::model::norm::Norm;
 use crate::source::WeightSource;
 

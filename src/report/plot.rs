@@ -15,7 +15,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::report::atomic::write_atomic;
+use crate::output::atomic::write_atomic;
 
 /// Where the font is looked for: the system's DejaVu Sans, then the copy `scripts/fetch-data.sh
 /// fonts` puts under `$CKPT_SCAN_DATA/fonts/`.

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::model::config::ModelConfig;
-use crate::model::presets::preset;
+use crate::config::presets::preset;
+use crate::config::ModelConfig;
 use crate::series::manifest::{expand, parse_scheme, SeriesManifest};
 use crate::series::sampling::sample_branches;
 use crate::source::branch::BranchName;

@@ -10,10 +10,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::output::atomic::write_atomic;
 use crate::printer::Printer;
-use crate::report::atomic::write_atomic;
-use crate::report::claim::{holder, try_claim, Attempt, Claim, ClaimTimeouts, Owner};
-use crate::report::unit_cache::{CachedUnit, UnitCache, UnitKey};
+use crate::series::claim::{holder, try_claim, Attempt, Claim, ClaimTimeouts, Owner};
+use crate::series::unit_cache::{CachedUnit, UnitCache, UnitKey};
 
 /// How often a worker waiting on another's claim looks again.
 const WAIT_POLL: Duration = Duration::from_millis(500);

@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 
 use super::safetensors::INDEX_FILE;
 use super::WeightSource;
-use crate::report::atomic::write_atomic;
+use crate::output::atomic::write_atomic;
 
 /// Writes `source` to `dir` as f32 safetensors, starting a new shard whenever the current one would
 /// pass `max_shard_bytes` (a tensor larger than that gets a shard of its own).

@@ -12,9 +12,9 @@ use super::gguf_file::{GgufFile, GgufValue};
 use super::gguf_tokenizer::tokenizer_from_gguf;
 use super::names::{hf_name, rope_projection, unpermute_rope_rows, RopeProjection};
 use super::{Provenance, TensorInfo, WeightSource};
+use crate::config::rope_scaling::RopeScaling;
+use crate::config::{Architecture, ModelConfig};
 use crate::error::{SourceError, SourceResult};
-use crate::model::config::{Architecture, ModelConfig};
-use crate::model::rope_scaling::RopeScaling;
 
 /// RoPE base when `{arch}.rope.freq_base` is absent (llama.cpp's default).
 const DEFAULT_ROPE_THETA: f64 = 10_000.0;

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use tch::Tensor;
 
+use crate::config::ModelConfig;
 use crate::error::{SourceError, SourceResult};
-use crate::model::config::ModelConfig;
 use crate::source::{expected_tensors, Provenance, TensorInfo, WeightSource};
 
 /// A GPT-NeoX source read under the common names.
@@ -257,7 +257,7 @@ mod tests {
     fn a_layers_three_projections_read_the_fused_tensor_once() {
         let reads = std::rc::Rc::new(std::cell::Cell::new(0));
         let source = NeoxNames::new(Box::new(CountingSource {
-            config: crate::model::presets::preset("pythia-160m").unwrap(),
+            config: crate::config::presets::preset("pythia-160m").unwrap(),
             provenance: Provenance::default(),
             reads: reads.clone(),
         }));

@@ -25,8 +25,8 @@ pub use settings::{HubSettings, DEFAULT_ENDPOINT};
 
 use super::safetensors::{Shard, ShardHeader};
 use super::{Provenance, TensorInfo, WeightSource};
+use crate::config::ModelConfig;
 use crate::error::{SourceError, SourceResult};
-use crate::model::config::ModelConfig;
 use crate::printer::Printer;
 use client::HubClient;
 use snapshot::{ShardAtOpen, Snapshot};

@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 use tch::Tensor;
 
+use crate::config::ModelConfig;
 use crate::error::{SourceError, SourceResult};
-use crate::model::config::ModelConfig;
 
 pub use spec::{open_source, open_source_with, SourceSpec};
 
@@ -92,7 +92,7 @@ pub trait WeightSource {
 
 /// Expected shape of every tensor a model of this config needs, in Hugging Face names.
 pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<i64>)> {
-    use crate::model::config::{MlpKind, NormKind, NormPlacement, QkNorm};
+    use crate::config::{MlpKind, NormKind, NormPlacement, QkNorm};
     let (h, i, v) = (
         config.hidden_size,
         config.intermediate_size,

@@ -10,9 +10,9 @@ use safetensors::{Dtype, SafeTensorError};
 use tch::{Kind, Tensor};
 
 use super::{Provenance, TensorInfo, WeightSource};
+use crate::config::ModelConfig;
 use crate::error::{SourceError, SourceResult};
 use crate::input_file::{check_regular, open_regular, read_text_capped};
-use crate::model::config::ModelConfig;
 
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const SINGLE_FILE: &str = "model.safetensors";

@@ -10,9 +10,9 @@ use super::hub::{HubSettings, HubSource};
 use super::init::{InitScheme, InitSource};
 use super::safetensors::SafetensorsSource;
 use super::WeightSource;
+use crate::config::presets::{preset, preset_names};
+use crate::config::ModelConfig;
 use crate::error::{SourceError, SourceResult};
-use crate::model::config::ModelConfig;
-use crate::model::presets::{preset, preset_names};
 use crate::source::gpt_neox_names::{has_neox_names, NeoxNames};
 
 #[derive(Clone, Debug, PartialEq)]

@@ -9,8 +9,8 @@
 
 use tch::{Kind, Tensor};
 
-use crate::source::init::sample_normal;
 use crate::stats::gram::Gram;
+use crate::stats::random::sample_normal;
 use crate::stats::regression::{fit, score, RegressionError};
 
 /// E[in-sample R²] as a ratio of expectations: ρ² + (1 − ρ²)·p/(n − 1). Exact for Gaussian rows

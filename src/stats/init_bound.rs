@@ -9,7 +9,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::source::init::sample_normal;
+use crate::stats::random::sample_normal;
 
 /// Eigenvalues at most this many `d·ε_mach·λ₁` count as zero when taking the rank (§7).
 pub const RANK_TOLERANCE_FACTOR: f64 = 1.0;
@@ -182,7 +182,7 @@ impl WeightLaw {
     pub fn cut_sigmas(self) -> f64 {
         match self {
             WeightLaw::Gaussian => f64::INFINITY,
-            WeightLaw::TruncatedNormal => crate::source::init::TRUNCATION_SIGMAS,
+            WeightLaw::TruncatedNormal => crate::stats::random::TRUNCATION_SIGMAS,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod init_bound;
 pub mod interval;
 pub mod multiplicity;
 pub mod principal_angles;
+pub mod random;
 pub mod regression;
 pub mod selection;
 pub mod sequence_bootstrap;

@@ -18,8 +18,8 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
-use crate::model::config::ModelConfig;
-use crate::report::atomic::write_atomic;
+use crate::config::ModelConfig;
+use crate::output::atomic::write_atomic;
 use crate::source::export::serialize_f32;
 use crate::source::hub::RepoCache;
 use crate::train::tokenizer::{EOS_TOKEN, PAD_TOKEN};
@@ -182,7 +182,7 @@ impl SeriesRepo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::olmo2_preset;
+    use crate::config::olmo2_preset;
 
     #[test]
     fn commit_ids_are_deterministic_and_content_addressed() {

@@ -11,8 +11,8 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model::config::{Architecture, ModelConfig};
-use crate::model::rope_scaling::RopeScaling;
+use crate::config::rope_scaling::RopeScaling;
+use crate::config::{Architecture, ModelConfig};
 
 /// Everything that determines a training run's weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

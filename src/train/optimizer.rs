@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use tch::{Kind, Tensor};
 
-use crate::report::atomic::temp_file_in;
+use crate::output::atomic::temp_file_in;
 use crate::train::config::TrainConfig;
 
 /// OLMo-2 does not decay the token embedding (`decay_embeddings: false`); everything else is.

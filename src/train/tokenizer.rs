@@ -51,7 +51,7 @@ pub fn save(tokenizer: &Tokenizer, path: &Path) -> Result<()> {
     let json = tokenizer
         .to_string(true)
         .map_err(|e| anyhow!("serialising the tokenizer: {e}"))?;
-    crate::report::atomic::write_atomic(path, json.as_bytes())
+    crate::output::atomic::write_atomic(path, json.as_bytes())
 }
 
 /// `documents` as one token stream, each followed by `<|endoftext|>`.

@@ -18,10 +18,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::model::resident::ResidentModel;
 use crate::model::weights::LoadOptions;
+use crate::output::atomic::write_atomic;
+use crate::output::csv::write_csv;
 use crate::printer::Printer;
 use crate::progress::Progress;
-use crate::report::atomic::write_atomic;
-use crate::report::csv::write_csv;
 use crate::report::plot::{write_line_chart, LegendPosition, LineChart, Series};
 use crate::source::branch::tokens_suffix;
 use crate::source::init::{InitScheme, InitSource};

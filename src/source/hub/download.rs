@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::client::{content_range, Attempt, Failure, HubClient, RemoteFile};
 use crate::error::{SourceError, SourceResult};
-use crate::report::atomic::temp_file_in;
+use crate::output::atomic::temp_file_in;
+use crate::output::digest::{hex, is_sha256_hex};
 
 const COPY_CHUNK_BYTES: usize = 1 << 20;
 
@@ -33,7 +34,7 @@ impl HubClient {
             written: 0,
         };
         self.retrying(|| self.transfer(repo, remote, temp.as_file_mut(), &mut progress))?;
-        if is_sha256(&remote.etag) {
+        if is_sha256_hex(&remote.etag) {
             let actual = hex(&progress.hasher.finalize());
             if actual != remote.etag {
                 return Err(SourceError::ChecksumMismatch {
@@ -152,26 +153,14 @@ fn truncated(remote: &RemoteFile, received: u64, error: Option<std::io::Error>) 
     }
 }
 
-/// An LFS etag: the file's sha256 in lowercase hex.
-fn is_sha256(etag: &str) -> bool {
-    etag.len() == 64
-        && etag
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn only_lowercase_hex_of_the_right_length_is_a_sha256() {
-        assert!(is_sha256(&"a1".repeat(32)));
-        assert!(!is_sha256(&"A1".repeat(32)));
-        assert!(!is_sha256(&"a1".repeat(20)));
+        assert!(is_sha256_hex(&"a1".repeat(32)));
+        assert!(!is_sha256_hex(&"A1".repeat(32)));
+        assert!(!is_sha256_hex(&"a1".repeat(20)));
     }
 }

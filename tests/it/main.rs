@@ -1,0 +1,27 @@
+//! The integration tests, as one binary: each linking of libtorch costs seconds, and twenty
+//! binaries spent most of `make test` in the linker. (tests/fuzz_parsers.rs stays its own binary:
+//! its counting global allocator must not see the other tests' allocations.)
+
+mod common;
+mod hub_server;
+
+mod act_search;
+mod align;
+mod bad_input;
+mod bits_per_byte;
+mod generate;
+mod gguf;
+mod golden;
+mod gsm8k;
+mod harness;
+mod hub;
+mod init;
+mod kv_compress;
+mod module_graph;
+mod predict;
+mod predict_earlier;
+mod scan;
+mod slurm;
+mod theory;
+mod tokenizer;
+mod train;

