@@ -24,3 +24,15 @@ pub const DEFAULT_MAX_REFS: usize = 5;
 
 /// The master seed when none is given.
 pub const DEFAULT_SEED: u64 = 0;
+
+/// The text a token set is drawn from when none is named (`data::corpora::TextSource`).
+pub const DEFAULT_TEXT: &str = "mix";
+
+/// Tokens `scan` runs through each checkpoint.
+pub const SCAN_TOKENS: usize = 16384;
+
+/// Sequences of the token set `scan`'s sink statistics read.
+pub const SCAN_SINK_SEQUENCES: usize = 32;
+
+/// Random subspace pairs behind `scan`'s alignment null.
+pub const SCAN_NULL_SAMPLES: usize = 32;

@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod csv;
 pub mod digest;
+pub mod folder_lock;
 pub mod manifest;
 
 use std::path::{Path, PathBuf};

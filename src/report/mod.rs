@@ -6,4 +6,5 @@ pub mod plot;
 pub mod predict_report;
 pub mod scan_figures;
 pub mod scan_report;
+pub mod scan_status;
 pub mod theory_section;

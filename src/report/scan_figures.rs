@@ -15,7 +15,7 @@ use crate::report::plot::{
     palette, write_heatmap, write_line_chart, write_scatter, write_small_multiples, Heatmap,
     LegendPosition, LineChart, ScatterChart, ScatterPoint, Series, SmallMultiples,
 };
-use crate::report::scan_report::{ScanTables, SummaryRow};
+use crate::series::scan_tables::{ScanTables, SummaryRow};
 
 /// A figure written, for embedding: file stem and caption.
 pub struct Figure {

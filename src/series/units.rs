@@ -4,16 +4,17 @@
 //! records that let a report job list a failed shard's error.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::output::atomic::write_atomic;
 use crate::printer::Printer;
 use crate::series::claim::{holder, try_claim, Attempt, Claim, ClaimTimeouts, Owner};
-use crate::series::unit_cache::{CachedUnit, UnitCache, UnitKey};
+use crate::series::unit_cache::{CachedUnit, Table, UnitCache, UnitKey};
 
 /// How often a worker waiting on another's claim looks again.
 const WAIT_POLL: Duration = Duration::from_millis(500);
@@ -135,6 +136,120 @@ impl UnitWork<'_> {
                 }
             }
         }
+    }
+}
+
+/// What happened to one unit in this run: computed or read here, or (`--status`) its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitStatus {
+    Computed,
+    Cached,
+    Done,
+    Running,
+    Pending,
+}
+
+impl UnitStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            UnitStatus::Computed => "computed",
+            UnitStatus::Cached => "cached",
+            UnitStatus::Done => "done",
+            UnitStatus::Running => "running",
+            UnitStatus::Pending => "pending",
+        }
+    }
+}
+
+impl From<UnitState> for UnitStatus {
+    fn from(state: UnitState) -> Self {
+        match state {
+            UnitState::Done => UnitStatus::Done,
+            UnitState::Running => UnitStatus::Running,
+            UnitState::Pending => UnitStatus::Pending,
+        }
+    }
+}
+
+/// One unit's record in a scan's manifest.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnitRun {
+    pub analysis: String,
+    pub digest: String,
+    pub status: UnitStatus,
+    pub seconds: f64,
+}
+
+impl UnitRun {
+    fn new(key: &UnitKey, status: UnitStatus, seconds: f64) -> Self {
+        UnitRun {
+            analysis: key.analysis.clone(),
+            digest: key.digest(),
+            status,
+            seconds,
+        }
+    }
+}
+
+impl UnitWork<'_> {
+    /// The unit's result: read from the cache (`load`), or claimed, computed, stored (`store`)
+    /// and returned. `None` when this run does not compute it: under `--status` its state goes
+    /// into `units`; under `--report` it is a [`MissingUnit`] error.
+    pub fn get_or_compute<T>(
+        &self,
+        key: &UnitKey,
+        checkpoint: &str,
+        units: &mut Vec<UnitRun>,
+        load: impl FnOnce(&CachedUnit) -> Result<T>,
+        store: impl FnOnce(&T) -> Result<Vec<Table>>,
+        compute: impl FnOnce() -> Result<T>,
+    ) -> Result<Option<T>> {
+        let claim = match self.acquire(key, checkpoint)? {
+            Acquired::Cached(unit) => {
+                units.push(UnitRun::new(key, UnitStatus::Cached, unit.seconds));
+                return load(&unit).map(Some);
+            }
+            Acquired::Absent(state) if self.mode == UnitMode::Status => {
+                units.push(UnitRun::new(key, state.into(), 0.0));
+                return Ok(None);
+            }
+            Acquired::Absent(state) => {
+                return Err(MissingUnit {
+                    analysis: key.analysis.clone(),
+                    state,
+                }
+                .into())
+            }
+            Acquired::Compute(claim) => claim,
+        };
+        let start = Instant::now();
+        let output = compute()?;
+        let seconds = start.elapsed().as_secs_f64();
+        self.cache.put(key, &store(&output)?, seconds)?;
+        drop(claim);
+        units.push(UnitRun::new(key, UnitStatus::Computed, seconds));
+        Ok(Some(output))
+    }
+
+    /// [`Self::get_or_compute`] for a unit of one table of rows (empty when not computed here).
+    pub fn get_or_compute_rows<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &UnitKey,
+        checkpoint: &str,
+        units: &mut Vec<UnitRun>,
+        table: &str,
+        compute: impl FnOnce() -> Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
+        let rows = self.get_or_compute(
+            key,
+            checkpoint,
+            units,
+            |unit| unit.table(table),
+            |rows| Ok(vec![Table::new(table, rows)?]),
+            compute,
+        )?;
+        Ok(rows.unwrap_or_default())
     }
 }
 

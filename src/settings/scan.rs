@@ -1,0 +1,161 @@
+//! Resolving `scan`: flags over the series manifest's `[analysis]` over the built-in defaults,
+//! checked against the series' config, into [`ScanOptions`]; and the flags a Slurm worker repeats.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use crate::analysis::alignment::AlignmentOptions;
+use crate::analysis::predictability::{Candidates, PredictabilityOptions};
+use crate::capture::HeadKind;
+use crate::cli::ScanArgs;
+use crate::config::ModelConfig;
+use crate::data::paths::manifest_var;
+use crate::defaults::{
+    seq_len_within, DEFAULT_MAX_REFS, DEFAULT_SEED, DEFAULT_TEXT, SCAN_NULL_SAMPLES,
+    SCAN_SEQ_LEN_CAP, SCAN_SINK_SEQUENCES, SCAN_TOKENS,
+};
+use crate::series::manifest::expand;
+use crate::series::manifest::SeriesManifest;
+use crate::series::scan_options::ScanOptions;
+use crate::stats::selection::Selection;
+
+/// The scan's analysis settings: each from its flag, else the manifest's `[analysis]`, else the
+/// default; checked against the series' config (`config`).
+pub fn scan_options(
+    args: &ScanArgs,
+    manifest: &SeriesManifest,
+    config: &ModelConfig,
+) -> Result<ScanOptions> {
+    let defaults = &manifest.analysis;
+    let kinds = match (&args.kinds, &defaults.kinds) {
+        (Some(k), _) => k.clone(),
+        (None, Some(names)) => names
+            .iter()
+            .map(|n| match n.as_str() {
+                "q" => Ok(HeadKind::Q),
+                "k" => Ok(HeadKind::K),
+                "v" => Ok(HeadKind::V),
+                other => bail!(
+                    "series {}: analysis.kinds has {other:?}; use q, k, v",
+                    manifest.name
+                ),
+            })
+            .collect::<Result<_>>()?,
+        (None, None) => vec![HeadKind::Q, HeadKind::K, HeadKind::V],
+    };
+    let max_refs = args
+        .max_refs
+        .or(defaults.max_refs)
+        .unwrap_or(DEFAULT_MAX_REFS);
+    let seed = args.seed.or(defaults.seed).unwrap_or(DEFAULT_SEED);
+    let seq_len = args
+        .seq_len
+        .or(defaults.seq_len)
+        .unwrap_or_else(|| seq_len_within(config.max_position_embeddings, SCAN_SEQ_LEN_CAP));
+    if seq_len as i64 > config.max_position_embeddings {
+        bail!(
+            "--seq-len {seq_len}: longer than the model's max_position_embeddings ({})\nhint: use --seq-len {} or less (or analysis.seq_len in the manifest)",
+            config.max_position_embeddings,
+            config.max_position_embeddings
+        );
+    }
+    if max_refs == 0 {
+        bail!(
+            "series {}: analysis.max_refs must be at least 1",
+            manifest.name
+        );
+    }
+    let sink_sequences = args
+        .sink_sequences
+        .or(defaults.sink_sequences)
+        .unwrap_or(SCAN_SINK_SEQUENCES);
+    if sink_sequences == 0 {
+        bail!("--sink-sequences must be at least 1");
+    }
+    let predictability = PredictabilityOptions {
+        kinds: kinds.clone(),
+        max_refs,
+        selection: Selection::Topn,
+        candidates: Candidates::SameLayer,
+        capture_point: args.capture,
+        layers: None,
+        store_budget_bytes: 0,
+    };
+    predictability.check(config)?;
+    // Unlike predict, scan does not cap k per kind: its summary and figures compare every
+    // k = 1..=max_refs across checkpoints and kinds, which a capped kind would leave empty.
+    for &kind in &kinds {
+        let largest = predictability.max_k(kind, 0, config);
+        if largest < max_refs {
+            bail!(
+                "--max-refs {max_refs}: scan compares k = 1..={max_refs} for every kind, but a {} head has only {largest} other {} heads in its layer\nhint: use --max-refs {largest} (or `ckpt-scan predict`, which caps k per kind)",
+                kind.name().to_uppercase(),
+                kind.name().to_uppercase()
+            );
+        }
+    }
+    Ok(ScanOptions {
+        text: args
+            .text
+            .clone()
+            .or(defaults.text.clone())
+            .unwrap_or_else(|| DEFAULT_TEXT.into()),
+        tokens: args.tokens.or(defaults.tokens).unwrap_or(SCAN_TOKENS),
+        seq_len,
+        seed,
+        sink_sequences,
+        alignment: AlignmentOptions {
+            kinds,
+            fold_norm: false,
+            partners: max_refs,
+            null_samples: SCAN_NULL_SAMPLES,
+            seed,
+        },
+        predictability,
+        max_refs,
+    })
+}
+
+/// The tokenizer the manifest names (`analysis.tokenizer`, relative to the manifest's folder), if
+/// any; otherwise the token set uses the first checkpoint's own.
+pub fn series_tokenizer(manifest: &SeriesManifest, manifest_dir: &Path) -> Result<Option<PathBuf>> {
+    manifest
+        .analysis
+        .tokenizer
+        .as_deref()
+        .map(|t| -> Result<PathBuf> { Ok(manifest_dir.join(expand(t, &manifest_var)?)) })
+        .transpose()
+}
+
+/// The analysis flags a Slurm worker repeats, so every shard measures what this scan would.
+pub fn worker_flags(args: &ScanArgs) -> Vec<String> {
+    let mut words: Vec<String> = vec![
+        "--claim-timeout".into(),
+        args.claim_timeout.to_string(),
+        "--capture".into(),
+        args.capture.name().to_string(),
+    ];
+    let mut flag = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            words.push(format!("--{name}"));
+            words.push(v);
+        }
+    };
+    flag("text", args.text.clone());
+    flag("tokens", args.tokens.map(|v| v.to_string()));
+    flag("seq-len", args.seq_len.map(|v| v.to_string()));
+    flag(
+        "kinds",
+        args.kinds
+            .as_ref()
+            .map(|k| k.iter().map(|k| k.name()).collect::<Vec<_>>().join(",")),
+    );
+    flag("max-refs", args.max_refs.map(|v| v.to_string()));
+    flag("sink-sequences", args.sink_sequences.map(|v| v.to_string()));
+    flag("seed", args.seed.map(|v| v.to_string()));
+    if args.keep_downloads {
+        words.push("--keep-downloads".into());
+    }
+    words
+}
