@@ -173,9 +173,10 @@ pub struct PredictArgs {
     /// Seed for document order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Layers to analyse, e.g. `0,5,11` (default: all).
-    #[arg(long, value_delimiter = ',')]
-    pub layers: Option<Vec<i64>>,
+    /// Layers to analyse: single layers and inclusive ranges, `0,5,11`, `2..28`, `2..4,9`
+    /// (default: all).
+    #[arg(long, value_parser = parse_layer_list)]
+    pub layers: Option<LayerList>,
     /// Output folder (default reports/predict-<source>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -483,10 +484,10 @@ pub struct ActSearchArgs {
     /// ACT's τ: a key is a sink candidate when its mean attention over the queries that see it exceeds it.
     #[arg(long, default_value_t = 0.1)]
     pub tau: f64,
-    /// Layers to search, inclusive ranges and single layers: `2..28`, `3,5,7`, `2..4,9`
+    /// Layers to search: single layers and inclusive ranges, `3,5,7`, `2..28`, `2..4,9`
     /// (default 2..L−2, the layers ACT may calibrate).
-    #[arg(long)]
-    pub layers: Option<String>,
+    #[arg(long, value_parser = parse_layer_list)]
+    pub layers: Option<LayerList>,
     /// Padded tokens per scoring batch.
     #[arg(long, default_value_t = 2048)]
     pub batch_tokens: usize,
@@ -504,5 +505,51 @@ fn at_least_one(value: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A `--layers` value: single layers and inclusive ranges, `0,5,11`, `2..28` (or `2..=28`),
+/// `2..4,9`; sorted, without repeats. One syntax for every command that takes layers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerList(pub Vec<i64>);
+
+pub fn parse_layer_list(text: &str) -> Result<LayerList, String> {
+    let number = |s: &str| -> Result<i64, String> {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a layer number"))
+    };
+    let mut layers = Vec::new();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        match part.split_once("..") {
+            Some((first, last)) => {
+                let (first, last) = (number(first)?, number(last.trim_start_matches('='))?);
+                if first > last {
+                    return Err(format!("range {part} is empty"));
+                }
+                layers.extend(first..=last);
+            }
+            None => layers.push(number(part)?),
+        }
+    }
+    layers.sort_unstable();
+    layers.dedup();
+    Ok(LayerList(layers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_lists_take_ranges_and_single_layers() {
+        let parse = |t: &str| parse_layer_list(t).map(|l| l.0);
+        assert_eq!(parse("2..4,9").unwrap(), [2, 3, 4, 9]);
+        assert_eq!(parse("0,5,11").unwrap(), [0, 5, 11]);
+        assert_eq!(parse("2..=3").unwrap(), [2, 3]);
+        assert_eq!(parse("5, 3,3").unwrap(), [3, 5]);
+        assert!(parse("4..2").is_err());
+        assert!(parse("x").is_err());
+        assert_eq!(parse("").unwrap(), Vec::<i64>::new());
     }
 }

@@ -4,81 +4,23 @@
 //! candidate's scores and the calibration set's provenance.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use anyhow::{bail, Result};
 
 use crate::cli::ActSearchArgs;
-use crate::config::ModelConfig;
-use crate::data::calibration::{calibration_set, CalibrationTask};
+use crate::data::calibration::calibration_set;
 use crate::data::tokenizer::tokenizer_for;
 use crate::edit::act::{SinkThreshold, FIRST_LAYER};
-use crate::infer::act_search::{calibration_score, search_heads, CalibrationScore, SearchOptions};
+use crate::infer::act_head_list::{Calibration, Candidate, HeadList, SourceFile};
+use crate::infer::act_search::{calibration_score, search_heads, SearchOptions};
 use crate::model::resident::ResidentModel;
 use crate::output::atomic::{check_output_dir, write_atomic};
 use crate::output::default_out_dir;
 use crate::output::digest::sha256_file;
-use crate::output::manifest::{tool_version, ToolVersion};
+use crate::output::manifest::tool_version;
 use crate::printer::Printer;
 use crate::settings::{describe, Settings};
-use crate::source::{open_source_with, Provenance};
-
-/// One (layer, head) tried.
-#[derive(Serialize)]
-struct Candidate {
-    layer: i64,
-    head: i64,
-    accepted: bool,
-    /// Calibration requests (item choices) in which this head has a sink.
-    requests_changed: usize,
-    #[serde(flatten)]
-    score: CalibrationScore,
-    delta_acc: f64,
-    delta_mean_gold_loglik: f64,
-    delta_mean_gold_choice_logprob: f64,
-}
-
-#[derive(Serialize)]
-struct SourceFile {
-    path: PathBuf,
-    sha256: String,
-}
-
-#[derive(Serialize)]
-struct Calibration<'a> {
-    tasks: &'a [CalibrationTask],
-    items: usize,
-    requests: usize,
-    tokens: i64,
-    /// sha256 of `task:doc_id` of every item, comma-separated in order.
-    item_ids_sha256: &'a str,
-    seed: u64,
-    /// Few-shot examples in the prompts (the train files' 5-shot contexts are cut to zero-shot).
-    shots: u32,
-}
-
-/// The head-list file: `heads`, `beta`, `tau` are what `edit::act::Act::from_file` reads.
-#[derive(Serialize)]
-struct HeadList<'a> {
-    heads: BTreeMap<String, Vec<i64>>,
-    beta: f64,
-    tau: f64,
-    criterion: &'static str,
-    task_family: &'static str,
-    source: &'a Provenance,
-    source_files: Vec<SourceFile>,
-    config: &'a ModelConfig,
-    tokenizer: String,
-    layers_searched: Vec<i64>,
-    calibration: Calibration<'a>,
-    baseline: CalibrationScore,
-    candidates: Vec<Candidate>,
-    tool: ToolVersion,
-    device: String,
-    batch_tokens: usize,
-    seconds: f64,
-}
+use crate::source::open_source_with;
 
 pub fn run(args: &ActSearchArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
@@ -98,7 +40,7 @@ pub fn run(args: &ActSearchArgs, settings: &Settings) -> Result<()> {
     let source = open_source_with(&args.source, &settings.hub)?;
     let config = source.config();
     let layers = match &args.layers {
-        Some(text) => parse_layers(text).with_context(|| format!("--layers {text}"))?,
+        Some(list) => list.0.clone(),
         None => (FIRST_LAYER..=config.num_hidden_layers - 2).collect(),
     };
     let last = config.num_hidden_layers - 2;
@@ -222,43 +164,4 @@ pub fn run(args: &ActSearchArgs, settings: &Settings) -> Result<()> {
     ));
     printer.note(format!("wrote {}", out.display()));
     Ok(())
-}
-
-/// `2..28`, `3,5,7`, `2..4,9` (ranges inclusive) → sorted, deduplicated layers.
-pub fn parse_layers(text: &str) -> Result<Vec<i64>> {
-    let number = |s: &str| -> Result<i64> {
-        s.trim()
-            .parse()
-            .with_context(|| format!("{s:?} is not a layer number"))
-    };
-    let mut layers = Vec::new();
-    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
-        match part.split_once("..") {
-            Some((first, last)) => {
-                let (first, last) = (number(first)?, number(last.trim_start_matches('='))?);
-                if first > last {
-                    bail!("range {part} is empty");
-                }
-                layers.extend(first..=last);
-            }
-            None => layers.push(number(part)?),
-        }
-    }
-    layers.sort_unstable();
-    layers.dedup();
-    Ok(layers)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layer_lists_and_inclusive_ranges() {
-        assert_eq!(parse_layers("2..4,9").unwrap(), [2, 3, 4, 9]);
-        assert_eq!(parse_layers("5, 3,3").unwrap(), [3, 5]);
-        assert_eq!(parse_layers("2..=3").unwrap(), [2, 3]);
-        assert!(parse_layers("4..2").is_err());
-        assert!(parse_layers("x").is_err());
-    }
 }

@@ -42,7 +42,7 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
         selection: args.select,
         candidates: args.candidates,
         capture_point: args.capture,
-        layers: args.layers.clone(),
+        layers: args.layers.as_ref().map(|l| l.0.clone()),
         store_budget_bytes: (args.store_budget_gb * (1u64 << 30) as f64) as u64,
     };
     options.check(&config)?;
