@@ -24,3 +24,9 @@ pub const DEFAULT_MAX_REFS: usize = 5;
 
 /// The master seed when none is given.
 pub const DEFAULT_SEED: u64 = 0;
+
+/// The init sources `theory` checks unless `--no-default-sources`: both init schemes of OLMo-2-1B.
+pub const DEFAULT_INIT_SOURCES: [&str; 2] = [
+    "init:olmo2-1b?seed=0&scheme=olmo",
+    "init:olmo2-1b?seed=0&scheme=hf",
+];

@@ -6,4 +6,6 @@ pub mod plot;
 pub mod predict_report;
 pub mod scan_figures;
 pub mod scan_report;
+pub mod theory_charts;
+pub mod theory_report;
 pub mod theory_section;
