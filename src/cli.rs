@@ -353,9 +353,9 @@ pub struct TheoryArgs {
     /// Largest number of reference heads k (capped per kind at its heads − 1).
     #[arg(long, value_parser = at_least_one, default_value_t = 5)]
     pub max_refs: usize,
-    /// Layers to check, e.g. `0,5,11` (default: all).
-    #[arg(long, value_delimiter = ',')]
-    pub layers: Option<Vec<i64>>,
+    /// Layers to check: single layers and inclusive ranges, `0,5,11`, `2..28` (default: all).
+    #[arg(long, value_parser = parse_layer_list)]
+    pub layers: Option<LayerList>,
     /// Monte Carlo weight draws per grid cell at d = 64 (fewer at larger d, at least 16).
     #[arg(long, default_value_t = 2000)]
     pub draws: usize,

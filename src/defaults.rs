@@ -36,3 +36,9 @@ pub const SCAN_SINK_SEQUENCES: usize = 32;
 
 /// Random subspace pairs behind `scan`'s alignment null.
 pub const SCAN_NULL_SAMPLES: usize = 32;
+
+/// The init sources `theory` checks unless `--no-default-sources`: both init schemes of OLMo-2-1B.
+pub const DEFAULT_INIT_SOURCES: [&str; 2] = [
+    "init:olmo2-1b?seed=0&scheme=olmo",
+    "init:olmo2-1b?seed=0&scheme=hf",
+];

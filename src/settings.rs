@@ -10,6 +10,8 @@ use crate::model::forward::{ForwardSettings, HiddenBudget};
 use crate::model::weights::LoadOptions;
 use crate::source::hub::HubSettings;
 
+pub mod theory;
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub load: LoadOptions,
@@ -89,15 +91,5 @@ pub fn resolve_device(arg: DeviceArg) -> Result<Device> {
 
 /// A short human name for a device and dtype, for reports.
 pub fn describe(load: &LoadOptions) -> String {
-    let device = match load.device {
-        Device::Cpu => "cpu".to_string(),
-        Device::Cuda(i) => format!("cuda:{i}"),
-        other => format!("{other:?}"),
-    };
-    let kind = match load.kind {
-        Kind::Float => "f32",
-        Kind::BFloat16 => "bf16",
-        _ => "other",
-    };
-    format!("{device} {kind}")
+    load.describe()
 }

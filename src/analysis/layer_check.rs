@@ -50,6 +50,16 @@ pub enum SourceRole {
     Trained,
 }
 
+impl SourceRole {
+    /// The role as reports and the CSV's `role` column spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceRole::Init => "init",
+            SourceRole::Trained => "trained",
+        }
+    }
+}
+
 /// One (source, layer, kind, k) comparison of measured held-out R² with the layer's theory.
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerRow {
@@ -230,7 +240,7 @@ pub struct LayerCheckOptions {
     pub iid_layer0: bool,
     /// Population replications per clean row (0: none).
     pub population_replications: usize,
-    /// Key of the Monte Carlo streams (`commands::theory::stream_key`): the same model draws the
+    /// Key of the Monte Carlo streams (`analysis::model_check::stream_key`): the same model draws the
     /// same replications wherever its files lie.
     pub stream: String,
 }

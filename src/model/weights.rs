@@ -27,6 +27,21 @@ impl LoadOptions {
             allow_nan: false,
         }
     }
+
+    /// A short human name for the device and dtype, for reports: `cpu f32`, `cuda:0 bf16`.
+    pub fn describe(&self) -> String {
+        let device = match self.device {
+            Device::Cpu => "cpu".to_string(),
+            Device::Cuda(i) => format!("cuda:{i}"),
+            other => format!("{other:?}"),
+        };
+        let kind = match self.kind {
+            Kind::Float => "f32",
+            Kind::BFloat16 => "bf16",
+            _ => "other",
+        };
+        format!("{device} {kind}")
+    }
 }
 
 /// Reads a named tensor with its expected shape and prepares it for compute.

@@ -7,4 +7,6 @@ pub mod predict_report;
 pub mod scan_figures;
 pub mod scan_report;
 pub mod scan_status;
+pub mod theory_charts;
+pub mod theory_report;
 pub mod theory_section;

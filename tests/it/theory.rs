@@ -3,12 +3,13 @@
 
 use crate::common::{cli, tiny_config};
 use ckpt_scan::analysis::init_check::{GridRow, LayerRow, SourceRole};
+use ckpt_scan::analysis::init_grid::draws_at;
 use ckpt_scan::analysis::mutation_check::{run_case, Mutation, MutationRow};
 use ckpt_scan::capture::{CapturePoint, CaptureSink, HeadKind, LayerCapture};
-use ckpt_scan::commands::theory::{draws_at, grid_chart, layer_chart};
 use ckpt_scan::config::Architecture;
 use ckpt_scan::model::forward::{forward_streamed, HiddenBudget, OutputHead};
 use ckpt_scan::model::weights::LoadOptions;
+use ckpt_scan::report::theory_charts::{grid_chart, layer_chart};
 use ckpt_scan::source::init::{InitScheme, InitSource};
 use ckpt_scan::source::WeightSource;
 use ckpt_scan::stats::init_bound::WeightLaw;
