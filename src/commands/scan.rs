@@ -1,18 +1,14 @@
 //! `ckpt-scan scan SERIES`: every checkpoint of a series through predict, align and sink
 //! statistics on one token set, each (checkpoint, analysis) a cached unit, then one report.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::cli::ScanArgs;
 use crate::data::corpora::TextSource;
-use crate::data::paths::{manifest_var, unit_cache_root};
 use crate::data::token_set::token_set_for;
-use crate::output::atomic::{check_output_dir, write_atomic};
-use crate::output::csv::write_csv;
-use crate::output::folder_lock::lock_report_folder;
+use crate::output::folder_lock::ReportFolder;
 use crate::output::manifest::tool_version;
 use crate::printer::Printer;
 use crate::report::scan_report::{write_report, ScanManifest};
@@ -22,115 +18,59 @@ use crate::series::checkpoint_scan::{
     checkpoint_rows, duplicate_checkpoints, units_computed, SeriesScan,
 };
 use crate::series::claim::ClaimTimeouts;
-use crate::series::manifest::SeriesManifest;
-use crate::series::plan::{resolve_plan, PlannedCheckpoint};
-use crate::series::scan_estimate::{checkpoint_costs, dry_run};
+use crate::series::scan_estimate::{checkpoints_of, dry_run};
 use crate::series::scan_progress::ScanProgress;
-use crate::series::shard::{partition, Shard};
-use crate::series::slurm::resolve as resolve_slurm;
-use crate::series::slurm_submission::SlurmSubmission;
-use crate::series::unit_cache::UnitCache;
 use crate::series::units::{UnitMode, UnitWork};
-use crate::settings::scan::{scan_options, series_tokenizer, worker_flags};
+use crate::settings::scan::{series_tokenizer, slurm_submission, ScanSettings};
 use crate::settings::Settings;
-
-/// Marks a report folder whose scan has not finished.
-const IN_PROGRESS: &str = ".scan-in-progress";
 
 pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
     let start = Instant::now();
-    let (manifest, manifest_path) = SeriesManifest::load(&args.series)?;
-    let manifest_dir = manifest_path
-        .parent()
-        .unwrap_or(Path::new(""))
-        .to_path_buf();
-    let plan = resolve_plan(&manifest, &manifest_dir, &settings.hub, &manifest_var)?;
-    for missing in &plan.missing_revisions {
-        let name = &manifest.name;
-        printer.warn(format!(
-            "series {name}: revision {missing} is not in the repo; skipped"
-        ));
-    }
-    if plan.checkpoints.is_empty() {
-        bail!(
-            "series {}: no checkpoints to scan (no branch matched, and no sources or inits)",
-            manifest.name
-        );
-    }
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| Path::new("reports").join(&manifest.name));
-    let cache = UnitCache::new(&args.cache_dir.clone().unwrap_or_else(unit_cache_root));
-    if !args.dry_run {
-        // Both are written only after the computation: find a file or read-only folder now.
-        check_output_dir(&out_dir, "--out")?;
-        check_output_dir(cache.dir(), "--cache-dir")?;
-    }
-    // The series' config fixes shapes and the token set: take it from the first real checkpoint.
-    let first = plan
-        .checkpoints
-        .iter()
-        .find(|c| !c.is_init())
-        .or(plan.checkpoints.first());
-    let first = first.expect("non-empty plan");
-    let series_config = open_planned(first, &plan, None)?.source().config().clone();
-    let options = scan_options(args, &manifest, &series_config)?;
+    let ScanSettings {
+        manifest,
+        manifest_path,
+        manifest_dir,
+        plan,
+        out_dir,
+        cache,
+        series_config,
+        options,
+        shard,
+        mode,
+    } = ScanSettings::resolve(args, &settings.hub, &printer)?;
+    let first = plan.series_checkpoint();
     if args.dry_run && !args.slurm {
         printer.result(dry_run(&plan, &options, &series_config, &cache)?);
         return Ok(());
     }
     if args.slurm {
-        let shards = args.shards.unwrap_or(plan.checkpoints.len());
-        if shards == 0 {
-            bail!("--shards 0: at least one shard is needed");
-        }
-        return SlurmSubmission {
-            series_name: manifest.name.clone(),
-            manifest_path: manifest_path.clone(),
-            out_dir: out_dir.clone(),
-            cache_dir: cache.dir().to_path_buf(),
-            shards: shards.min(plan.checkpoints.len()),
-            options: resolve_slurm(&args.slurm_options.settings(), &manifest.slurm)?,
-            worker_flags: worker_flags(args),
-            dry_run: args.dry_run,
-        }
-        .submit(&printer);
+        let checkpoints = plan.checkpoints.len();
+        let submission = slurm_submission(
+            args,
+            &manifest,
+            &manifest_path,
+            checkpoints,
+            &out_dir,
+            cache.dir(),
+        )?;
+        return submission.submit(&printer);
     }
-    let shard = args.shard.as_deref();
-    let shard = shard
-        .map(|t| Shard::parse(t, &|name| std::env::var(name).ok()))
-        .transpose()?;
-    let mode = match (args.report, args.status) {
-        (true, _) => UnitMode::Assemble,
-        (_, true) => UnitMode::Status,
-        _ => UnitMode::Compute,
-    };
     // A plain scan stops on a mismatched checkpoint before any work; shards, the report and the
     // status look-up meet it per checkpoint instead, so a failing shard is listed, not fatal.
     let plain_scan = shard.is_none() && mode == UnitMode::Compute;
     if plain_scan {
         check_series_shapes(&plan, &series_config)?;
     }
-    // A shard or a status look-up writes no report; only a full run guards its folder.
+    // A shard or a status look-up writes no report; only a full run guards its folder, held until
+    // the scan ends: a second scan into the same folder stops here, before any work.
+    let continue_unfinished = args.resume || args.force || mode != UnitMode::Compute;
     let writes_report = shard.is_none() && mode != UnitMode::Status;
-    let marker = out_dir.join(IN_PROGRESS);
-    // Held until the scan ends: a second scan into the same folder stops here, before any work.
-    let _out_lock = writes_report
-        .then(|| lock_report_folder(&out_dir))
+    let folder = writes_report
+        .then(|| ReportFolder::claim(&out_dir, continue_unfinished))
         .transpose()?;
-    if writes_report {
-        if marker.exists() && !args.resume && !args.force && mode == UnitMode::Compute {
-            bail!(
-                "{}: a previous scan into this folder did not finish\nhint: --resume continues it (finished units are reused), --force recomputes everything",
-                out_dir.display()
-            );
-        }
-        write_atomic(&marker, b"scan running\n")?;
-    }
 
     let tokenizer_source = open_planned(first, &plan, Some(&series_config))?;
     let (token_set, tokenizer_name) = token_set_for(
@@ -140,14 +80,7 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         series_tokenizer(&manifest, &manifest_dir)?.as_deref(),
     )?;
     drop(tokenizer_source);
-    let selected: Vec<&PlannedCheckpoint> = match shard {
-        Some(shard) => {
-            let costs = checkpoint_costs(&plan, &options, &series_config);
-            let mine = &partition(&costs, shard.count)[shard.index];
-            mine.iter().map(|&i| &plan.checkpoints[i]).collect()
-        }
-        None => plan.checkpoints.iter().collect(),
-    };
+    let selected = checkpoints_of(&plan, &options, &series_config, shard);
     printer.note(format!(
         "scan {}{}: {} checkpoints, {} tokens ({} sequences of {}), token set {}",
         manifest.name,
@@ -236,11 +169,10 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         incomplete,
         seconds: start.elapsed().as_secs_f64(),
     };
-    let json = serde_json::to_string_pretty(&manifest_json)?;
-    write_atomic(&out_dir.join("manifest.json"), json.as_bytes())?;
-    write_csv(&out_dir.join("incomplete.csv"), incomplete)?;
-    std::fs::remove_file(&marker)
-        .with_context(|| format!("{}: cannot remove", marker.display()))?;
+    manifest_json.write(&out_dir)?;
+    if let Some(folder) = folder {
+        folder.finish()?;
+    }
     let computed = units_computed(records);
     printer.note(format!(
         "wrote {} ({} units computed, {} cached, {:.1} s)",

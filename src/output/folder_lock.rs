@@ -1,4 +1,5 @@
-//! An exclusive lock on a report folder, so two runs never write one folder at once.
+//! A report folder held for one run: an exclusive lock, so two runs never write it at once, and
+//! a marker that says a run into it has not finished.
 
 use std::path::Path;
 
@@ -20,5 +21,43 @@ pub fn lock_report_folder(out_dir: &Path) -> Result<std::fs::File> {
         Err(std::fs::TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("{}: cannot lock", path.display()))
         }
+    }
+}
+
+/// Marks a report folder whose run has not finished.
+const IN_PROGRESS: &str = ".scan-in-progress";
+
+/// A report folder this run writes: locked until dropped, marked in progress until [`finish`].
+///
+/// [`finish`]: ReportFolder::finish
+pub struct ReportFolder {
+    marker: std::path::PathBuf,
+    _lock: std::fs::File,
+}
+
+impl ReportFolder {
+    /// Locks `out_dir` and marks it in progress. A folder whose last run did not finish is
+    /// refused unless `continue_unfinished` (`--resume` or `--force`, or a run that only
+    /// assembles finished work).
+    pub fn claim(out_dir: &Path, continue_unfinished: bool) -> Result<Self> {
+        let lock = lock_report_folder(out_dir)?;
+        let marker = out_dir.join(IN_PROGRESS);
+        if marker.exists() && !continue_unfinished {
+            bail!(
+                "{}: a previous scan into this folder did not finish\nhint: --resume continues it (finished units are reused), --force recomputes everything",
+                out_dir.display()
+            );
+        }
+        crate::output::atomic::write_atomic(&marker, b"scan running\n")?;
+        Ok(ReportFolder {
+            marker,
+            _lock: lock,
+        })
+    }
+
+    /// The run finished: the marker goes (the lock goes with `self`).
+    pub fn finish(self) -> Result<()> {
+        std::fs::remove_file(&self.marker)
+            .with_context(|| format!("{}: cannot remove", self.marker.display()))
     }
 }

@@ -39,6 +39,15 @@ pub struct ScanManifest<'a> {
     pub seconds: f64,
 }
 
+impl ScanManifest<'_> {
+    /// Writes manifest.json and incomplete.csv into `out_dir`.
+    pub fn write(&self, out_dir: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self)?;
+        write_atomic(&out_dir.join("manifest.json"), json.as_bytes())?;
+        write_csv(&out_dir.join("incomplete.csv"), self.incomplete)
+    }
+}
+
 /// Looks up one summary value.
 fn value(rows: &[SummaryRow], checkpoint: &str, kind: &str, k: usize, metric: &str) -> f64 {
     rows.iter()

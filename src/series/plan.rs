@@ -57,6 +57,18 @@ pub struct Plan {
     pub hub: HubSettings,
 }
 
+impl Plan {
+    /// The checkpoint whose config stands for the series: the first that is not a random init
+    /// (or the first, when all are). Panics on an empty plan, which resolving refuses.
+    pub fn series_checkpoint(&self) -> &PlannedCheckpoint {
+        self.checkpoints
+            .iter()
+            .find(|c| !c.is_init())
+            .or(self.checkpoints.first())
+            .expect("a resolved plan has checkpoints")
+    }
+}
+
 /// Resolves a manifest; `manifest_dir` anchors relative config paths.
 pub fn resolve_plan(
     manifest: &SeriesManifest,

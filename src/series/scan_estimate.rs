@@ -1,12 +1,14 @@
-//! What a scan will cost before it runs: per-checkpoint estimates that balance shards, and the
-//! `--dry-run` table (weights to read, compute at a nominal rate).
+//! What a scan will cost before it runs: per-checkpoint estimates that balance shards (and the
+//! checkpoints of one shard), and the `--dry-run` table (weights to read, compute at a nominal
+//! rate).
 
 use anyhow::Result;
 
 use crate::config::ModelConfig;
 use crate::series::checkpoint_open::open_planned;
-use crate::series::plan::Plan;
+use crate::series::plan::{Plan, PlannedCheckpoint};
 use crate::series::scan_options::ScanOptions;
+use crate::series::shard::{partition, Shard};
 use crate::series::unit_cache::UnitCache;
 
 /// Nominal CPU throughput behind `--dry-run`'s time estimate (f32 matmuls on 2 cores).
@@ -84,4 +86,23 @@ pub fn dry_run(
         ESTIMATE_FLOPS_PER_SECOND / 1e9
     ));
     Ok(lines.join("\n"))
+}
+
+/// The checkpoints one run scans: all of them, or shard `index` of `count` balanced by cost.
+pub fn checkpoints_of<'a>(
+    plan: &'a Plan,
+    options: &ScanOptions,
+    config: &ModelConfig,
+    shard: Option<Shard>,
+) -> Vec<&'a PlannedCheckpoint> {
+    match shard {
+        Some(shard) => {
+            let costs = checkpoint_costs(plan, options, config);
+            partition(&costs, shard.count)[shard.index]
+                .iter()
+                .map(|&i| &plan.checkpoints[i])
+                .collect()
+        }
+        None => plan.checkpoints.iter().collect(),
+    }
 }

@@ -10,14 +10,24 @@ use crate::analysis::predictability::{Candidates, PredictabilityOptions};
 use crate::capture::HeadKind;
 use crate::cli::ScanArgs;
 use crate::config::ModelConfig;
-use crate::data::paths::manifest_var;
+use crate::data::paths::{manifest_var, unit_cache_root};
 use crate::defaults::{
     seq_len_within, DEFAULT_MAX_REFS, DEFAULT_SEED, DEFAULT_TEXT, SCAN_NULL_SAMPLES,
     SCAN_SEQ_LEN_CAP, SCAN_SINK_SEQUENCES, SCAN_TOKENS,
 };
+use crate::output::atomic::check_output_dir;
+use crate::printer::Printer;
+use crate::series::checkpoint_open::open_planned;
 use crate::series::manifest::expand;
 use crate::series::manifest::SeriesManifest;
+use crate::series::plan::{resolve_plan, Plan};
 use crate::series::scan_options::ScanOptions;
+use crate::series::shard::Shard;
+use crate::series::slurm;
+use crate::series::slurm_submission::SlurmSubmission;
+use crate::series::unit_cache::UnitCache;
+use crate::series::units::UnitMode;
+use crate::source::hub::HubSettings;
 use crate::stats::selection::Selection;
 
 /// The scan's analysis settings: each from its flag, else the manifest's `[analysis]`, else the
@@ -129,7 +139,7 @@ pub fn series_tokenizer(manifest: &SeriesManifest, manifest_dir: &Path) -> Resul
 }
 
 /// The analysis flags a Slurm worker repeats, so every shard measures what this scan would.
-pub fn worker_flags(args: &ScanArgs) -> Vec<String> {
+fn worker_flags(args: &ScanArgs) -> Vec<String> {
     let mut words: Vec<String> = vec![
         "--claim-timeout".into(),
         args.claim_timeout.to_string(),
@@ -158,4 +168,110 @@ pub fn worker_flags(args: &ScanArgs) -> Vec<String> {
         words.push("--keep-downloads".into());
     }
     words
+}
+
+/// What this run does with units not in the cache: `--report` assembles, `--status` looks up,
+/// otherwise compute.
+pub fn unit_mode(args: &ScanArgs) -> UnitMode {
+    match (args.report, args.status) {
+        (true, _) => UnitMode::Assemble,
+        (_, true) => UnitMode::Status,
+        _ => UnitMode::Compute,
+    }
+}
+
+/// `--slurm`: the submission for this series, one shard per checkpoint unless `--shards`.
+pub fn slurm_submission(
+    args: &ScanArgs,
+    manifest: &SeriesManifest,
+    manifest_path: &Path,
+    checkpoints: usize,
+    out_dir: &Path,
+    cache_dir: &Path,
+) -> Result<SlurmSubmission> {
+    let shards = args.shards.unwrap_or(checkpoints);
+    if shards == 0 {
+        bail!("--shards 0: at least one shard is needed");
+    }
+    Ok(SlurmSubmission {
+        series_name: manifest.name.clone(),
+        manifest_path: manifest_path.to_path_buf(),
+        out_dir: out_dir.to_path_buf(),
+        cache_dir: cache_dir.to_path_buf(),
+        shards: shards.min(checkpoints),
+        options: slurm::resolve(&args.slurm_options.settings(), &manifest.slurm)?,
+        worker_flags: worker_flags(args),
+        dry_run: args.dry_run,
+    })
+}
+
+/// Everything a scan run resolves before it touches a unit: the series and its plan, where the
+/// report and units go, the series' config and the analysis options, the shard and unit mode.
+pub struct ScanSettings {
+    pub manifest: SeriesManifest,
+    pub manifest_path: PathBuf,
+    pub manifest_dir: PathBuf,
+    pub plan: Plan,
+    pub out_dir: PathBuf,
+    pub cache: UnitCache,
+    /// The config of the series' first real checkpoint: it fixes shapes and the token set.
+    pub series_config: ModelConfig,
+    pub options: ScanOptions,
+    pub shard: Option<Shard>,
+    pub mode: UnitMode,
+}
+
+impl ScanSettings {
+    pub fn resolve(args: &ScanArgs, hub: &HubSettings, printer: &Printer) -> Result<Self> {
+        let (manifest, manifest_path) = SeriesManifest::load(&args.series)?;
+        let manifest_dir = manifest_path
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
+        let plan = resolve_plan(&manifest, &manifest_dir, hub, &manifest_var)?;
+        for missing in &plan.missing_revisions {
+            let name = &manifest.name;
+            printer.warn(format!(
+                "series {name}: revision {missing} is not in the repo; skipped"
+            ));
+        }
+        if plan.checkpoints.is_empty() {
+            bail!(
+                "series {}: no checkpoints to scan (no branch matched, and no sources or inits)",
+                manifest.name
+            );
+        }
+        let out_dir = args
+            .out
+            .clone()
+            .unwrap_or_else(|| Path::new("reports").join(&manifest.name));
+        let cache = UnitCache::new(&args.cache_dir.clone().unwrap_or_else(unit_cache_root));
+        if !args.dry_run {
+            // Both are written only after the computation: find a file or read-only folder now.
+            check_output_dir(&out_dir, "--out")?;
+            check_output_dir(cache.dir(), "--cache-dir")?;
+        }
+        // The series' config fixes shapes and the token set.
+        let first = plan.series_checkpoint();
+        let series_config = open_planned(first, &plan, None)?.source().config().clone();
+        let options = scan_options(args, &manifest, &series_config)?;
+        // A dry run and a submission scan no shard: its variables need not be set.
+        let runs_here = !args.dry_run && !args.slurm;
+        let shard = match args.shard.as_deref() {
+            Some(text) if runs_here => Some(Shard::parse(text, &|name| std::env::var(name).ok())?),
+            _ => None,
+        };
+        Ok(ScanSettings {
+            manifest,
+            manifest_path,
+            manifest_dir,
+            plan,
+            out_dir,
+            cache,
+            series_config,
+            options,
+            shard,
+            mode: unit_mode(args),
+        })
+    }
 }
