@@ -24,3 +24,6 @@ pub const DEFAULT_MAX_REFS: usize = 5;
 
 /// The master seed when none is given.
 pub const DEFAULT_SEED: u64 = 0;
+
+/// Tokens per `validate --tasks bpb` window by default, capped by the model's positions.
+pub const DEFAULT_BPB_WINDOW: usize = 1024;

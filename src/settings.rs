@@ -1,5 +1,7 @@
 //! Resolved settings: the CLI's choices checked and turned into what commands run with.
 
+pub mod validate;
+
 use anyhow::{bail, Result};
 use tch::{Device, Kind};
 

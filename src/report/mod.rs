@@ -7,3 +7,4 @@ pub mod predict_report;
 pub mod scan_figures;
 pub mod scan_report;
 pub mod theory_section;
+pub mod validate_report;
