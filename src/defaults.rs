@@ -42,3 +42,6 @@ pub const DEFAULT_INIT_SOURCES: [&str; 2] = [
     "init:olmo2-1b?seed=0&scheme=olmo",
     "init:olmo2-1b?seed=0&scheme=hf",
 ];
+
+/// Tokens per `validate --tasks bpb` window by default, capped by the model's positions.
+pub const DEFAULT_BPB_WINDOW: usize = 1024;

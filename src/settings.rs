@@ -1,6 +1,8 @@
 //! Resolved settings: the CLI's choices checked and turned into what commands run with.
 
 pub mod scan;
+pub mod theory;
+pub mod validate;
 
 use anyhow::{bail, Result};
 use tch::{Device, Kind};
@@ -9,8 +11,6 @@ use crate::cli::{DeviceArg, DtypeArg, GlobalArgs};
 use crate::model::forward::{ForwardSettings, HiddenBudget};
 use crate::model::weights::LoadOptions;
 use crate::source::hub::HubSettings;
-
-pub mod theory;
 
 #[derive(Clone, Debug)]
 pub struct Settings {

@@ -10,4 +10,3 @@ pub mod scan;
 pub mod theory;
 pub mod train;
 pub mod validate;
-pub mod validate_tasks;

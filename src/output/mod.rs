@@ -1,11 +1,12 @@
 //! The ground floor of writing results: atomic files, tidy CSV, the run manifest's tool version,
-//! digests, and where a command's report goes by default.
+//! digests, peak memory, and where a command's report goes by default.
 
 pub mod atomic;
 pub mod csv;
 pub mod digest;
 pub mod folder_lock;
 pub mod manifest;
+pub mod peak_memory;
 
 use std::path::{Path, PathBuf};
 

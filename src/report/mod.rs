@@ -10,3 +10,4 @@ pub mod scan_status;
 pub mod theory_charts;
 pub mod theory_report;
 pub mod theory_section;
+pub mod validate_report;
