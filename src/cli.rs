@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+use crate::defaults::{
+    DEFAULT_FIT_FRACTION, DEFAULT_MAX_REFS, DEFAULT_PREDICT_TOKENS, DEFAULT_SEED, DEFAULT_TEXT,
+};
 use crate::infer::reference_heads::KvMode;
 use crate::model::head_map::KeySpace;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -139,19 +142,19 @@ pub struct PredictArgs {
     pub source: String,
     /// Text: `mix` (web-like passages disjoint from the built-in training text), `gsm8k`, `random`
     /// (uniform token ids), or a file (documents separated by blank lines).
-    #[arg(long, default_value = "mix")]
+    #[arg(long, default_value = DEFAULT_TEXT)]
     pub text: String,
     /// Tokens to analyse (whole sequences of --seq-len).
-    #[arg(long, default_value_t = 32768)]
+    #[arg(long, default_value_t = DEFAULT_PREDICT_TOKENS)]
     pub tokens: usize,
-    /// Tokens per sequence (default: min(2048, the model's maximum)).
+    /// Tokens per sequence (default: min(2048, the model's maximum); `defaults::PREDICT_SEQ_LEN_CAP`).
     #[arg(long)]
     pub seq_len: Option<usize>,
     /// Which vectors to predict.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![crate::capture::HeadKind::Q, crate::capture::HeadKind::K, crate::capture::HeadKind::V])]
     pub kinds: Vec<crate::capture::HeadKind>,
     /// Largest number of reference heads k (results for every k = 1..max).
-    #[arg(long, value_parser = at_least_one, default_value_t = 5)]
+    #[arg(long, value_parser = at_least_one, default_value_t = DEFAULT_MAX_REFS)]
     pub max_refs: usize,
     /// How reference heads are chosen on the fit split.
     #[arg(long, value_enum, default_value_t = crate::stats::selection::Selection::Topn)]
@@ -168,10 +171,10 @@ pub struct PredictArgs {
     #[arg(long, value_enum, default_value_t = crate::capture::CapturePoint::Rope)]
     pub capture: crate::capture::CapturePoint,
     /// Fraction of sequences in the fit split (the rest are held out).
-    #[arg(long, default_value_t = 0.75)]
+    #[arg(long, default_value_t = DEFAULT_FIT_FRACTION)]
     pub split: f64,
     /// Seed for document order.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// Layers to analyse: single layers and inclusive ranges, `0,5,11`, `2..28`, `2..4,9`
     /// (default: all).
@@ -196,7 +199,7 @@ pub struct AlignArgs {
     #[arg(long)]
     pub fold_norm: bool,
     /// Largest reference-set size for weight-only R².
-    #[arg(long, value_parser = at_least_one, default_value_t = 5)]
+    #[arg(long, value_parser = at_least_one, default_value_t = DEFAULT_MAX_REFS)]
     pub max_refs: usize,
     /// Partners per anchor in the anchor-vs-span variant (the paper code uses 5).
     #[arg(long, value_parser = at_least_one, default_value_t = 5)]
@@ -205,7 +208,7 @@ pub struct AlignArgs {
     #[arg(long, value_parser = at_least_one, default_value_t = 32)]
     pub null_samples: usize,
     /// Seed of the null baseline.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// predictability.csv from `ckpt-scan predict` on the same checkpoint: compare weight-only with
     /// measured R² on the same reference sets.
@@ -332,7 +335,7 @@ pub struct TheoryArgs {
     #[arg(long)]
     pub no_default_sources: bool,
     /// Text for the model checks: `mix`, `gsm8k`, `random` or a file (as for predict).
-    #[arg(long, default_value = "mix")]
+    #[arg(long, default_value = DEFAULT_TEXT)]
     pub text: String,
     /// Tokens per model (whole sequences of --seq-len) for the fits and held-out scores.
     #[arg(long, default_value_t = 8192)]
@@ -345,7 +348,7 @@ pub struct TheoryArgs {
     #[arg(long, default_value_t = 64)]
     pub seq_len: usize,
     /// Fraction of sequences in the fit split (the input spectrum and the fits); the rest are held out.
-    #[arg(long, default_value_t = 0.75)]
+    #[arg(long, default_value_t = DEFAULT_FIT_FRACTION)]
     pub split: f64,
     /// Which vectors to predict in the model checks.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![crate::capture::HeadKind::Q, crate::capture::HeadKind::K, crate::capture::HeadKind::V])]
@@ -435,7 +438,7 @@ pub struct ValidateArgs {
     #[arg(long, default_value_t = 5)]
     pub kv_max_refs: usize,
     /// Calibration text for the maps (never evaluation items): mix, or a text file.
-    #[arg(long, default_value = "mix")]
+    #[arg(long, default_value = DEFAULT_TEXT)]
     pub kv_calibration_text: String,
     /// Calibration tokens (3/4 fit the maps, 1/4 held out to score them).
     #[arg(long, default_value_t = 16384)]
@@ -445,7 +448,7 @@ pub struct ValidateArgs {
     pub kv_calibration_seq_len: usize,
     /// Held-out text for the `bpb` task (bits per byte): `mix` (passages disjoint from the
     /// built-in training text), `gsm8k`, or a file (documents separated by blank lines).
-    #[arg(long, default_value = "mix")]
+    #[arg(long, default_value = DEFAULT_TEXT)]
     pub bpb_text: String,
     /// Text tokens the `bpb` task reads (whole documents, a seed-stable selection).
     #[arg(long, default_value_t = 16384)]

@@ -1,5 +1,6 @@
 //! Resolved settings: the CLI's choices checked and turned into what commands run with.
 
+pub mod predict;
 pub mod scan;
 pub mod theory;
 pub mod validate;

@@ -1,20 +1,17 @@
 //! `ckpt-scan predict SOURCE`: linear predictability of every head of one checkpoint.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use crate::analysis::predictability::PredictabilityOptions;
 use crate::analysis::predictability_pass::run_predictability;
 use crate::cli::PredictArgs;
-use crate::data::corpora::TextSource;
 use crate::data::token_set::token_set_for;
-use crate::data::token_set::TokenSetOptions;
-use crate::output::atomic::{check_output_dir, write_atomic};
+use crate::output::atomic::write_atomic;
 use crate::output::csv::write_csv;
-use crate::output::default_out_dir;
 use crate::output::manifest::tool_version;
 use crate::printer::Printer;
 use crate::progress::Progress;
 use crate::report::predict_report::{manifest_line, summary_markdown, PredictManifest};
+use crate::settings::predict::{out_dir, PredictSettings};
 use crate::settings::{describe, Settings};
 use crate::source::open_source_with;
 
@@ -22,48 +19,17 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out_dir("predict", &args.source));
-    // Written only after the computation: a file or read-only folder in the way is found now.
-    check_output_dir(&out_dir, "--out")?;
-    if args.store_budget_gb.is_nan() || args.store_budget_gb < 0.0 {
-        bail!(
-            "--store-budget-gb must be a non-negative number, got {}",
-            args.store_budget_gb
-        );
-    }
+    let out_dir = out_dir(args)?;
     let source = open_source_with(&args.source, &settings.hub)?;
     let config = source.config().clone();
-    let options = PredictabilityOptions {
-        kinds: args.kinds.clone(),
-        max_refs: args.max_refs,
-        selection: args.select,
-        candidates: args.candidates,
-        capture_point: args.capture,
-        layers: args.layers.as_ref().map(|l| l.0.clone()),
-        store_budget_bytes: (args.store_budget_gb * (1u64 << 30) as f64) as u64,
-    };
-    options.check(&config)?;
-    let text = TextSource::parse(&args.text);
-    let seq_len = args
-        .seq_len
-        .unwrap_or_else(|| (config.max_position_embeddings as usize).min(2048));
-    if seq_len as i64 > config.max_position_embeddings {
-        bail!(
-            "--seq-len {seq_len}: longer than the model's max_position_embeddings ({})\nhint: use --seq-len {} or less",
-            config.max_position_embeddings,
-            config.max_position_embeddings
-        );
-    }
-    let token_options = TokenSetOptions {
-        tokens: args.tokens,
-        seq_len,
-        fit_fraction: args.split,
-        seed: args.seed,
-        separator: config.eos_token_id,
-    };
+    let PredictSettings {
+        out_dir,
+        options,
+        text,
+        token_set: token_options,
+        seed,
+    } = PredictSettings::resolve(args, out_dir, &config)?;
+    let seq_len = token_options.seq_len;
     let (token_set, tokenizer_name) = token_set_for(
         source.as_ref(),
         &text,
@@ -107,7 +73,7 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
         tokenizer: tokenizer_name,
         token_set: &output.token_set,
         n_sequences,
-        seed: args.seed,
+        seed,
         options: &options,
         device: describe(&settings.load),
         seconds: output.seconds,
