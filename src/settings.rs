@@ -1,6 +1,7 @@
 //! Resolved settings: the CLI's choices checked and turned into what commands run with.
 
 pub mod predict;
+pub mod refs;
 pub mod scan;
 pub mod theory;
 pub mod validate;

@@ -4,6 +4,7 @@ pub mod align_report;
 pub mod markdown;
 pub mod plot;
 pub mod predict_report;
+pub mod refs_report;
 pub mod scan_figures;
 pub mod scan_report;
 pub mod scan_status;

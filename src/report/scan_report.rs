@@ -123,7 +123,7 @@ fn render_markdown(
     let inits = tables.checkpoints.iter().filter(|c| c.is_init).count();
     md.push_str(&format!(
         "{} checkpoints and {} random initialisations; model: {} layers, d_model {}, {} query / {} KV heads of dimension {}. \
-Token set: `{}` text, {} tokens in sequences of {} (75% of sequences fit the maps, 25% held out), seed {}. \
+Token set: `{}` text, {} tokens in sequences of {} ({:.0}% of sequences fit the maps, {:.0}% held out), seed {}. \
 Q and K captured at `{}`{}; V is the raw projection. Provenance of every number is in manifest.json.\n\n",
         tables.checkpoints.len() - inits,
         inits,
@@ -135,6 +135,8 @@ Q and K captured at `{}`{}; V is the raw projection. Provenance of every number 
         options.text,
         options.tokens,
         options.seq_len,
+        100.0 * options.fit_fraction(),
+        100.0 * (1.0 - options.fit_fraction()),
         options.seed,
         options.predictability.capture_point.name(),
         match config.rope_scaling {

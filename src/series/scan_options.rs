@@ -23,12 +23,17 @@ pub struct ScanOptions {
 }
 
 impl ScanOptions {
+    /// The share of the token set's sequences that fit the maps (the rest are held out).
+    pub fn fit_fraction(&self) -> f64 {
+        DEFAULT_FIT_FRACTION
+    }
+
     /// The token set every checkpoint of the series reads.
     pub fn token_set_options(&self, config: &ModelConfig) -> TokenSetOptions {
         TokenSetOptions {
             tokens: self.tokens,
             seq_len: self.seq_len,
-            fit_fraction: DEFAULT_FIT_FRACTION,
+            fit_fraction: self.fit_fraction(),
             seed: self.seed,
             separator: config.eos_token_id,
         }

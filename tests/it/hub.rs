@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::hub_server::{sha256_hex, Commit, Fault, HubRepo, HubServer, Target};
-use ckpt_scan::commands::refs::refs_report;
 use ckpt_scan::config::ModelConfig;
+use ckpt_scan::report::refs_report::refs_report;
 use ckpt_scan::source::hub::{list_refs, HubSettings, HubSource, RefsOrigin};
 use ckpt_scan::source::safetensors::SafetensorsSource;
 use ckpt_scan::source::{expected_tensors, open_source_with, WeightSource};
