@@ -20,6 +20,7 @@ mod kv_compress;
 mod module_graph;
 mod predict;
 mod predict_earlier;
+mod report_snapshots;
 mod scan;
 mod slurm;
 mod theory;

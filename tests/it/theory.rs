@@ -1,8 +1,8 @@
 //! `ckpt-scan theory`: the attention-input hook against the captured projections, the chart specs
 //! built from rows, a small end-to-end run whose init rows must pass, and bad flag values.
 
-use crate::common::{cli, tiny_config};
-use ckpt_scan::analysis::init_check::{GridRow, LayerRow, SourceRole};
+use crate::common::{cli, grid_row, tiny_config};
+use ckpt_scan::analysis::init_check::{LayerRow, SourceRole};
 use ckpt_scan::analysis::init_grid::draws_at;
 use ckpt_scan::analysis::mutation_check::{run_case, Mutation, MutationRow};
 use ckpt_scan::capture::{CapturePoint, CaptureSink, HeadKind, LayerCapture};
@@ -80,32 +80,6 @@ fn attention_input_times_k_proj_is_the_captured_keys() {
             .transpose(1, 2);
         let diff = f64::try_from((&projected - &sink.keys[0]).abs().max()).unwrap();
         assert!(diff < 1e-5, "{architecture:?}: max |x·Wkᵀ − keys| = {diff}");
-    }
-}
-
-fn grid_row(spectrum: &str, d: usize, k: usize, law: WeightLaw) -> GridRow {
-    GridRow {
-        spectrum: spectrum.into(),
-        law,
-        dimension: d,
-        head_dim: 8,
-        k,
-        reference_dims: 8 * k,
-        rank: d,
-        draws: 100,
-        r2_pooled: 0.1 * k as f64,
-        r2_pooled_se: 0.01,
-        r2_uniform: 0.09 * k as f64,
-        r2_uniform_se: 0.01,
-        rho_bar: 0.11 * k as f64,
-        rho_bar_se: 0.001,
-        exact: f64::NAN,
-        floor: 0.05 * k as f64,
-        bound: 0.2 * k as f64,
-        r2_pooled_variance: 0.0,
-        beta_variance: f64::NAN,
-        checks: String::new(),
-        failures: String::new(),
     }
 }
 

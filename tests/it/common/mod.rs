@@ -303,3 +303,35 @@ pub fn local_series(work: &Path) -> PathBuf {
     .unwrap();
     manifest
 }
+
+/// A (a)-check row of `theory` for `spectrum` at dimension `d`, k, law: round values, passed.
+pub fn grid_row(
+    spectrum: &str,
+    d: usize,
+    k: usize,
+    law: ckpt_scan::stats::init_bound::WeightLaw,
+) -> ckpt_scan::analysis::init_check::GridRow {
+    ckpt_scan::analysis::init_check::GridRow {
+        spectrum: spectrum.into(),
+        law,
+        dimension: d,
+        head_dim: 8,
+        k,
+        reference_dims: 8 * k,
+        rank: d,
+        draws: 100,
+        r2_pooled: 0.1 * k as f64,
+        r2_pooled_se: 0.01,
+        r2_uniform: 0.09 * k as f64,
+        r2_uniform_se: 0.01,
+        rho_bar: 0.11 * k as f64,
+        rho_bar_se: 0.001,
+        exact: f64::NAN,
+        floor: 0.05 * k as f64,
+        bound: 0.2 * k as f64,
+        r2_pooled_variance: 0.0,
+        beta_variance: f64::NAN,
+        checks: String::new(),
+        failures: String::new(),
+    }
+}
