@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::defaults::{
-    DEFAULT_FIT_FRACTION, DEFAULT_MAX_REFS, DEFAULT_PREDICT_TOKENS, DEFAULT_SEED, DEFAULT_TEXT,
+    DEFAULT_FIT_FRACTION, DEFAULT_MAX_REFS, DEFAULT_PREDICT_TOKENS, DEFAULT_TEXT,
 };
 use crate::infer::reference_heads::KvMode;
 use crate::model::head_map::KeySpace;
@@ -43,6 +43,11 @@ pub struct GlobalArgs {
     /// Print only errors and results.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// The master seed (default 0; for `scan`, the manifest's `analysis.seed` when not given).
+    /// Every random choice derives from it: token-set document order, item and calibration
+    /// subsets, the alignment null, the theory's Monte Carlo streams (keyed by seed and stream).
+    #[arg(long, global = true)]
+    pub seed: Option<u64>,
     /// Read `hf:` sources only from this Hugging Face cache folder, offline (as
     /// HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1); e.g. the series `ckpt-scan train` writes.
     #[arg(long, global = true)]
@@ -173,9 +178,6 @@ pub struct PredictArgs {
     /// Fraction of sequences in the fit split (the rest are held out).
     #[arg(long, default_value_t = DEFAULT_FIT_FRACTION)]
     pub split: f64,
-    /// Seed for document order.
-    #[arg(long, default_value_t = DEFAULT_SEED)]
-    pub seed: u64,
     /// Layers to analyse: single layers and inclusive ranges, `0,5,11`, `2..28`, `2..4,9`
     /// (default: all).
     #[arg(long, value_parser = parse_layer_list)]
@@ -207,9 +209,6 @@ pub struct AlignArgs {
     /// Random subspace pairs for the null baseline's spread.
     #[arg(long, value_parser = at_least_one, default_value_t = 32)]
     pub null_samples: usize,
-    /// Seed of the null baseline.
-    #[arg(long, default_value_t = DEFAULT_SEED)]
-    pub seed: u64,
     /// predictability.csv from `ckpt-scan predict` on the same checkpoint: compare weight-only with
     /// measured R² on the same reference sets.
     #[arg(long)]
@@ -262,9 +261,6 @@ pub struct ScanArgs {
     /// Sequences whose attention maps give the sink statistics (overrides the manifest; default 32).
     #[arg(long)]
     pub sink_sequences: Option<usize>,
-    /// Seed for document order and the null baseline (overrides the manifest; default 0).
-    #[arg(long)]
-    pub seed: Option<u64>,
     /// Run only shard I of N (`I/N`, or `auto/N` with I from SLURM_ARRAY_TASK_ID or
     /// JOB_COMPLETION_INDEX): its checkpoints' units go into the unit cache, no report is written.
     #[arg(long, value_name = "I/N", conflicts_with_all = ["report", "status", "slurm"])]
@@ -368,9 +364,6 @@ pub struct TheoryArgs {
     /// Monte Carlo weight draws per measured layer spectrum.
     #[arg(long, default_value_t = 8)]
     pub layer_draws: usize,
-    /// Seed of the Monte Carlo draws and of the document order.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Output folder.
     #[arg(long, default_value = "theory")]
     pub out: PathBuf,
@@ -403,9 +396,6 @@ pub struct ValidateArgs {
     /// Items per task: a seed-stable subset (default: all).
     #[arg(long, value_parser = at_least_one)]
     pub limit: Option<usize>,
-    /// Seed of the item subset.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Padded tokens per scoring batch.
     #[arg(long, default_value_t = 2048)]
     pub batch_tokens: usize,
@@ -478,9 +468,6 @@ pub struct ActSearchArgs {
     /// few items one item moves accuracy by 3 points, so see also the JSON's mean gold log-probability.
     #[arg(long, default_value_t = 30)]
     pub calibration_items: usize,
-    /// Seed of the calibration subset.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// ACT's β: sink columns are scaled by it.
     #[arg(long, default_value_t = 0.4)]
     pub beta: f64,

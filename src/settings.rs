@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use tch::{Device, Kind};
 
 use crate::cli::{DeviceArg, DtypeArg, GlobalArgs};
+use crate::defaults::DEFAULT_SEED;
 use crate::model::forward::{ForwardSettings, HiddenBudget};
 use crate::model::weights::LoadOptions;
 use crate::source::hub::HubSettings;
@@ -21,9 +22,16 @@ pub struct Settings {
     pub quiet: bool,
     /// Endpoint, token, cache and offline mode for `hf:` sources, from the environment.
     pub hub: HubSettings,
+    /// `--seed`, when given (a series manifest's seed applies before the default).
+    pub seed: Option<u64>,
 }
 
 impl Settings {
+    /// The master seed every random choice of a command derives from.
+    pub fn master_seed(&self) -> u64 {
+        self.seed.unwrap_or(DEFAULT_SEED)
+    }
+
     /// What a forward pass needs of these settings.
     pub fn forward(&self) -> ForwardSettings {
         ForwardSettings {
@@ -72,6 +80,7 @@ impl Settings {
             },
             quiet: global.quiet,
             hub,
+            seed: global.seed,
         })
     }
 }

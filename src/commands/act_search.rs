@@ -57,7 +57,7 @@ pub fn run(args: &ActSearchArgs, settings: &Settings) -> Result<()> {
         );
     }
     let (tokenizer, tokenizer_name) = tokenizer_for(source.as_ref(), args.tokenizer.as_deref())?;
-    let calibration = calibration_set(args.family, args.calibration_items, args.seed)?;
+    let calibration = calibration_set(args.family, args.calibration_items, settings.master_seed())?;
     printer.note(format!(
         "act-search {}: {} calibration items ({}), layers {}..={} × {} heads, β {}, τ {}, {}",
         args.source,
@@ -143,7 +143,7 @@ pub fn run(args: &ActSearchArgs, settings: &Settings) -> Result<()> {
             requests: search.requests,
             tokens: search.tokens,
             item_ids_sha256: &calibration.item_ids_sha256,
-            seed: args.seed,
+            seed: settings.master_seed(),
             shots: 0,
         },
         baseline,

@@ -54,7 +54,7 @@ pub fn run(args: &AlignArgs, settings: &Settings) -> Result<()> {
         fold_norm: args.fold_norm,
         partners: args.partners,
         null_samples: args.null_samples,
-        seed: args.seed,
+        seed: settings.master_seed(),
     };
     let measured = args
         .predictions

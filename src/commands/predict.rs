@@ -28,7 +28,7 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
         text,
         token_set: token_options,
         seed,
-    } = PredictSettings::resolve(args, out_dir, &config)?;
+    } = PredictSettings::resolve(args, settings.master_seed(), out_dir, &config)?;
     let seq_len = token_options.seq_len;
     let (token_set, tokenizer_name) = token_set_for(
         source.as_ref(),

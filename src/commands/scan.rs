@@ -40,7 +40,7 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         options,
         shard,
         mode,
-    } = ScanSettings::resolve(args, &settings.hub, &printer)?;
+    } = ScanSettings::resolve(args, settings, &printer)?;
     let first = plan.series_checkpoint();
     if args.dry_run && !args.slurm {
         printer.result(dry_run(&plan, &options, &series_config, &cache)?);
@@ -55,6 +55,7 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
             checkpoints,
             &out_dir,
             cache.dir(),
+            settings.seed,
         )?;
         return submission.submit(&printer);
     }

@@ -25,7 +25,7 @@ use crate::settings::theory::TheorySettings;
 use crate::settings::Settings;
 
 pub fn run(args: &TheoryArgs, settings: &Settings) -> Result<()> {
-    let theory = TheorySettings::resolve(args)?;
+    let theory = TheorySettings::resolve(args, settings.master_seed())?;
     check_output_dir(&theory.out, "--out")?;
     let printer = Printer {
         quiet: settings.quiet,

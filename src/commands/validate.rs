@@ -29,7 +29,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     let printer = Printer {
         quiet: settings.quiet,
     };
-    let v = ValidateSettings::resolve(args)?;
+    let v = ValidateSettings::resolve(args, settings.master_seed())?;
     let started = std::time::Instant::now();
     let source = open_source_with(&v.source, &settings.hub)?;
     let (tokenizer, tokenizer_name) = tokenizer_for(source.as_ref(), v.tokenizer.as_deref())?;

@@ -42,7 +42,12 @@ pub fn out_dir(args: &PredictArgs) -> Result<PathBuf> {
 
 impl PredictSettings {
     /// `out_dir` from [`out_dir`]; `config` is the opened source's.
-    pub fn resolve(args: &PredictArgs, out_dir: PathBuf, config: &ModelConfig) -> Result<Self> {
+    pub fn resolve(
+        args: &PredictArgs,
+        seed: u64,
+        out_dir: PathBuf,
+        config: &ModelConfig,
+    ) -> Result<Self> {
         let options = PredictabilityOptions {
             kinds: args.kinds.clone(),
             max_refs: args.max_refs,
@@ -71,10 +76,10 @@ impl PredictSettings {
                 tokens: args.tokens,
                 seq_len,
                 fit_fraction: args.split,
-                seed: args.seed,
+                seed,
                 separator: config.eos_token_id,
             },
-            seed: args.seed,
+            seed,
         })
     }
 }

@@ -27,13 +27,14 @@ use crate::series::slurm;
 use crate::series::slurm_submission::SlurmSubmission;
 use crate::series::unit_cache::UnitCache;
 use crate::series::units::UnitMode;
-use crate::source::hub::HubSettings;
+use crate::settings::Settings;
 use crate::stats::selection::Selection;
 
 /// The scan's analysis settings: each from its flag, else the manifest's `[analysis]`, else the
 /// default; checked against the series' config (`config`).
 pub fn scan_options(
     args: &ScanArgs,
+    seed: Option<u64>,
     manifest: &SeriesManifest,
     config: &ModelConfig,
 ) -> Result<ScanOptions> {
@@ -58,7 +59,7 @@ pub fn scan_options(
         .max_refs
         .or(defaults.max_refs)
         .unwrap_or(DEFAULT_MAX_REFS);
-    let seed = args.seed.or(defaults.seed).unwrap_or(DEFAULT_SEED);
+    let seed = seed.or(defaults.seed).unwrap_or(DEFAULT_SEED);
     let seq_len = args
         .seq_len
         .or(defaults.seq_len)
@@ -139,7 +140,7 @@ pub fn series_tokenizer(manifest: &SeriesManifest, manifest_dir: &Path) -> Resul
 }
 
 /// The analysis flags a Slurm worker repeats, so every shard measures what this scan would.
-fn worker_flags(args: &ScanArgs) -> Vec<String> {
+fn worker_flags(args: &ScanArgs, seed: Option<u64>) -> Vec<String> {
     let mut words: Vec<String> = vec![
         "--claim-timeout".into(),
         args.claim_timeout.to_string(),
@@ -163,7 +164,7 @@ fn worker_flags(args: &ScanArgs) -> Vec<String> {
     );
     flag("max-refs", args.max_refs.map(|v| v.to_string()));
     flag("sink-sequences", args.sink_sequences.map(|v| v.to_string()));
-    flag("seed", args.seed.map(|v| v.to_string()));
+    flag("seed", seed.map(|v| v.to_string()));
     if args.keep_downloads {
         words.push("--keep-downloads".into());
     }
@@ -188,6 +189,7 @@ pub fn slurm_submission(
     checkpoints: usize,
     out_dir: &Path,
     cache_dir: &Path,
+    seed: Option<u64>,
 ) -> Result<SlurmSubmission> {
     let shards = args.shards.unwrap_or(checkpoints);
     if shards == 0 {
@@ -200,7 +202,7 @@ pub fn slurm_submission(
         cache_dir: cache_dir.to_path_buf(),
         shards: shards.min(checkpoints),
         options: slurm::resolve(&args.slurm_options.settings(), &manifest.slurm)?,
-        worker_flags: worker_flags(args),
+        worker_flags: worker_flags(args, seed),
         dry_run: args.dry_run,
     })
 }
@@ -222,7 +224,8 @@ pub struct ScanSettings {
 }
 
 impl ScanSettings {
-    pub fn resolve(args: &ScanArgs, hub: &HubSettings, printer: &Printer) -> Result<Self> {
+    pub fn resolve(args: &ScanArgs, settings: &Settings, printer: &Printer) -> Result<Self> {
+        let hub = &settings.hub;
         let (manifest, manifest_path) = SeriesManifest::load(&args.series)?;
         let manifest_dir = manifest_path
             .parent()
@@ -254,7 +257,7 @@ impl ScanSettings {
         // The series' config fixes shapes and the token set.
         let first = plan.series_checkpoint();
         let series_config = open_planned(first, &plan, None)?.source().config().clone();
-        let options = scan_options(args, &manifest, &series_config)?;
+        let options = scan_options(args, settings.seed, &manifest, &series_config)?;
         // A dry run and a submission scan no shard: its variables need not be set.
         let runs_here = !args.dry_run && !args.slurm;
         let shard = match args.shard.as_deref() {

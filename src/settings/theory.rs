@@ -35,7 +35,7 @@ pub struct TheorySettings {
 
 impl TheorySettings {
     /// Refuses flag values that cannot work, naming the flag, then resolves the rest.
-    pub fn resolve(args: &TheoryArgs) -> Result<Self> {
+    pub fn resolve(args: &TheoryArgs, seed: u64) -> Result<Self> {
         check_args(args)?;
         let text = TextSource::parse(&args.text);
         Ok(TheorySettings {
@@ -56,7 +56,7 @@ impl TheorySettings {
                 iid_layer0: text == TextSource::Random,
                 family_alpha: FAMILY_ALPHA,
                 heldout_resamples: HELDOUT_RESAMPLES,
-                seed: args.seed,
+                seed,
             },
             tokenizer: args.tokenizer.clone(),
             grid_draws: args.draws,

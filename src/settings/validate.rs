@@ -63,7 +63,7 @@ pub struct BpbSettings {
 }
 
 impl ValidateSettings {
-    pub fn resolve(args: &ValidateArgs) -> Result<Self> {
+    pub fn resolve(args: &ValidateArgs, seed: u64) -> Result<Self> {
         let out_dir = args
             .out
             .clone()
@@ -123,7 +123,7 @@ impl ValidateSettings {
             gsm8k: args.tasks.iter().any(|t| t == GSM8K_TASK),
             bpb,
             limit: args.limit,
-            seed: args.seed,
+            seed,
             batch_tokens: args.batch_tokens,
             decode_tokens: args.decode_tokens,
             act: args.act.clone(),

@@ -43,6 +43,7 @@ fn settings() -> Settings {
         hidden_budget: HiddenBudget::default(),
         quiet: true,
         hub: HubSettings::from_env(),
+        seed: None,
     }
 }
 

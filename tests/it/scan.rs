@@ -21,6 +21,7 @@ fn settings(hub: HubSettings) -> Settings {
         hidden_budget: HiddenBudget::default(),
         quiet: true,
         hub,
+        seed: None,
     }
 }
 
