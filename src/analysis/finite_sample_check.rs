@@ -2,7 +2,7 @@
 //! held-out deflation of R² for OLS with intercept) against simulation, with no model — Gaussian x
 //! with a chosen spectrum and one fixed draw of target and reference weights per case.
 //!
-//! The rows are plain data; commands/theory.rs writes them.
+//! The rows are plain data; report/theory_report.rs renders them.
 
 use anyhow::{Context, Result};
 use serde::Serialize;

@@ -2,7 +2,7 @@
 //! (check 1). The per-layer checks of models (checks 3–4) are in analysis/layer_check.rs and
 //! their sink in analysis/bound_sink.rs; both are re-exported here.
 //!
-//! The rows are plain data; commands/theory.rs writes them.
+//! The rows are plain data; report/theory_report.rs renders them.
 
 use serde::Serialize;
 

@@ -3,7 +3,7 @@
 //! the model and the verdict — the measurement, the weights' provenance, the split, the
 //! reference dimension or the covariance estimate — and [`run_case`] reports how many init rows
 //! fail. The honest cases must fail none; every mutation must fail at least one
-//! (tests/theory.rs asserts both; `ckpt-scan theory` writes the table).
+//! (tests/it/theory.rs asserts both; `ckpt-scan theory` writes the table).
 
 use std::collections::BTreeMap;
 
@@ -262,7 +262,7 @@ fn case_sequences(mutation: Mutation, vocab: i64, seed: u64) -> [Vec<Vec<i64>>; 
 
 /// Runs one case end to end: forward, replications, rows, verdicts (one family per case).
 /// libtorch runs single-threaded meanwhile: the case is thousands of tiny solves, which OpenMP's
-/// spinning slows down severalfold on a loaded machine (commands/theory.rs measured 10–50×).
+/// spinning slows down severalfold on a loaded machine (the theory command measured 10–50×).
 pub fn run_case(mutation: Mutation, seed: u64) -> Result<MutationRow> {
     let previous = tch::get_num_threads();
     tch::set_num_threads(1);
