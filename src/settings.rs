@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use tch::{Device, Kind};
 
 use crate::cli::{DeviceArg, DtypeArg, GlobalArgs};
+use crate::config::ModelConfig;
 use crate::defaults::DEFAULT_SEED;
 use crate::model::forward::{ForwardSettings, HiddenBudget};
 use crate::model::weights::LoadOptions;
@@ -83,6 +84,18 @@ impl Settings {
             seed: global.seed,
         })
     }
+}
+
+/// Refuses a `--seq-len` longer than the model's positions; `other_source` names where else the
+/// value may come from, for the hint.
+pub fn check_seq_len(seq_len: usize, config: &ModelConfig, other_source: &str) -> Result<()> {
+    let max = config.max_position_embeddings;
+    if seq_len as i64 > max {
+        bail!(
+            "--seq-len {seq_len}: longer than the model's max_position_embeddings ({max})\nhint: use --seq-len {max} or less{other_source}"
+        );
+    }
+    Ok(())
 }
 
 /// `auto` picks CUDA when libtorch sees a GPU; `cuda` without one is an error, not a fallback.

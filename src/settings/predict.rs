@@ -12,6 +12,7 @@ use crate::data::corpora::TextSource;
 use crate::data::token_set::TokenSetOptions;
 use crate::defaults::{seq_len_within, PREDICT_SEQ_LEN_CAP};
 use crate::output::default_out_dir;
+use crate::settings::check_seq_len;
 
 /// What one `predict` run measures, resolved.
 pub struct PredictSettings {
@@ -61,13 +62,7 @@ impl PredictSettings {
         let seq_len = args
             .seq_len
             .unwrap_or_else(|| seq_len_within(config.max_position_embeddings, PREDICT_SEQ_LEN_CAP));
-        if seq_len as i64 > config.max_position_embeddings {
-            bail!(
-                "--seq-len {seq_len}: longer than the model's max_position_embeddings ({})\nhint: use --seq-len {} or less",
-                config.max_position_embeddings,
-                config.max_position_embeddings
-            );
-        }
+        check_seq_len(seq_len, config, "")?;
         Ok(PredictSettings {
             out_dir,
             options,

@@ -27,7 +27,7 @@ use crate::series::slurm;
 use crate::series::slurm_submission::SlurmSubmission;
 use crate::series::unit_cache::UnitCache;
 use crate::series::units::UnitMode;
-use crate::settings::Settings;
+use crate::settings::{check_seq_len, Settings};
 use crate::stats::selection::Selection;
 
 /// The scan's analysis settings: each from its flag, else the manifest's `[analysis]`, else the
@@ -64,13 +64,7 @@ pub fn scan_options(
         .seq_len
         .or(defaults.seq_len)
         .unwrap_or_else(|| seq_len_within(config.max_position_embeddings, SCAN_SEQ_LEN_CAP));
-    if seq_len as i64 > config.max_position_embeddings {
-        bail!(
-            "--seq-len {seq_len}: longer than the model's max_position_embeddings ({})\nhint: use --seq-len {} or less (or analysis.seq_len in the manifest)",
-            config.max_position_embeddings,
-            config.max_position_embeddings
-        );
-    }
+    check_seq_len(seq_len, config, " (or analysis.seq_len in the manifest)")?;
     if max_refs == 0 {
         bail!(
             "series {}: analysis.max_refs must be at least 1",
