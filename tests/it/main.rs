@@ -26,3 +26,4 @@ mod slurm;
 mod theory;
 mod tokenizer;
 mod train;
+mod validate_snapshots;
