@@ -218,7 +218,7 @@ fn mutation_markdown(mutations: &[MutationRow]) -> String {
     }
     let mut md = String::from("## (d) Power: mutations that must fail\n\n");
     md.push_str(&format!(
-        "A tiny OLMo-2 model built in code (d = {}, {} heads of d_h = {}, {} layers, {} token ids; `src/analysis/mutation_check.rs`), {} fit, {} held-out and {} covariance sequences ({} in the topic cases, whose sequences carry 2 token ids each) of {} tokens, k ≤ {}, {} replications, judged as (b) with the family of each case. Honest cases must fail no row; each mutation must fail at least one. `tests/theory.rs` asserts the same for every case.\n\n| case | rows failing / total | failing checks (rows) | as required |\n|---|---|---|---|\n",
+        "A tiny OLMo-2 model built in code (d = {}, {} heads of d_h = {}, {} layers, {} token ids; `src/analysis/mutation_check.rs`), {} fit, {} held-out and {} covariance sequences ({} in the topic cases, whose sequences carry 2 token ids each) of {} tokens, k ≤ {}, {} replications, judged as (b) with the family of each case. Honest cases must fail no row; each mutation must fail at least one. `tests/it/theory.rs` asserts the same for every case.\n\n| case | rows failing / total | failing checks (rows) | as required |\n|---|---|---|---|\n",
         mutation_model_config().hidden_size,
         mutation_model_config().num_attention_heads,
         mutation_model_config().head_dim,
@@ -433,7 +433,7 @@ pub fn verification_markdown(
     }
     md.push_str("## Provenance\n\n");
     md.push_str(&format!(
-        "Tool `{}` {} (git `{}`); Monte Carlo seed {}; weight draws from ChaCha8 streams keyed by (seed, grid cell, draw) as for random init (`src/source/init.rs`).\n\n",
+        "Tool `{}` {} (git `{}`); Monte Carlo seed {}; weight draws from ChaCha8 streams keyed by (seed, grid cell, draw) as for random init (`src/stats/random.rs`).\n\n",
         tool.name, tool.version, tool.git_sha, check.seed
     ));
     md.push_str("| source | role | kind | revision sha | init | tokenizer | token-set sha256 | sequences (fit) × seq-len | seconds |\n|---|---|---|---|---|---|---|---|---|\n");

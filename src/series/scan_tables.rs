@@ -103,19 +103,19 @@ impl ScanTables {
                         name,
                         k,
                         "r2_heldout",
-                        finite_mean(preds().filter(|r| r.k == k).map(|r| r.r2_heldout)),
+                        mean_and_count(preds().filter(|r| r.k == k).map(|r| r.r2_heldout)),
                     );
                     push(
                         name,
                         k,
                         "r2_insample",
-                        finite_mean(preds().filter(|r| r.k == k).map(|r| r.r2_insample)),
+                        mean_and_count(preds().filter(|r| r.k == k).map(|r| r.r2_insample)),
                     );
                     push(
                         name,
                         k,
                         "weight_r2",
-                        finite_mean(
+                        mean_and_count(
                             self.weight_vs_measured
                                 .iter()
                                 .filter(|r| {
@@ -140,19 +140,19 @@ impl ScanTables {
                     name,
                     0,
                     "mean_cos2",
-                    finite_mean(layers().map(|r| r.mean_pairwise_cos2)),
+                    mean_and_count(layers().map(|r| r.mean_pairwise_cos2)),
                 );
                 push(
                     name,
                     0,
                     "null_cos2",
-                    finite_mean(layers().map(|r| r.null_mean_cos2)),
+                    mean_and_count(layers().map(|r| r.null_mean_cos2)),
                 );
                 push(
                     name,
                     0,
                     "overlap_dimension",
-                    finite_mean(layers().map(|r| r.overlap_dimension as f64)),
+                    mean_and_count(layers().map(|r| r.overlap_dimension as f64)),
                 );
             }
             let sinks = || self.sinks.iter().filter(|r| r.checkpoint == c.checkpoint);
@@ -160,21 +160,43 @@ impl ScanTables {
                 "attention",
                 0,
                 "first_column_score",
-                finite_mean(sinks().map(|r| r.first_column_score)),
+                mean_and_count(sinks().map(|r| r.first_column_score)),
             );
             push(
                 "attention",
                 0,
                 "sinks_beyond_first",
-                finite_mean(sinks().map(|r| r.sinks_beyond_first_evidenced)),
+                mean_and_count(sinks().map(|r| r.sinks_beyond_first_evidenced)),
             );
             push(
                 "attention",
                 0,
                 "heads_with_extra_sink",
-                finite_mean(sinks().map(|r| f64::from(u8::from(r.share_with_extra_sink >= 0.5)))),
+                mean_and_count(
+                    sinks().map(|r| f64::from(u8::from(r.share_with_extra_sink >= 0.5))),
+                ),
             );
         }
         rows
+    }
+}
+
+/// The mean of the finite values and how many there were (a summary row's `n`).
+fn mean_and_count(values: impl Iterator<Item = f64>) -> (f64, usize) {
+    let values: Vec<f64> = values.collect();
+    let (mean, non_finite) = finite_mean(values.iter().copied());
+    (mean, values.len() - non_finite)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `n` held the count of non-finite values, so a full row read `n = 0`.
+    #[test]
+    fn summary_n_counts_the_finite_values_the_mean_is_over() {
+        let (mean, n) = mean_and_count([1.0, f64::NAN, 3.0].into_iter());
+        assert_eq!((mean, n), (2.0, 2));
+        assert_eq!(mean_and_count(std::iter::empty()).1, 0);
     }
 }

@@ -88,7 +88,7 @@ impl GaussianDesign {
         self.references.size()[1] as usize
     }
 
-    /// `[rows, d]` f64 rows from the ChaCha8 stream (`seed`, `stream`) (src/source/init.rs).
+    /// `[rows, d]` f64 rows from the ChaCha8 stream (`seed`, `stream`) (src/stats/random.rs).
     pub fn draw_rows(&self, rows: usize, seed: u64, stream: &str) -> Tensor {
         let d = self.eigenvalues.len() as i64;
         let standard = sample_normal(&[rows as i64, d], seed, stream, 1.0, f64::INFINITY)
