@@ -10,7 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -88,6 +88,9 @@ pub enum Attempt {
     HeldBy(Owner),
 }
 
+/// Distinguishes the scratch files of claims made at once by threads of one process.
+static CLAIM_ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+
 /// Tries to claim `name` in `dir` (created if needed), taking over a stale claim.
 pub fn try_claim(dir: &Path, name: &str, timeouts: ClaimTimeouts) -> Result<Attempt> {
     std::fs::create_dir_all(dir)
@@ -96,13 +99,26 @@ pub fn try_claim(dir: &Path, name: &str, timeouts: ClaimTimeouts) -> Result<Atte
     let me = Owner::this_process();
     // Two rounds: a stale claim taken aside in the first leaves the name free for the second.
     for _ in 0..2 {
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut file) => {
-                file.write_all(&serde_json::to_vec(&me)?)
-                    .and_then(|_| file.sync_all())
-                    .with_context(|| format!("{}: cannot write the claim", path.display()))?;
-                return Ok(Attempt::Claimed(start_heartbeat(path, timeouts)));
-            }
+        // The owner is written to a private file first and hard-linked into place: the link
+        // fails if the claim exists (as `create_new` would) and never shows an empty claim. A
+        // worker killed between creating and writing a claim used to leave one without an owner,
+        // which every other worker then waited on until it went stale.
+        let attempt = CLAIM_ATTEMPTS.fetch_add(1, Ordering::Relaxed);
+        let written = dir.join(format!(".{name}.{}.{}.{attempt}.new", me.host, me.pid));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&written)
+            .with_context(|| format!("{}: cannot write the claim", written.display()))?;
+        file.write_all(&serde_json::to_vec(&me)?)
+            .and_then(|_| file.sync_all())
+            .with_context(|| format!("{}: cannot write the claim", written.display()))?;
+        drop(file);
+        let linked = std::fs::hard_link(&written, &path);
+        let _ = std::fs::remove_file(&written);
+        match linked {
+            Ok(()) => return Ok(Attempt::Claimed(start_heartbeat(path, timeouts))),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("{}: cannot claim", path.display())),
         }
@@ -212,6 +228,26 @@ mod tests {
             try_claim(dir.path(), "u", TIMEOUTS).unwrap(),
             Attempt::Claimed(_)
         ));
+    }
+
+    /// Regression: a claim was created empty and written after, so a worker killed in between
+    /// left an ownerless claim that others waited on until it went stale.
+    #[test]
+    fn a_claim_appears_with_its_owner_and_leaves_no_scratch_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeouts = ClaimTimeouts::new(Duration::from_secs(60));
+        let Attempt::Claimed(claim) = try_claim(dir.path(), "u", timeouts).unwrap() else {
+            panic!("a free unit is claimed");
+        };
+        let (owner, stale) = holder(&dir.path().join("u.claim"), timeouts).unwrap();
+        assert_eq!(owner, Owner::this_process());
+        assert!(!stale);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["u.claim"]);
+        drop(claim);
     }
 
     #[test]
