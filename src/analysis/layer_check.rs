@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::analysis::bound_sink::LayerSpectrum;
 use crate::analysis::heldout_bootstrap::LayerResamples;
@@ -43,6 +43,59 @@ pub const TESTS_PER_INIT_ROW: usize = 3;
 pub const ROUND_OFF: f64 = 1e-9;
 
 /// Whether a measured source is a model at init (the bound must hold) or trained (it may not).
+/// What a layer row's checks concluded: an init row passes or fails every check of its family; a
+/// trained row lies within or above the bound. `Unset` until the verdicts are set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    #[default]
+    #[serde(rename = "")]
+    Unset,
+    #[serde(rename = "pass")]
+    Pass,
+    #[serde(rename = "FAIL")]
+    Fail,
+    #[serde(rename = "within bound")]
+    WithinBound,
+    #[serde(rename = "above bound")]
+    AboveBound,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Unset => "",
+            Verdict::Pass => "pass",
+            Verdict::Fail => "FAIL",
+            Verdict::WithinBound => "within bound",
+            Verdict::AboveBound => "above bound",
+        }
+    }
+}
+
+impl std::str::FromStr for Verdict {
+    type Err = String;
+
+    /// The verdict a CSV cell names (its `name`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        [
+            Verdict::Unset,
+            Verdict::Pass,
+            Verdict::Fail,
+            Verdict::WithinBound,
+            Verdict::AboveBound,
+        ]
+        .into_iter()
+        .find(|v| v.name() == text)
+        .ok_or_else(|| format!("{text:?} is not a verdict"))
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceRole {
@@ -99,7 +152,7 @@ pub struct LayerRow {
     /// bound + tolerance − measured (the larger of pooled and uniform): negative means above the bound.
     pub margin: f64,
     /// Init: `pass` or `FAIL` (every check below); trained: `above bound` or `within bound`.
-    pub verdict: String,
+    pub verdict: Verdict,
     /// Rows behind Σ̂, the split they came from (`covariance`, or `fit` when none was given), n/d.
     pub covariance_rows: i64,
     pub covariance_split: String,
@@ -191,7 +244,7 @@ impl LayerRow {
             weight_sd: nan,
             tolerance: nan,
             margin: nan,
-            verdict: String::new(),
+            verdict: Verdict::Unset,
             covariance_rows: 0,
             covariance_split: String::new(),
             covariance_rows_per_dimension: nan,
@@ -411,7 +464,7 @@ pub fn layer_rows_with(
                 weight_sd,
                 tolerance,
                 margin,
-                verdict: String::new(),
+                verdict: Verdict::Unset,
                 covariance_rows: spectrum.rows,
                 covariance_split: spectrum.split.to_string(),
                 covariance_rows_per_dimension: spectrum.rows as f64 / dimension as f64,
@@ -573,16 +626,19 @@ pub fn judge(rows: &mut [LayerRow], alpha: f64) {
                 } else if !at_most(row.r2_pooled_heldout, row.population_upper) {
                     failed.push("population upper");
                 }
-                row.verdict = if failed.is_empty() { "pass" } else { "FAIL" }.to_string();
+                row.verdict = if failed.is_empty() {
+                    Verdict::Pass
+                } else {
+                    Verdict::Fail
+                };
                 row.failed_checks = failed.join(";");
             }
             SourceRole::Trained => {
                 row.verdict = if row.margin >= 0.0 {
-                    "within bound"
+                    Verdict::WithinBound
                 } else {
-                    "above bound"
-                }
-                .to_string();
+                    Verdict::AboveBound
+                };
             }
         }
     }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::analysis::bound_sink::{BatchRole, BoundSink, ReplicationSettings};
+use crate::analysis::layer_check::Verdict;
 use crate::analysis::layer_check::{
     judge, layer_rows_with, reference_dims, LayerCheckOptions, LayerRow, ReferenceDims, SourceRole,
 };
@@ -356,7 +357,7 @@ fn run_case_here(mutation: Mutation, seed: u64) -> Result<MutationRow> {
         dims,
     );
     judge(&mut rows, crate::analysis::layer_check::FAMILY_ALPHA);
-    let failed = rows.iter().filter(|r| r.verdict != "pass").count();
+    let failed = rows.iter().filter(|r| r.verdict != Verdict::Pass).count();
     let mut by_check: BTreeMap<String, usize> = BTreeMap::new();
     for row in &rows {
         for check in row.failed_checks.split(';').filter(|c| !c.is_empty()) {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::cli::ScanArgs;
 use crate::data::corpora::TextSource;
@@ -118,27 +118,7 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         return Ok(());
     }
     if let Some(shard) = shard {
-        printer.note(format!(
-            "shard {}/{}: {} checkpoints done ({} units computed), {} failed ({:.1} s)",
-            shard.index,
-            shard.count,
-            records.len(),
-            units_computed(records),
-            incomplete.len(),
-            start.elapsed().as_secs_f64()
-        ));
-        if !incomplete.is_empty() {
-            let failed: Vec<&str> = incomplete.iter().map(|r| r.checkpoint.as_str()).collect();
-            bail!(
-                "shard {}/{}: {} of {} checkpoints failed: {}",
-                shard.index,
-                shard.count,
-                incomplete.len(),
-                selected.len(),
-                failed.join(", ")
-            );
-        }
-        return Ok(());
+        return outcome.finish_shard(shard, selected.len(), start.elapsed(), &printer);
     }
 
     let duplicates = duplicate_checkpoints(records);
@@ -182,21 +162,5 @@ pub fn run(args: &ScanArgs, settings: &Settings) -> Result<()> {
         records.iter().map(|r| r.units.len()).sum::<usize>() - computed,
         start.elapsed().as_secs_f64()
     ));
-    if !incomplete.is_empty() {
-        for row in incomplete {
-            printer.warn(format!(
-                "{}: {} — {}",
-                row.checkpoint,
-                row.state.name(),
-                row.error
-            ));
-        }
-        bail!(
-            "report {}: {} of {} checkpoints are missing or failed (listed in incomplete.csv)",
-            out_dir.display(),
-            incomplete.len(),
-            plan.checkpoints.len()
-        );
-    }
-    Ok(())
+    outcome.check_complete(&out_dir, plan.checkpoints.len(), &printer)
 }

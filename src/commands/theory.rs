@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use crate::analysis::finite_sample_check::{default_cases, finite_sample_row, FiniteSampleRow};
 use crate::analysis::init_check::{judge, LayerRow, SourceRole};
 use crate::analysis::init_grid::{default_grid, draws_at, measured_grid, monte_carlo_rows};
+use crate::analysis::layer_check::Verdict;
 use crate::analysis::model_check::measure_source;
 use crate::analysis::mutation_check::{run_case, Mutation, MutationRow};
 use crate::analysis::torch_threads::single_threaded;
@@ -133,7 +134,7 @@ pub fn run(args: &TheoryArgs, settings: &Settings) -> Result<()> {
     let failed_finite = finite_out.iter().filter(|r| !r.passed()).count();
     let failed_init = layer_out
         .iter()
-        .filter(|r| r.role == SourceRole::Init && r.verdict != "pass")
+        .filter(|r| r.role == SourceRole::Init && r.verdict != Verdict::Pass)
         .count();
     let failed_mutations = mutation_out.iter().filter(|r| !r.as_expected).count();
     if failed_grid + failed_finite + failed_init + failed_mutations > 0 {

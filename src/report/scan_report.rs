@@ -14,6 +14,7 @@ use crate::data::token_set::TokenSet;
 use crate::output::atomic::write_atomic;
 use crate::output::csv::write_csv;
 use crate::output::manifest::ToolVersion;
+use crate::report::markdown::NOT_MEASURED;
 use crate::report::scan_figures::{write_figures, Figure};
 use crate::report::theory_section::{read_theory_rows, theory_markdown};
 use crate::series::checkpoint_scan::{CheckpointRecord, IncompleteRow};
@@ -102,7 +103,7 @@ fn fmt(x: f64) -> String {
     if x.is_finite() {
         format!("{x:.3}")
     } else {
-        "–".into()
+        NOT_MEASURED.into()
     }
 }
 
@@ -183,9 +184,9 @@ the first such position is exempt, and only positions seen by ≥ {MIN_VISIBLE_Q
                 "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 c.checkpoint,
                 if c.is_init { " (init)" } else { "" },
-                c.step.map_or("–".into(), |s| s.to_string()),
+                c.step.map_or(NOT_MEASURED.into(), |s| s.to_string()),
                 if c.tokens.is_empty() {
-                    "–"
+                    NOT_MEASURED
                 } else {
                     &c.tokens
                 },
@@ -206,7 +207,7 @@ the first such position is exempt, and only positions seen by ≥ {MIN_VISIBLE_Q
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
             c.checkpoint,
-            c.step.map_or("–".into(), |s| s.to_string()),
+            c.step.map_or(NOT_MEASURED.into(), |s| s.to_string()),
             v("first_column_score"),
             v("sinks_beyond_first"),
             v("heads_with_extra_sink"),

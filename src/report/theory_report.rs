@@ -7,6 +7,7 @@ use crate::analysis::finite_sample_check::{FiniteSampleRow, FINITE_SAMPLE_SIGMAS
 use crate::analysis::init_check::{
     GridRow, LayerRow, SourceRole, HEAD_SPREAD_SIGMAS, MONTE_CARLO_SIGMAS,
 };
+use crate::analysis::layer_check::Verdict;
 use crate::analysis::layer_check::{
     init_family_size, BOOTSTRAP_HEAD_QUANTILE, FAMILY_ALPHA, TESTS_PER_INIT_ROW,
 };
@@ -84,7 +85,7 @@ pub fn pass_fail_table(
         .filter(|r| r.role == SourceRole::Init)
         .collect();
     if !init.is_empty() {
-        let passed = init.iter().filter(|r| r.verdict == "pass").count();
+        let passed = init.iter().filter(|r| r.verdict == Verdict::Pass).count();
         let tests = init_family_size(layers);
         let critical = init.first().map_or(f64::NAN, |r| r.critical_value);
         let replications = init.first().map_or(0, |r| r.prediction_replications);
@@ -101,7 +102,7 @@ pub fn pass_fail_table(
     if !trained.is_empty() {
         let above = trained
             .iter()
-            .filter(|r| r.verdict == "above bound")
+            .filter(|r| r.verdict == Verdict::AboveBound)
             .count();
         let heads: usize = trained.iter().map(|r| r.target_heads).sum();
         let heads_above: usize = trained.iter().map(|r| r.heads_above_prediction).sum();
@@ -341,11 +342,11 @@ pub fn verification_markdown(
             let min = |f: &dyn Fn(&LayerRow) -> f64| {
                 sel.iter().map(|r| f(r)).fold(f64::INFINITY, f64::min)
             };
-            let mut verdicts: Vec<(String, usize)> = Vec::new();
+            let mut verdicts: Vec<(Verdict, usize)> = Vec::new();
             for r in &sel {
                 match verdicts.iter_mut().find(|(v, _)| *v == r.verdict) {
                     Some((_, n)) => *n += 1,
-                    None => verdicts.push((r.verdict.clone(), 1)),
+                    None => verdicts.push((r.verdict, 1)),
                 }
             }
             md.push_str(&format!(

@@ -7,6 +7,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use crate::analysis::layer_check::Verdict;
+use crate::report::markdown::NOT_MEASURED;
+
 /// The columns of verification_layers.csv this section shows (the file has more).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct TheoryRow {
@@ -20,7 +23,7 @@ pub struct TheoryRow {
     pub predicted_r2_pooled: f64,
     pub prediction_tolerance_pooled: f64,
     pub monte_carlo_r2_pooled: f64,
-    pub verdict: String,
+    pub verdict: Verdict,
     pub failed_checks: String,
     pub heads_above_prediction: usize,
     #[serde(default)]
@@ -54,7 +57,7 @@ fn fmt(x: f64) -> String {
     if x.is_finite() {
         format!("{x:.3}")
     } else {
-        "–".into()
+        NOT_MEASURED.into()
     }
 }
 
@@ -86,7 +89,7 @@ pub fn theory_markdown(rows: Option<&[TheoryRow]>, series: &str, out_dir: &Path)
         };
         let table: Vec<&&TheoryRow> = of.iter().filter(|r| r.kind == kind && r.k == 1).collect();
         if role == "init" {
-            let passed = of.iter().filter(|r| r.verdict == "pass").count();
+            let passed = of.iter().filter(|r| r.verdict == Verdict::Pass).count();
             md.push_str(&format!(
                 "**`{source}` (init)**: {passed} of {} rows pass. Per layer, {} heads, k = 1:\n\n| layer | measured | predicted | tolerance | population | verdict |\n|---|---|---|---|---|---|\n",
                 of.len(),
@@ -127,7 +130,7 @@ pub fn theory_markdown(rows: Option<&[TheoryRow]>, series: &str, out_dir: &Path)
                     if r.heldout_resamples > 0 {
                         format!("{}/{}", r.heads_above_prediction_bootstrap, r.target_heads)
                     } else {
-                        "–".into()
+                        NOT_MEASURED.into()
                     }
                 ));
             }

@@ -1,7 +1,8 @@
 //! One checkpoint of a scan: open it, run its units (fingerprint, predictability, alignment, sink
 //! statistics) through the unit cache, and record what produced them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,7 @@ use crate::series::plan::{Plan, PlannedCheckpoint};
 use crate::series::scan_options::ScanOptions;
 use crate::series::scan_progress::ScanProgress;
 use crate::series::scan_tables::{CheckpointRow, ScanTables};
+use crate::series::shard::Shard;
 use crate::series::unit_cache::{Table, UnitCache, UnitKey};
 use crate::series::units::{
     clear_failure, record_failure, recorded_failure, MissingUnit, UnitMode, UnitRun, UnitState,
@@ -180,6 +182,62 @@ pub struct ScanOutcome {
     pub records: Vec<CheckpointRecord>,
     pub incomplete: Vec<IncompleteRow>,
     pub tables: ScanTables,
+}
+
+impl ScanOutcome {
+    /// A shard's end: its counts as a note, and an error naming the checkpoints that failed
+    /// (each recorded for the report job).
+    pub fn finish_shard(
+        &self,
+        shard: Shard,
+        selected: usize,
+        elapsed: Duration,
+        printer: &Printer,
+    ) -> Result<()> {
+        let (records, incomplete) = (&self.records, &self.incomplete);
+        printer.note(format!(
+            "shard {}/{}: {} checkpoints done ({} units computed), {} failed ({:.1} s)",
+            shard.index,
+            shard.count,
+            records.len(),
+            units_computed(records),
+            incomplete.len(),
+            elapsed.as_secs_f64()
+        ));
+        if !incomplete.is_empty() {
+            let failed: Vec<&str> = incomplete.iter().map(|r| r.checkpoint.as_str()).collect();
+            bail!(
+                "shard {}/{}: {} of {} checkpoints failed: {}",
+                shard.index,
+                shard.count,
+                incomplete.len(),
+                selected,
+                failed.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// A report's end: each missing or failed checkpoint as a warning, then one error for them.
+    pub fn check_complete(&self, out_dir: &Path, planned: usize, printer: &Printer) -> Result<()> {
+        if self.incomplete.is_empty() {
+            return Ok(());
+        }
+        for row in &self.incomplete {
+            printer.warn(format!(
+                "{}: {} — {}",
+                row.checkpoint,
+                row.state.name(),
+                row.error
+            ));
+        }
+        bail!(
+            "report {}: {} of {} checkpoints are missing or failed (listed in incomplete.csv)",
+            out_dir.display(),
+            self.incomplete.len(),
+            planned
+        )
+    }
 }
 
 impl SeriesScan<'_> {

@@ -481,7 +481,7 @@ fn theory_row(
         predicted_r2_pooled: 0.012,
         prediction_tolerance_pooled: 0.004,
         monte_carlo_r2_pooled: 0.35,
-        verdict: verdict.into(),
+        verdict: verdict.parse().unwrap(),
         failed_checks: if verdict == "FAIL" {
             "prediction pooled".into()
         } else {
@@ -829,7 +829,7 @@ fn theory_layer(
     r.weight_sd = 0.01;
     r.tolerance = 0.03;
     r.margin = r.bound + r.tolerance - measured;
-    r.verdict = verdict.into();
+    r.verdict = verdict.parse().unwrap();
     r.covariance_rows = 128;
     r.covariance_split = "own".into();
     r.covariance_rows_per_dimension = 4.0;

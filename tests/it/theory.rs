@@ -142,7 +142,7 @@ fn layer_chart_draws_k1_and_the_largest_k_per_source_and_kind() {
         weight_sd: 0.005,
         tolerance: 0.02,
         margin: 0.1,
-        verdict: "pass".into(),
+        verdict: "pass".parse().unwrap(),
         ..LayerRow::blank(SourceRole::Init, "init:x", layer, kind, k)
     };
     let mut rows = Vec::new();
