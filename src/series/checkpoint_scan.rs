@@ -16,7 +16,7 @@ use crate::config::rope_scaling::RopeScaling;
 use crate::config::ModelConfig;
 use crate::data::token_set::TokenSet;
 use crate::model::forward::{forward_streamed, ForwardSettings, OutputHead};
-use crate::output::digest::{sha256_file, sha256_hex};
+use crate::output::digest::{is_sha256_hex, sha256_file, sha256_hex};
 use crate::output::manifest::{tool_version, ANALYSIS_VERSION};
 use crate::printer::Printer;
 use crate::series::checkpoint_open::{open_planned, OpenCheckpoint};
@@ -61,7 +61,7 @@ fn file_hashes(files: &[PathBuf]) -> Result<Vec<(String, String)>> {
         let blob = std::fs::read_link(path)
             .ok()
             .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+            .filter(|n| is_sha256_hex(n));
         let hash = match blob {
             Some(name) => name,
             None => match std::fs::metadata(path) {
