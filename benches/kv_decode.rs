@@ -1,10 +1,11 @@
-//! Decode speed and KV memory, plain cache vs the compressed one (reference heads only):
-//! `cargo bench --bench kv_decode -- SOURCE [--fraction P] [--mode k|v|kv] [--min-refs N]
-//! [--prompt-tokens N] [--new-tokens N] [--batch N] [--repeats N] [--post-rope]`.
+//! Decode speed and KV memory, the plain cache against KV-cache variants (`validate --kv` specs):
+//! `cargo bench --bench kv_decode -- SOURCE [--kv SPEC,SPEC…] [--min-refs N] [--prompt-tokens N]
+//! [--new-tokens N] [--batch N] [--repeats N] [--threads N] [--post-rope]`.
 //!
-//! The maps are calibrated once on 8192 tokens of `mix` text; then plain and compressed greedy
-//! generations alternate `repeats` times from the same seeded-random prompts, so load drifts hit
-//! both alike; medians and their ratio are printed with the cache bytes.
+//! Fitted codes (reference heads, low rank) are calibrated once on 8192 tokens of `mix` text;
+//! then every repeat runs the plain cache and each variant in turn, greedy from the same
+//! seeded-random prompts, so load drifts hit all alike; medians, their ratios and the cache bytes
+//! are printed.
 
 use std::time::Instant;
 
@@ -12,11 +13,12 @@ use ckpt_scan::data::corpora::TextSource;
 use ckpt_scan::data::token_set::TokenSetOptions;
 use ckpt_scan::data::tokenizer::tokenizer_for;
 use ckpt_scan::infer::generate::{generate, GenerationOptions};
-use ckpt_scan::infer::kv_calibration::{calibrate, plan};
-use ckpt_scan::infer::reference_heads::{CompressionOptions, KvMode};
+use ckpt_scan::infer::kv_calibration::calibrate;
+use ckpt_scan::infer::kv_spec::KvSpec;
+use ckpt_scan::infer::kv_variant::{KvLayout, KvVariant};
+use ckpt_scan::infer::reference_heads::CompressionOptions;
 use ckpt_scan::model::forward::HiddenBudget;
 use ckpt_scan::model::head_map::KeySpace;
-use ckpt_scan::model::kv_cache::KvCache;
 use ckpt_scan::model::resident::ResidentModel;
 use ckpt_scan::model::weights::LoadOptions;
 use ckpt_scan::source::open_source;
@@ -49,12 +51,11 @@ fn main() -> anyhow::Result<()> {
     let spec = args
         .first()
         .ok_or_else(|| anyhow::anyhow!("usage: kv_decode SOURCE [flags]"))?;
-    let fraction: f64 = flag(&args, "--fraction", 0.5);
-    let mode = match flag(&args, "--mode", "kv".to_string()).as_str() {
-        "k" => KvMode::K,
-        "v" => KvMode::V,
-        _ => KvMode::Kv,
-    };
+    let specs: Vec<String> = flag(&args, "--kv", "refs:0.5".to_string())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let specs = KvSpec::parse_list(&specs)?;
     let min_refs: usize = flag(&args, "--min-refs", 2);
     let prompt_tokens: usize = flag(&args, "--prompt-tokens", 256);
     let new_tokens: usize = flag(&args, "--new-tokens", 64);
@@ -72,33 +73,35 @@ fn main() -> anyhow::Result<()> {
     let (tokenizer, _) = tokenizer_for(source.as_ref(), None)?;
     let model = ResidentModel::load(source.as_ref(), &load)?;
     let options = CompressionOptions {
-        fraction,
+        fraction: 0.0,
         min_refs,
         max_refs: 5,
         key_space,
     };
     let started = Instant::now();
-    let calibration = calibrate(
-        source.as_ref(),
-        &tokenizer,
-        &TextSource::Mix,
-        &TokenSetOptions {
-            tokens: 8192,
-            seq_len: 256,
-            fit_fraction: 0.75,
-            seed: 0,
-            separator: model.config.eos_token_id,
-        },
-        key_space,
-        &load,
-        &HiddenBudget::default(),
-    )?;
-    let compressed = plan(&calibration, mode, &model.config, &options)?;
-    println!(
-        "calibrated in {:.1} s; {} of K and V head slots dropped",
-        started.elapsed().as_secs_f64(),
-        compressed.dropped_fraction()
-    );
+    let calibration = match specs.iter().any(KvSpec::needs_calibration) {
+        true => Some(calibrate(
+            source.as_ref(),
+            &tokenizer,
+            &TextSource::Mix,
+            &TokenSetOptions {
+                tokens: 8192,
+                seq_len: 256,
+                fit_fraction: 0.75,
+                seed: 0,
+                separator: model.config.eos_token_id,
+            },
+            key_space,
+            &load,
+            &HiddenBudget::default(),
+        )?),
+        false => None,
+    };
+    let variants = specs
+        .iter()
+        .map(|spec| KvVariant::build(spec, &model.config, calibration.as_ref(), &options))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    println!("built in {:.1} s", started.elapsed().as_secs_f64());
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let prompts: Vec<Vec<i64>> = (0..batch)
         .map(|_| {
@@ -111,9 +114,19 @@ fn main() -> anyhow::Result<()> {
         pad_token_id: model.config.pad_token_id.unwrap_or(0),
         ..GenerationOptions::greedy(new_tokens)
     };
-    let decode = |cache: &mut KvCache| -> anyhow::Result<(f64, f64, i64, i64)> {
+    // (decode tokens/s, prefill tokens/s, cache bytes, map bytes) of one generation.
+    let run = |layout: &KvLayout| -> anyhow::Result<(f64, f64, i64, i64)> {
+        let mut cache = layout.cache();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let (_, stats) = generate(&model, &prompts, &generation, cache, &mut rng, None, None)?;
+        let (_, stats) = generate(
+            &model,
+            &prompts,
+            &generation,
+            &mut cache,
+            &mut rng,
+            None,
+            None,
+        )?;
         Ok((
             stats.decode_tokens as f64 / stats.decode_seconds,
             stats.prefill_tokens as f64 / stats.prefill_seconds,
@@ -121,32 +134,38 @@ fn main() -> anyhow::Result<()> {
             cache.map_bytes(),
         ))
     };
-    let (mut plain_decode, mut plain_prefill, mut small_decode, mut small_prefill) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut plain_bytes, mut small_bytes, mut map_bytes) = (0, 0, 0);
+    let plain = KvLayout::plain(model.config.num_hidden_layers);
+    let layouts: Vec<(&str, &KvLayout)> = std::iter::once(("plain", &plain))
+        .chain(variants.iter().map(|v| (v.name(), &v.layout)))
+        .collect();
+    let mut decode = vec![Vec::new(); layouts.len()];
+    let mut prefill = vec![Vec::new(); layouts.len()];
+    let mut bytes = vec![(0, 0); layouts.len()];
     for _ in 0..repeats {
-        let (d, p, bytes, _) = decode(&mut KvCache::new(model.config.num_hidden_layers))?;
-        plain_decode.push(d);
-        plain_prefill.push(p);
-        plain_bytes = bytes;
-        let (d, p, bytes, maps) = decode(&mut compressed.cache())?;
-        small_decode.push(d);
-        small_prefill.push(p);
-        small_bytes = bytes;
-        map_bytes = maps;
+        for (i, (_, layout)) in layouts.iter().enumerate() {
+            let (d, p, held, maps) = run(layout)?;
+            decode[i].push(d);
+            prefill[i].push(p);
+            bytes[i] = (held, maps);
+        }
     }
-    let (pd, sd) = (median(&mut plain_decode), median(&mut small_decode));
-    let (pp, sp) = (median(&mut plain_prefill), median(&mut small_prefill));
     println!(
-        "source {spec}; mode {}; p {fraction}; min refs {min_refs}; keys {key_space:?}; batch {batch} × {prompt_tokens} prompt + {new_tokens} new; {repeats} alternating repeats; {threads} thread(s)",
-        mode.name()
+        "source {spec}; min refs {min_refs}; keys {key_space:?}; batch {batch} × {prompt_tokens} prompt + {new_tokens} new; {repeats} rounds (plain, then each variant); {threads} thread(s)"
     );
-    println!("decode tokens/s median: plain {pd:.1}, compressed {sd:.1} (compressed takes {:.2}× the plain time per token)", pd / sd);
-    println!("prefill tokens/s median: plain {pp:.0}, compressed {sp:.0}");
-    println!(
-        "KV bytes at the end: plain {plain_bytes}, compressed {small_bytes} + maps {map_bytes} = {:.3} of plain ({:.3} without maps)",
-        (small_bytes + map_bytes) as f64 / plain_bytes as f64,
-        small_bytes as f64 / plain_bytes as f64
-    );
+    println!("| cache | decode tokens/s (median) | time per token ÷ plain | prefill tokens/s | KV bytes at the end | ÷ plain | maps |");
+    println!("|---|---|---|---|---|---|---|");
+    let plain_decode = median(&mut decode[0].clone());
+    let plain_bytes = bytes[0].0 as f64;
+    for (i, (name, _)) in layouts.iter().enumerate() {
+        let d = median(&mut decode[i]);
+        println!(
+            "| {name} | {d:.1} | {:.2}× | {:.0} | {} | {:.3} | {} |",
+            plain_decode / d,
+            median(&mut prefill[i]),
+            bytes[i].0,
+            bytes[i].0 as f64 / plain_bytes,
+            bytes[i].1
+        );
+    }
     Ok(())
 }

@@ -415,6 +415,12 @@ pub struct ValidateArgs {
     /// from same-layer reference heads by linear maps fitted on calibration text.
     #[arg(long)]
     pub kv_compress: Option<f64>,
+    /// KV-cache variants, each run as its own mode on the same items, paired against the baseline
+    /// (comma-separated): quant:int8|int4|int2[:gG] (KIVI layout), lowrank:R[+intB] (PCA of each
+    /// layer's K/V on the calibration text), refs:P[+intB] (reference heads), evict:S+W (first S
+    /// and last W positions); append @k or @v to compress only keys or values.
+    #[arg(long = "kv", value_delimiter = ',')]
+    pub kv: Vec<String>,
     /// Which kinds the compressed cache rebuilds; each listed mode runs as its own mode.
     #[arg(long, value_enum, value_delimiter = ',', default_values = ["kv"])]
     pub kv_mode: Vec<KvMode>,

@@ -5,8 +5,14 @@
 
 use crate::cli::ValidateArgs;
 use crate::data::tokenizer::tokenizer_for;
-use crate::infer::compressed_kv::CompressedKv;
+use crate::infer::compressed_kv::{calibrate_kv, CompressedKv};
+use std::collections::BTreeMap;
+
+use crate::infer::bpb_task::BpbRow;
 use crate::infer::eval_task::describe_tasks;
+use crate::infer::eval_task::TaskSummary;
+use crate::infer::kv_pareto::{pareto_rows, ParetoInputs};
+use crate::infer::kv_variant::{KvLayout, KvVariant};
 use crate::infer::mode::modes;
 use crate::infer::mode_speed::{measure_decode, SpeedRow};
 use crate::model::resident::ResidentModel;
@@ -16,6 +22,7 @@ use crate::output::manifest::tool_version;
 use crate::output::peak_memory::peak_rss_bytes;
 use crate::printer::Printer;
 use crate::progress::Progress;
+use crate::report::kv_pareto_report::{pareto_section, write_pareto_charts};
 use crate::report::validate_report::{
     kv_section, manifest_line, report_markdown, task_manifests, task_sections, KvManifest,
     ValidateManifest,
@@ -42,30 +49,47 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         None => None,
     };
     let model = ResidentModel::load(source.as_ref(), &settings.load)?;
-    let compressed = match &v.compression {
-        Some(c) => {
+    let calibration = match v.needs_calibration() {
+        true => {
+            let c = &v.calibration;
             printer.note(format!(
-                "calibrating the compressed KV cache on {} tokens of {}",
-                c.calibration_tokens, c.calibration_text
+                "calibrating the fitted KV codes on {} tokens of {}",
+                c.tokens, c.text
             ));
-            let text = c.calibration(v.seed, model.config.eos_token_id);
-            let (options, forward) = (c.options.clone(), settings.forward());
-            Some(CompressedKv::calibrate(
+            let text = c.text(v.seed, model.config.eos_token_id);
+            let forward = settings.forward();
+            Some(calibrate_kv(
                 source.as_ref(),
                 &tokenizer,
                 &text,
-                options,
-                &c.modes,
-                &model.config,
+                c.key_space,
                 &forward,
             )?)
         }
-        None => None,
+        false => None,
     };
-    let modes = modes(
-        act.as_ref().map(|a| a as _),
-        compressed.as_ref().map_or(&[], |kv| &kv.plans),
-    );
+    let compressed = match (&v.compression, &calibration) {
+        (Some(c), Some(calibration)) => Some(CompressedKv::plan(
+            calibration,
+            c.options.clone(),
+            &c.modes,
+            &model.config,
+        )?),
+        _ => None,
+    };
+    let variants = v
+        .kv_variants
+        .iter()
+        .map(|spec| {
+            KvVariant::build(
+                spec,
+                &model.config,
+                calibration.as_ref(),
+                &v.reference_options,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let modes = modes(act.as_ref().map(|a| a as _), compressed.as_ref(), &variants);
     let mode_names: Vec<&str> = modes.iter().map(|m| m.name()).collect();
     let (source_spec, device) = (&v.source, describe(&settings.load));
     printer.note(format!(
@@ -74,6 +98,7 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         mode_names.join(", "),
     ));
     let (mut accuracy_rows, mut choice_rows, mut speed_rows) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sequence_lengths = BTreeMap::new();
     let total = (modes.len() * tasks.len()) as u64;
     let mut progress = Progress::new(&printer, "validate", "task", total);
     let mut done = 0;
@@ -86,6 +111,8 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
             run.notes.iter().for_each(|note| progress.println(note));
             accuracy_rows.extend(run.accuracy);
             choice_rows.extend(run.choices);
+            let key = (task.name().to_string(), mode.name().to_string());
+            sequence_lengths.insert(key, run.sequence_lengths);
             scoring_tokens += run.scoring_tokens;
             scoring_seconds += run.scoring_seconds;
             done += 1;
@@ -104,12 +131,46 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
     write_csv(&out_dir.join("accuracy.csv"), &accuracy_rows)?;
     write_csv(&out_dir.join("choices.csv"), &choice_rows)?;
     write_csv(&out_dir.join("speed.csv"), &speed_rows)?;
-    if let Some(kv) = &compressed {
-        write_csv(&out_dir.join("kv_targets.csv"), &kv.target_rows())?;
+    let mut target_rows = compressed
+        .as_ref()
+        .map_or(Vec::new(), |kv| kv.target_rows());
+    target_rows.extend(variants.iter().flat_map(KvVariant::target_rows));
+    let low_rank_rows: Vec<_> = variants.iter().flat_map(|v| v.low_rank.clone()).collect();
+    if !target_rows.is_empty() {
+        write_csv(&out_dir.join("kv_targets.csv"), &target_rows)?;
+    }
+    if !low_rank_rows.is_empty() {
+        write_csv(&out_dir.join("kv_lowrank.csv"), &low_rank_rows)?;
     }
     for task in &tasks {
         task.write_rows(out_dir)?;
     }
+    let bpb_rows: Vec<BpbRow> = tasks
+        .iter()
+        .filter_map(|t| match t.summary() {
+            TaskSummary::Bpb(rows) => Some(rows.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let layouts: Vec<(&str, Option<&KvLayout>)> = modes.iter().map(|m| (m.name(), m.kv)).collect();
+    let pareto = (modes.iter().any(|m| m.kv.is_some())).then(|| {
+        pareto_rows(&ParetoInputs {
+            accuracy: &accuracy_rows,
+            bpb: &bpb_rows,
+            speed: &speed_rows,
+            layouts: &layouts,
+            sequence_lengths: &sequence_lengths,
+            config: &model.config,
+        })
+    });
+    let pareto_figures = match &pareto {
+        Some(rows) => {
+            write_csv(&out_dir.join("pareto.csv"), rows)?;
+            write_pareto_charts(rows, out_dir)?
+        }
+        None => Vec::new(),
+    };
     let (task_list, extra) = task_manifests(&tasks);
     let manifest = ValidateManifest {
         tool: tool_version(),
@@ -125,6 +186,8 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         kv_compression: compressed
             .as_ref()
             .map(|kv| KvManifest::of(kv, &model.config)),
+        kv_variants: variants.iter().map(KvVariant::manifest).collect(),
+        kv_calibration: calibration.as_ref().map(|c| c.record.clone()),
         device,
         peak_rss_bytes: peak_rss_bytes(),
         seconds: started.elapsed().as_secs_f64(),
@@ -140,6 +203,9 @@ pub fn run(args: &ValidateArgs, settings: &Settings) -> Result<()> {
         manifest.peak_rss_bytes,
     );
     report.push_str(&compressed.as_ref().map(kv_section).unwrap_or_default());
+    if let Some(rows) = &pareto {
+        report.push_str(&pareto_section(rows, &pareto_figures));
+    }
     report.push_str(&task_sections(&tasks));
     write_atomic(&out_dir.join("report.md"), report.as_bytes())?;
     printer.result(report);

@@ -22,7 +22,7 @@ use crate::config::ModelConfig;
 use crate::data::token_set::seeded_shuffle;
 use crate::data::tokenizer::encode;
 use crate::infer::harness::{target_logprobs, ScoringRequest};
-use crate::infer::reference_heads::CompressionPlan;
+use crate::infer::kv_variant::KvLayout;
 use crate::model::attention_edit::AttentionEdit;
 use crate::model::resident::ResidentModel;
 
@@ -44,7 +44,7 @@ pub struct TextDocument {
     pub bytes: usize,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BitsPerByte {
     pub documents: usize,
     pub bytes: u64,
@@ -57,6 +57,12 @@ pub struct BitsPerByte {
     /// Tokens run through the model (windows overlap, so more than the stream).
     pub forward_tokens: i64,
     pub seconds: f64,
+    /// Bits of each document's scored tokens, in document order (for paired intervals).
+    #[serde(skip)]
+    pub document_bits: Vec<f64>,
+    /// Tokens of every scored window, as a KV cache holds them.
+    #[serde(skip)]
+    pub window_lengths: Vec<i64>,
 }
 
 /// A window of the stream: positions `[start, end)`, of which `[first_target, end)` are scored.
@@ -139,7 +145,7 @@ pub fn bits_per_byte(
     separator: i64,
     options: &BpbOptions,
     edit: Option<&dyn AttentionEdit>,
-    kv: Option<&CompressionPlan>,
+    kv: Option<&KvLayout>,
 ) -> Result<BitsPerByte> {
     let started = Instant::now();
     let max_positions = model.config.max_position_embeddings.max(1) as usize;
@@ -159,12 +165,13 @@ pub fn bits_per_byte(
         bail!("bits per byte: token id {id} is outside the model's vocabulary of {vocab}\nhint: pass the checkpoint's own tokenizer with --tokenizer");
     }
     let mut stream = Vec::new();
-    let mut is_text = Vec::new();
-    for document in documents {
+    // The document of each text position (`None`: a separator).
+    let mut document_of = Vec::new();
+    for (index, document) in documents.iter().enumerate() {
         stream.push(separator);
-        is_text.push(false);
+        document_of.push(None);
         stream.extend(&document.ids);
-        is_text.extend(std::iter::repeat_n(true, document.ids.len()));
+        document_of.extend(std::iter::repeat_n(Some(index), document.ids.len()));
     }
     let windows = windows(stream.len(), options.window, options.stride)?;
     let requests: Vec<ScoringRequest> = windows
@@ -175,18 +182,18 @@ pub fn bits_per_byte(
         })
         .collect();
     let (logprobs, stats) = target_logprobs(model, &requests, options.batch_tokens, edit, kv)?;
-    let mut nats = 0.0;
+    let mut document_nats = vec![0.0; documents.len()];
     let mut scored_tokens = 0;
     for (window, values) in windows.iter().zip(&logprobs) {
         for (position, logprob) in (window.first_target..window.end).zip(values) {
-            if is_text[position] {
-                nats -= logprob;
+            if let Some(document) = document_of[position] {
+                document_nats[document] -= logprob;
                 scored_tokens += 1;
             }
         }
     }
     let bytes: u64 = documents.iter().map(|d| d.bytes as u64).sum();
-    let bits = nats / LN_2;
+    let bits = document_nats.iter().sum::<f64>() / LN_2;
     Ok(BitsPerByte {
         documents: documents.len(),
         bytes,
@@ -200,6 +207,8 @@ pub fn bits_per_byte(
         },
         forward_tokens: stats.tokens,
         seconds: started.elapsed().as_secs_f64(),
+        document_bits: document_nats.iter().map(|n| n / LN_2).collect(),
+        window_lengths: stats.sequence_lengths,
     })
 }
 

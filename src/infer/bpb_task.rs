@@ -17,6 +17,7 @@ use crate::infer::mode::{Mode, ModeKind};
 use crate::model::resident::ResidentModel;
 use crate::output::csv::write_csv;
 use crate::output::digest::hex;
+use crate::stats::interval::paired_ratio_interval;
 
 /// The task name that runs bits per byte on --bpb-text.
 pub const BPB_TASK: &str = "bpb";
@@ -35,7 +36,7 @@ pub struct BpbManifest {
     separator: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 pub struct BpbRow {
     pub text: String,
     pub mode: String,
@@ -49,8 +50,12 @@ pub struct BpbRow {
     /// Σ −log₂ p over the scored tokens.
     pub bits: f64,
     pub bits_per_byte: f64,
-    /// Bits per byte minus the baseline's on the same text (0 for the baseline).
+    /// Bits per byte minus the baseline's on the same text (NaN for the baseline).
     pub delta_vs_baseline: f64,
+    /// Paired 95% interval of that difference, documents as units
+    /// ([`paired_ratio_interval`]).
+    pub delta_low_95: f64,
+    pub delta_high_95: f64,
     pub forward_tokens_per_second: f64,
 }
 
@@ -72,6 +77,8 @@ pub struct BpbTask {
     options: BpbOptions,
     manifest: BpbManifest,
     rows: Vec<BpbRow>,
+    /// The baseline's bits per document, which later modes are paired against.
+    baseline_bits: Option<Vec<f64>>,
 }
 
 impl BpbTask {
@@ -113,6 +120,7 @@ impl BpbTask {
             options,
             manifest,
             rows: Vec::new(),
+            baseline_bits: None,
         })
     }
 }
@@ -140,6 +148,21 @@ impl EvalTask for BpbTask {
             .iter()
             .find(|r| r.mode == ModeKind::Baseline.name())
             .map_or(result.bits_per_byte, |r| r.bits_per_byte);
+        let baseline_bits = self
+            .baseline_bits
+            .get_or_insert_with(|| result.document_bits.clone());
+        let (delta_low_95, delta_high_95) = if mode.is_baseline() {
+            (f64::NAN, f64::NAN)
+        } else {
+            let differences: Vec<f64> = result
+                .document_bits
+                .iter()
+                .zip(baseline_bits.iter())
+                .map(|(now, before)| now - before)
+                .collect();
+            let bytes: Vec<f64> = self.documents.iter().map(|d| d.bytes as f64).collect();
+            paired_ratio_interval(&differences, &bytes)
+        };
         let note = format!(
             "{BPB_TASK} {} {}: {:.4} bits per byte ({} tokens, {} bytes) in {:.0} s",
             self.text,
@@ -166,10 +189,13 @@ impl EvalTask for BpbTask {
             } else {
                 result.bits_per_byte - baseline
             },
+            delta_low_95,
+            delta_high_95,
             forward_tokens_per_second: result.forward_tokens as f64 / result.seconds.max(1e-9),
         });
         Ok(ModeRun {
             notes: vec![note],
+            sequence_lengths: result.window_lengths,
             ..ModeRun::default()
         })
     }

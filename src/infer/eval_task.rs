@@ -24,6 +24,9 @@ pub struct ModeRun {
     /// Scoring forwards counted in speed.csv (multiple choice only).
     pub scoring_tokens: i64,
     pub scoring_seconds: f64,
+    /// Tokens of every sequence the task ran (what a KV cache held for each), for the KV bytes
+    /// per token a mode used on this task.
+    pub sequence_lengths: Vec<i64>,
     /// Lines for the person watching (accuracy as it comes).
     pub notes: Vec<String>,
 }

@@ -20,7 +20,7 @@ use crate::data::gsm8k::Gsm8kItem;
 use crate::data::tokenizer::{decode, encode};
 use crate::infer::generate::{generate, GenerationOptions, GenerationStats, StopReason};
 use crate::infer::harness::Accuracy;
-use crate::infer::reference_heads::CompressionPlan;
+use crate::infer::kv_variant::KvLayout;
 use crate::model::attention_edit::AttentionEdit;
 use crate::model::kv_cache::KvCache;
 use crate::model::resident::ResidentModel;
@@ -65,7 +65,7 @@ pub fn evaluate_gsm8k(
     items: &[Gsm8kItem],
     options: &Gsm8kOptions,
     edit: Option<&dyn AttentionEdit>,
-    kv: Option<&CompressionPlan>,
+    kv: Option<&KvLayout>,
 ) -> Result<Gsm8kRun> {
     let started = Instant::now();
     let max_new_tokens = options
@@ -117,7 +117,7 @@ pub fn evaluate_gsm8k(
             ..GenerationOptions::greedy(max_new_tokens)
         };
         let mut cache = match kv {
-            Some(plan) => plan.cache(),
+            Some(layout) => layout.cache(),
             None => KvCache::new(model.config.num_hidden_layers),
         };
         // Greedy decoding draws nothing; the RNG only fills the signature.

@@ -169,6 +169,11 @@ impl EvalTask for Gsm8kTask {
         self.summaries.push(Gsm8kSummary::of(mode.name(), &run));
         Ok(ModeRun {
             accuracy: vec![accuracy],
+            sequence_lengths: run
+                .results
+                .iter()
+                .map(|r| (r.prompt_tokens + r.new_tokens) as i64)
+                .collect(),
             notes: vec![note],
             ..ModeRun::default()
         })

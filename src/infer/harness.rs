@@ -18,7 +18,7 @@ use tokenizers::Tokenizer;
 use crate::config::ModelConfig;
 use crate::data::tasks::McItem;
 use crate::data::tokenizer::encode;
-use crate::infer::reference_heads::CompressionPlan;
+use crate::infer::kv_variant::KvLayout;
 use crate::model::attention_edit::AttentionEdit;
 use crate::model::mask::Visibility;
 use crate::model::resident::{ForwardState, ResidentModel};
@@ -117,11 +117,14 @@ pub fn accuracy(scores: &[ItemScore], metric: Metric) -> Accuracy {
 }
 
 /// Token counts and wall time of a scoring run.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ScoringStats {
     /// Real (unpadded) tokens run through the model.
     pub tokens: i64,
     pub seconds: f64,
+    /// Tokens of every scored sequence as attention sees it (its prefix and itself), in group
+    /// order: what a KV cache would hold for it.
+    pub sequence_lengths: Vec<i64>,
 }
 
 /// One sequence to score: its token ids and the index of the first token whose log-probability is
@@ -152,7 +155,7 @@ pub fn score_items(
     items: &[McItem],
     batch_tokens: usize,
     edit: Option<&dyn AttentionEdit>,
-    kv: Option<&CompressionPlan>,
+    kv: Option<&KvLayout>,
 ) -> Result<(Vec<ItemScore>, ScoringStats)> {
     let (requests, mut scores) = requests_of(&model.config, tokenizer, items)?;
     let share = edit.is_none();
@@ -199,7 +202,7 @@ pub fn target_logprobs(
     requests: &[ScoringRequest],
     batch_tokens: usize,
     edit: Option<&dyn AttentionEdit>,
-    kv: Option<&CompressionPlan>,
+    kv: Option<&KvLayout>,
 ) -> Result<(Vec<Vec<f64>>, ScoringStats)> {
     if let Some((index, _)) = requests
         .iter()
@@ -256,7 +259,7 @@ pub fn continuation_logprobs(
     groups: &[SharedPrefix],
     batch_tokens: usize,
     edit: Option<&dyn AttentionEdit>,
-    kv: Option<&CompressionPlan>,
+    kv: Option<&KvLayout>,
 ) -> Result<(Vec<Vec<Vec<f64>>>, ScoringStats)> {
     if let Some((index, _)) = groups.iter().enumerate().find(|(_, g)| {
         g.prefix.is_empty()
@@ -269,7 +272,17 @@ pub fn continuation_logprobs(
     order.sort_by_key(|&i| std::cmp::Reverse(groups[i].packed_len()));
 
     let started = Instant::now();
-    let mut stats = ScoringStats::default();
+    let mut stats = ScoringStats {
+        sequence_lengths: groups
+            .iter()
+            .flat_map(|g| {
+                g.continuations
+                    .iter()
+                    .map(|c| (g.prefix.len() + c.len()) as i64)
+            })
+            .collect(),
+        ..ScoringStats::default()
+    };
     let mut out = vec![Vec::new(); groups.len()];
     let device = model.options().device;
     let mut at = 0;
@@ -296,7 +309,7 @@ pub fn continuation_logprobs(
             )
         });
         // A compressed cache makes attention read rebuilt target heads, as decoding would.
-        let mut cache = kv.map(CompressionPlan::cache);
+        let mut cache = kv.map(KvLayout::cache);
         let hidden = model.hidden_states(
             &Tensor::from_slice(&packed.ids).view(shape),
             &mut ForwardState {

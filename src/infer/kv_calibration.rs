@@ -38,6 +38,8 @@ pub struct CalibrationRecord {
 pub struct Calibration {
     pub keys: Vec<[Moments; 2]>,
     pub values: Vec<[Moments; 2]>,
+    /// Where the key moments were taken (maps fitted on them work in this space).
+    pub key_space: KeySpace,
     pub record: CalibrationRecord,
 }
 
@@ -137,6 +139,7 @@ pub fn calibrate_on(
     Ok(Calibration {
         keys: sink.keys,
         values: sink.values,
+        key_space,
         record,
     })
 }

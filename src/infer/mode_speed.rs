@@ -56,7 +56,7 @@ impl SpeedRow {
             kv_map_bytes: 0,
             kv_positions: 0,
             kv_bytes_vs_baseline: f64::NAN,
-            claimed_compression: 1.0 / (1.0 - mode.kv.map_or(0.0, |p| p.dropped_fraction())),
+            claimed_compression: mode.kv.map_or(1.0, |l| l.claimed_compression),
             measured_compression: f64::NAN,
         }
     }
@@ -93,7 +93,7 @@ pub fn measure_decode(
         return Ok(());
     }
     let mut cache = match mode.kv {
-        Some(plan) => plan.cache(),
+        Some(layout) => layout.cache(),
         None => KvCache::new(model.config.num_hidden_layers),
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

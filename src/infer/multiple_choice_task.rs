@@ -114,6 +114,7 @@ impl EvalTask for MultipleChoiceTask {
         let mut run = ModeRun {
             scoring_tokens: stats.tokens,
             scoring_seconds: stats.seconds,
+            sequence_lengths: stats.sequence_lengths,
             ..ModeRun::default()
         };
         for metric in Metric::ALL {

@@ -17,7 +17,6 @@ use tch::{Kind, Tensor};
 
 use crate::capture::HeadKind;
 use crate::model::head_map::{HeadMap, KeySpace};
-use crate::model::kv_cache::{KvCache, LayerCache};
 use crate::stats::gram::Moments;
 use crate::stats::regression::fit;
 use crate::stats::selection::{
@@ -123,24 +122,6 @@ pub struct CompressionPlan {
 }
 
 impl CompressionPlan {
-    /// An empty KV cache that stores only the reference heads.
-    pub fn cache(&self) -> KvCache {
-        let map = |plan: &Option<KindPlan>, layer: usize| {
-            plan.as_ref().and_then(|p| p.maps[layer].clone())
-        };
-        KvCache {
-            layers: (0..self.num_layers as usize)
-                .map(|l| {
-                    LayerCache::compressed(
-                        map(&self.keys, l),
-                        map(&self.values, l),
-                        self.options.key_space,
-                    )
-                })
-                .collect(),
-        }
-    }
-
     pub fn rows(&self) -> Vec<TargetRow> {
         [&self.keys, &self.values]
             .into_iter()

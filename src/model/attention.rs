@@ -11,11 +11,11 @@ use tch::{Device, Kind, Tensor};
 use crate::capture::{CapturePoint, CaptureSink, LayerCapture};
 use crate::config::{ModelConfig, QkNorm};
 use crate::model::attention_edit::AttentionEdit;
-use crate::model::head_map::HeadMap;
-use crate::model::kv_cache::{CachedHeads, LayerCache, NewEntries};
+use crate::model::kv_cache::{CachedHeads, CachedKv, LayerCache, NewEntries};
 use crate::model::mask::Visibility;
 use crate::model::norm::Norm;
 use crate::model::rope::ModelRope;
+use crate::model::row_map::RowMap;
 use crate::model::weights::LayerWeights;
 
 pub struct Attention {
@@ -164,10 +164,11 @@ impl Attention {
         let rope = step.rope.layer(ctx.layer);
         // A window shorter than the keys cuts some off (position gaps never exceed index gaps).
         let window = self.window.filter(|&w| past + s > w);
-        // Cached, edited and windowed calls need explicit visibility; a plain prefill keeps the
-        // fused causal path.
+        let evicts = step.cache.as_ref().is_some_and(|c| c.evicts());
+        // Cached, edited, windowed and evicting calls need explicit visibility; a plain prefill
+        // keeps the fused causal path.
         let owned_visibility = match step.visibility {
-            None if past > 0 || edit.is_some() || window.is_some() => {
+            None if past > 0 || edit.is_some() || window.is_some() || evicts => {
                 Some(Visibility::unpadded(b, past + s, s, x.device()))
             }
             _ => None,
@@ -180,7 +181,11 @@ impl Attention {
         let q = rope_at(&heads(&q_normed, nq));
         let k_unrotated = heads(&k_normed, nkv);
         let k = rope_at(&k_unrotated);
-        let (keys, values) = match step.cache.as_deref_mut() {
+        let CachedKv {
+            keys,
+            values,
+            held_columns,
+        } = match step.cache.as_deref_mut() {
             Some(cache) => {
                 let positions = match visibility {
                     Some(v) => v.positions.shallow_clone(),
@@ -193,13 +198,15 @@ impl Attention {
                     keys: &k,
                     values: &v,
                     positions: &positions,
+                    valid: visibility.map(|v| &v.query_valid),
                 };
                 cache.append(&new, rope)
             }
-            None => (
-                CachedHeads::Whole(k.shallow_clone()),
-                CachedHeads::Whole(v.shallow_clone()),
-            ),
+            None => CachedKv {
+                keys: CachedHeads::Whole(k.shallow_clone()),
+                values: CachedHeads::Whole(v.shallow_clone()),
+                held_columns: None,
+            },
         };
 
         let wants_attention = ctx.sink.wants_attention(ctx.layer);
@@ -207,6 +214,17 @@ impl Attention {
         let group = nq / nkv;
         let windowed = window.zip(visibility).map(|(w, v)| v.within_window(w));
         let visible = windowed.as_ref().or(visibility.map(|v| &v.visible));
+        // An evicting cache holds some columns only: select theirs, then apply the eviction.
+        let held_visible = held_columns
+            .zip(visibility)
+            .map(|((columns, eviction), v)| {
+                let key_positions = v.key_positions.index_select(1, &columns);
+                visible
+                    .expect("visibility is explicit under eviction")
+                    .index_select(3, &columns)
+                    .logical_and(&eviction.readable(&v.positions, &key_positions))
+            });
+        let visible = held_visible.as_ref().or(visible);
         let (out, probabilities) = if wants_attention || edit.is_some() {
             let mut p = probabilities_of(&scores_of(&q, &keys, group), visible);
             if let (Some(edit), Some(visibility)) = (edit, visibility) {
@@ -267,7 +285,7 @@ fn fused_attention(
         CachedHeads::Whole(k) => (q.shallow_clone(), repeat_kv(k, group), None),
         // The mapped queries are wider than a head; the scale stays a head's 1/√d.
         CachedHeads::Stored { rows, map } => (
-            q.matmul(&query_read(map, group, q)),
+            q.matmul(&query_read(map.as_ref(), group, q)),
             shared(rows),
             Some((d as f64).powf(-0.5)),
         ),
@@ -289,7 +307,7 @@ fn fused_attention(
     match values {
         CachedHeads::Whole(_) => out,
         CachedHeads::Stored { map, .. } => {
-            let (read, intercept) = value_read(map, group, q);
+            let (read, intercept) = value_read(map.as_ref(), group, q);
             out.matmul(&read) + intercept
         }
     }
@@ -297,14 +315,14 @@ fn fused_attention(
 
 /// `[1, num_attention_heads, head_dim, rows]` on `like`'s device and kind: maps a query head into
 /// the stored rows' space of its KV head's keys (the transposed read).
-fn query_read(map: &HeadMap, group: i64, like: &Tensor) -> Tensor {
+fn query_read(map: &dyn RowMap, group: i64, like: &Tensor) -> Tensor {
     let (read, _) = map.read_maps(like.device(), like.kind());
     repeat_kv(&read.unsqueeze(0), group).transpose(-2, -1)
 }
 
 /// `[1, num_attention_heads, rows, head_dim]` and `[1, num_attention_heads, 1, head_dim]` on `like`'s
 /// device and kind: reads a query head's KV head from mixed stored rows.
-fn value_read(map: &HeadMap, group: i64, like: &Tensor) -> (Tensor, Tensor) {
+fn value_read(map: &dyn RowMap, group: i64, like: &Tensor) -> (Tensor, Tensor) {
     let (read, intercept) = map.read_maps(like.device(), like.kind());
     (
         repeat_kv(&read.unsqueeze(0), group),
@@ -341,7 +359,7 @@ fn scores_of(q: &Tensor, keys: &CachedHeads, group: i64) -> Tensor {
     let raw = match keys {
         CachedHeads::Whole(k) => q.matmul(&repeat_kv(k, group).transpose(-2, -1)),
         CachedHeads::Stored { rows, map } => q
-            .matmul(&query_read(map, group, q))
+            .matmul(&query_read(map.as_ref(), group, q))
             .matmul(&rows.transpose(-2, -1)),
     };
     raw * (d as f64).powf(-0.5)
@@ -362,7 +380,7 @@ fn mix_values(p: &Tensor, values: &CachedHeads, group: i64) -> Tensor {
     match values {
         CachedHeads::Whole(v) => p.matmul(&repeat_kv(v, group)),
         CachedHeads::Stored { rows, map } => {
-            let (read, intercept) = value_read(map, group, p);
+            let (read, intercept) = value_read(map.as_ref(), group, p);
             p.matmul(rows).matmul(&read) + intercept
         }
     }
@@ -376,6 +394,7 @@ pub fn causal_mask(seq: i64, device: Device) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::head_map::HeadMap;
     use std::rc::Rc;
 
     /// Reading keys and values through a map from the stored rows equals building every head
@@ -385,7 +404,7 @@ mod tests {
         tch::manual_seed(2);
         let opts = (Kind::Float, Device::Cpu);
         let (b, d, len) = (2, 4, 7);
-        let map = || {
+        let map = || -> Rc<dyn RowMap> {
             Rc::new(HeadMap::new(
                 3,
                 d as usize,
@@ -395,7 +414,7 @@ mod tests {
                 Tensor::randn([d], opts),
             ))
         };
-        let stored = |map: &Rc<HeadMap>| CachedHeads::Stored {
+        let stored = |map: &Rc<dyn RowMap>| CachedHeads::Stored {
             rows: Tensor::randn([b, 1, len, 2 * d], opts),
             map: Rc::clone(map),
         };

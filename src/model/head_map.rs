@@ -1,9 +1,9 @@
 //! A linear map that rebuilds one layer's target KV heads from the heads the cache stores (the
 //! compressed KV cache: only reference heads are cached; targets are recomputed at attention time).
 
-use std::cell::RefCell;
-
 use tch::{Device, Kind, Tensor};
+
+use crate::model::row_map::{ConvertedMaps, RowMap};
 
 /// Whether a key map works on keys before RoPE (after QK-norm) or after it. Values have no RoPE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -31,8 +31,6 @@ pub struct HeadMap {
     pub coefficients: Tensor,
     /// f32 `[targets·head_dim]`.
     pub intercept: Tensor,
-    /// Position in `[stored…, targets…]` of each head `0..heads`, for reordering after the rebuild.
-    order: Tensor,
     /// `stored` as an index tensor, built once (every decode step selects with it).
     stored_index: Tensor,
     /// f32 `[heads, stored·head_dim, head_dim]`: head `h` = stored rows · `read[h]` +
@@ -41,9 +39,7 @@ pub struct HeadMap {
     read: Tensor,
     /// f32 `[heads, head_dim]`: zero for stored heads, the intercept for targets.
     read_intercept: Tensor,
-    /// `read` and `read_intercept` as last asked for (device, kind): every decode step asks, and on a
-    /// GPU or in bf16 converting each time would copy.
-    converted: RefCell<Option<(Device, Kind, Tensor, Tensor)>>,
+    converted: ConvertedMaps,
 }
 
 impl HeadMap {
@@ -110,40 +106,10 @@ impl HeadMap {
             targets,
             coefficients,
             intercept,
-            order: Tensor::from_slice(&order),
             stored_index,
             read: columns,
             read_intercept,
-            converted: RefCell::new(None),
-        }
-    }
-
-    /// The stored heads of `all` `[batch, heads, seq, head_dim]` as token-major rows
-    /// `[batch, seq, stored, head_dim]` (the layout attention reads with [`HeadMap::read_maps`]).
-    pub fn stored_token_major(&self, all: &Tensor) -> Tensor {
-        self.stored_part(all).permute([0, 2, 1, 3])
-    }
-
-    /// `[heads, stored·head_dim, head_dim]` and `[heads, head_dim]`: how each head is read from a
-    /// row of stored heads, on `device` in `kind` (the cache's compute kind: the maps are fitted in
-    /// f64 and kept in f32, so bf16 inference reads them rounded like its own weights).
-    pub fn read_maps(&self, device: Device, kind: Kind) -> (Tensor, Tensor) {
-        let mut converted = self.converted.borrow_mut();
-        match converted.as_ref() {
-            Some((d, k, read, intercept)) if *d == device && *k == kind => {
-                (read.shallow_clone(), intercept.shallow_clone())
-            }
-            _ => {
-                let read = self.read.to_device(device).to_kind(kind);
-                let intercept = self.read_intercept.to_device(device).to_kind(kind);
-                *converted = Some((
-                    device,
-                    kind,
-                    read.shallow_clone(),
-                    intercept.shallow_clone(),
-                ));
-                (read, intercept)
-            }
+            converted: ConvertedMaps::default(),
         }
     }
 
@@ -151,27 +117,30 @@ impl HeadMap {
     pub fn stored_part(&self, all: &Tensor) -> Tensor {
         all.index_select(1, &self.stored_index.to_device(all.device()))
     }
+}
 
-    /// Stored heads `[batch, stored, seq, head_dim]` → all heads `[batch, heads, seq, head_dim]`,
-    /// targets rebuilt, in `stored`'s kind.
-    pub fn rebuild(&self, stored: &Tensor) -> Tensor {
-        let (b, _, s, d) = stored.size4().expect("per-head tensors are 4-D");
-        let rows = stored
-            .permute([0, 2, 1, 3])
-            .reshape([b, s, self.stored.len() as i64 * d]);
-        let device = stored.device();
-        let targets = rows
-            .to_kind(Kind::Float)
-            .matmul(&self.coefficients.to_device(device))
-            + self.intercept.to_device(device);
-        Tensor::cat(&[rows, targets.to_kind(stored.kind())], 2)
-            .view([b, s, self.heads as i64, d])
-            .index_select(2, &self.order.to_device(device))
-            .transpose(1, 2)
+/// The row is the stored heads, in order; a stored head reads its own block, a target its
+/// coefficient columns.
+impl RowMap for HeadMap {
+    fn width(&self) -> i64 {
+        (self.stored.len() * self.head_dim) as i64
     }
 
-    /// Bytes of the map's parameters as held (coefficients and intercept).
-    pub fn bytes(&self) -> i64 {
+    fn encode(&self, all: &Tensor) -> Tensor {
+        let (b, _, s, _) = all.size4().expect("per-head tensors are 4-D");
+        self.stored_part(all)
+            .permute([0, 2, 1, 3])
+            .reshape([b, s, self.width()])
+    }
+
+    /// Fitted in f64 and kept in f32, the maps are read in the cache's compute kind, so bf16
+    /// inference reads them rounded like its own weights.
+    fn read_maps(&self, device: Device, kind: Kind) -> (Tensor, Tensor) {
+        self.converted
+            .get(&self.read, &self.read_intercept, device, kind)
+    }
+
+    fn bytes(&self) -> i64 {
         (self.coefficients.numel() + self.intercept.numel()) as i64 * 4
     }
 }
@@ -179,6 +148,7 @@ impl HeadMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::row_map::read_all_heads;
 
     #[test]
     fn rebuild_keeps_stored_heads_and_applies_the_map_to_targets() {
@@ -204,7 +174,7 @@ mod tests {
             0,
         );
         let map = HeadMap::new(heads, d, vec![0, 2], vec![1, 3], coefficients, intercept);
-        let rebuilt = map.rebuild(&map.stored_part(&all));
+        let rebuilt = read_all_heads(&map, &map.encode(&all));
         let h = |t: &Tensor, i: i64| t.narrow(1, i, 1);
         assert!(h(&rebuilt, 0).equal(&h(&all, 0)));
         assert!(h(&rebuilt, 2).equal(&h(&all, 2)));
@@ -213,11 +183,6 @@ mod tests {
         let err = |a: Tensor, b: Tensor| f64::try_from((a - b).abs().max()).unwrap();
         assert!(err(h(&rebuilt, 1), expected1) < 1e-6);
         assert!(err(h(&rebuilt, 3), expected3) < 1e-6);
-        // Reading each head from the stored rows through `read_maps` gives the same heads.
-        let (read, intercept) = map.read_maps(Device::Cpu, Kind::Float);
-        let rows = map.stored_token_major(&all).reshape([2, 1, 5, 6]);
-        let read_back = rows.matmul(&read.unsqueeze(0)) + intercept.view([1, 4, 1, 3]);
-        assert!(err(read_back, rebuilt.shallow_clone()) < 1e-6);
         assert_eq!(map.bytes(), (6 * 6 + 6) * 4);
     }
 }

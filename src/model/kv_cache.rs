@@ -1,31 +1,34 @@
 //! The KV cache: per layer, the keys and values of every position seen so far. The generation loop
 //! owns it and passes it `&mut` into each forward step.
 //!
-//! A plain layer stores every KV head (keys after QK-norm and RoPE). A compressed layer stores only
-//! its reference heads (token-major) and attention reads the others through a [`HeadMap`]; with
-//! pre-RoPE key maps it stores keys before RoPE plus each entry's position, and rebuilds and rotates
-//! all keys at each read.
+//! Each layer follows a [`LayerLayout`]. A plain layer stores every KV head (keys after QK-norm and
+//! RoPE). A layer whose kind goes through a [`RowMap`] stores one narrower row per token (reference
+//! heads, or a low-rank projection) and attention reads every head through the map; keys mapped
+//! before RoPE are stored before RoPE with each entry's position, and rebuilt and rotated at each
+//! read. A quantized kind stores integer codes ([`QuantBuffer`]) of whatever it would store
+//! otherwise. An evicting layer keeps only the first `sinks` and the last `window` positions.
 
 use std::rc::Rc;
 
 use tch::{Kind, Tensor};
 
-use crate::model::head_map::{HeadMap, KeySpace};
+use crate::model::head_map::KeySpace;
+use crate::model::kv_quant::{QuantBuffer, QuantFormat};
 use crate::model::rope::Rope;
+use crate::model::row_map::{read_all_heads, RowMap};
 
-/// A `[batch, heads, capacity, head_dim]` (or `[batch, capacity]`) buffer growing along the
-/// position dimension; capacity doubles when full, so a decode step copies one position instead
-/// of the whole history.
+/// A buffer growing along one dimension (positions, or groups of them); capacity doubles when
+/// full, so a decode step copies one position instead of the whole history.
 #[derive(Default)]
-struct GrowingBuffer {
+pub struct GrowingBuffer {
     data: Option<Tensor>,
-    /// The position dimension (set by the first append).
+    /// The growing dimension (set by the first append).
     dim: usize,
 }
 
 impl GrowingBuffer {
-    /// Writes `new` (positions along `dim`) after the first `len` positions; returns all `len + new`.
-    fn append(&mut self, new: &Tensor, len: i64, dim: i64) -> Tensor {
+    /// Writes `new` (entries along `dim`) after the first `len` entries; returns all `len + new`.
+    pub fn append(&mut self, new: &Tensor, len: i64, dim: i64) -> Tensor {
         self.dim = dim as usize;
         let added = new.size()[dim as usize];
         let needed = len + added;
@@ -44,8 +47,23 @@ impl GrowingBuffer {
         data.narrow(dim, 0, needed)
     }
 
-    /// Bytes of the first `len` positions.
-    fn bytes(&self, len: i64) -> i64 {
+    /// The first `len` entries (`None` before the first append).
+    pub fn filled(&self, len: i64) -> Option<Tensor> {
+        self.data
+            .as_ref()
+            .map(|t| t.narrow(self.dim as i64, 0, len))
+    }
+
+    /// Keeps only the entries `index` (int64, ascending) of the first `len`, in a new tensor: views
+    /// handed out before stay valid.
+    fn keep(&mut self, index: &Tensor, len: i64) {
+        if let Some(data) = self.filled(len) {
+            self.data = Some(data.index_select(self.dim as i64, index));
+        }
+    }
+
+    /// Bytes of the first `len` entries.
+    pub fn bytes(&self, len: i64) -> i64 {
         let dim = self.dim;
         self.data.as_ref().map_or(0, |t| {
             let size = t.size();
@@ -69,15 +87,17 @@ pub struct NewEntries<'a> {
     pub values: &'a Tensor,
     /// Int64 `[batch, new]` RoPE positions of the new entries.
     pub positions: &'a Tensor,
+    /// Bool `[batch, new]`: the entry is a real token (`None`: all are).
+    pub valid: Option<&'a Tensor>,
 }
 
 /// What attention reads from a layer's cache for one kind (keys or values).
 pub enum CachedHeads {
     /// Every KV head, `[batch, kv_heads, len, head_dim]`.
     Whole(Tensor),
-    /// Only the stored heads, as rows `[batch, 1, len, stored·head_dim]`; attention reads each head
-    /// through the map ([`HeadMap::read_maps`]) without building the targets.
-    Stored { rows: Tensor, map: Rc<HeadMap> },
+    /// One row per position, `[batch, 1, len, width]`; attention reads each head through the map
+    /// ([`RowMap::read_maps`]) without building it.
+    Stored { rows: Tensor, map: Rc<dyn RowMap> },
 }
 
 impl CachedHeads {
@@ -85,98 +105,254 @@ impl CachedHeads {
     pub fn all_heads(&self) -> Tensor {
         match self {
             CachedHeads::Whole(t) => t.shallow_clone(),
-            CachedHeads::Stored { rows, map } => {
-                let (read, intercept) = map.read_maps(rows.device(), rows.kind());
-                let heads = read.size()[0];
-                rows.matmul(&read.unsqueeze(0)) + intercept.view([1, heads, 1, -1])
-            }
-        }
-    }
-
-    /// Appends the stored heads of `new` `[batch, heads, seq, head_dim]` to a token-major buffer
-    /// `[batch, capacity, stored, head_dim]` and returns all `len + seq` rows.
-    fn stored(buffer: &mut GrowingBuffer, map: &Rc<HeadMap>, new: &Tensor, len: i64) -> Self {
-        let all = buffer.append(&map.stored_token_major(new), len, 1);
-        let (b, n) = (all.size()[0], all.size()[1]);
-        CachedHeads::Stored {
-            // Stored and head_dim are the innermost dims of the buffer, so this is a view.
-            rows: all.reshape([b, 1, n, -1]),
-            map: Rc::clone(map),
+            CachedHeads::Stored { rows, map } => read_all_heads(map.as_ref(), &rows.squeeze_dim(1)),
         }
     }
 }
 
-/// One layer's cache. The first `len` positions of each buffer are filled.
-#[derive(Default)]
+/// Sink + window token eviction (StreamingLLM): a query sees the first `sinks` positions, the
+/// `window` positions before it and itself; the cache holds at most `sinks + window` positions
+/// between calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Eviction {
+    pub sinks: i64,
+    pub window: i64,
+}
+
+impl Eviction {
+    /// Bool `[batch, 1, queries, held]`: whether a query at `positions` `[batch, queries]` may
+    /// read a held key at `key_positions` `[batch, held]` under eviction.
+    pub fn readable(&self, positions: &Tensor, key_positions: &Tensor) -> Tensor {
+        let (batch, queries) = (positions.size()[0], positions.size()[1]);
+        let held = key_positions.size()[1];
+        let keys = key_positions.view([batch, 1, 1, held]);
+        let oldest = (positions - self.window).view([batch, 1, queries, 1]);
+        keys.lt(self.sinks).logical_or(&keys.ge_tensor(&oldest))
+    }
+}
+
+/// How one kind (keys or values) of a layer is stored.
+#[derive(Clone, Debug, Default)]
+pub struct KindLayout {
+    /// `None`: every head is stored.
+    pub map: Option<Rc<dyn RowMap>>,
+    /// `None`: stored in the compute kind.
+    pub quant: Option<QuantFormat>,
+}
+
+/// How one layer's cache stores its keys and values.
+#[derive(Clone, Debug)]
+pub struct LayerLayout {
+    pub keys: KindLayout,
+    pub values: KindLayout,
+    /// Where mapped keys are stored and rebuilt (quantized unmapped keys are stored after RoPE).
+    pub key_space: KeySpace,
+    pub eviction: Option<Eviction>,
+}
+
+impl LayerLayout {
+    /// Every head of every position, in the compute kind.
+    pub fn plain() -> Self {
+        LayerLayout {
+            keys: KindLayout::default(),
+            values: KindLayout::default(),
+            key_space: KeySpace::PostRope,
+            eviction: None,
+        }
+    }
+}
+
+/// One kind's stored entries.
+struct KindCache {
+    layout: KindLayout,
+    plain: GrowingBuffer,
+    quantized: Option<QuantBuffer>,
+}
+
+impl KindCache {
+    fn new(layout: KindLayout) -> Self {
+        KindCache {
+            quantized: layout.quant.map(QuantBuffer::new),
+            layout,
+            plain: GrowingBuffer::default(),
+        }
+    }
+
+    /// Appends `new` `[batch, heads, seq, head_dim]` after `len` held entries; returns every
+    /// held entry: all heads `[batch, heads, len', head_dim]` (no map) or rows `[batch, len',
+    /// width]` (mapped).
+    fn append(&mut self, new: &Tensor, len: i64) -> Tensor {
+        let (b, heads, s, d) = new.size4().expect("per-head tensors are 4-D");
+        let rows = match &self.layout.map {
+            Some(map) => map.encode(new),
+            None if self.quantized.is_some() => new.transpose(1, 2).reshape([b, s, heads * d]),
+            None => return self.plain.append(new, len, 2),
+        };
+        let all = match &mut self.quantized {
+            Some(buffer) => buffer.append(&rows),
+            None => self.plain.append(&rows, len, 1),
+        };
+        match &self.layout.map {
+            Some(_) => all,
+            None => all.view([b, -1, heads, d]).transpose(1, 2),
+        }
+    }
+
+    fn bytes(&self, len: i64) -> i64 {
+        match &self.quantized {
+            Some(buffer) => buffer.bytes(),
+            None => self.plain.bytes(len),
+        }
+    }
+}
+
+/// One layer's cache.
 pub struct LayerCache {
-    keys: GrowingBuffer,
-    values: GrowingBuffer,
-    /// `[batch, capacity]` positions, kept only when keys are stored before RoPE.
+    keys: KindCache,
+    values: KindCache,
+    /// `[batch, capacity]` positions, kept only when keys are rebuilt before RoPE.
     positions: GrowingBuffer,
-    len: i64,
-    key_map: Option<Rc<HeadMap>>,
-    value_map: Option<Rc<HeadMap>>,
-    key_space: Option<KeySpace>,
+    key_space: KeySpace,
+    eviction: Option<Eviction>,
+    /// Entries held per sequence.
+    held: i64,
+    /// Positions appended so far (what attention's masks and RoPE count); equals `held` unless
+    /// the layer evicts.
+    seen: i64,
+    /// Under eviction: the column (`0..seen`) of each held entry, and whether it is some row's sink.
+    columns: Vec<i64>,
+    sinks: Vec<bool>,
+}
+
+impl Default for LayerCache {
+    fn default() -> Self {
+        LayerCache::new(LayerLayout::plain())
+    }
+}
+
+/// What attention reads from a layer's cache after an append.
+pub struct CachedKv {
+    pub keys: CachedHeads,
+    pub values: CachedHeads,
+    /// Under eviction: the column of each held entry among all `0..seen` (int64 `[held]`), and
+    /// the eviction that decides which of them each query reads.
+    pub held_columns: Option<(Tensor, Eviction)>,
 }
 
 impl LayerCache {
-    /// A layer that stores only the maps' stored heads (`None`: that kind is stored whole).
-    pub fn compressed(
-        key_map: Option<Rc<HeadMap>>,
-        value_map: Option<Rc<HeadMap>>,
-        key_space: KeySpace,
-    ) -> Self {
+    pub fn new(layout: LayerLayout) -> Self {
+        assert!(
+            layout.eviction.is_none()
+                || (layout.keys.map.is_none()
+                    && layout.values.map.is_none()
+                    && layout.keys.quant.is_none()
+                    && layout.values.quant.is_none()),
+            "eviction works on plain entries"
+        );
         LayerCache {
-            key_space: key_map.as_ref().map(|_| key_space),
-            key_map,
-            value_map,
-            ..LayerCache::default()
+            keys: KindCache::new(layout.keys),
+            values: KindCache::new(layout.values),
+            positions: GrowingBuffer::default(),
+            key_space: layout.key_space,
+            eviction: layout.eviction,
+            held: 0,
+            seen: 0,
+            columns: Vec::new(),
+            sinks: Vec::new(),
         }
     }
 
-    /// Positions held.
+    /// Positions seen (held or evicted): where the next call's positions start.
     pub fn len(&self) -> i64 {
-        self.len
+        self.seen
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.seen == 0
+    }
+
+    /// Whether some positions may be dropped, so attention needs explicit visibility.
+    pub fn evicts(&self) -> bool {
+        self.eviction.is_some()
     }
 
     /// Appends the new entries and returns what attention reads for keys (after RoPE) and values.
     ///
     /// Keys mapped before RoPE are rebuilt here (RoPE must follow the map, so the map cannot be
     /// folded into the queries); keys mapped after RoPE and mapped values come back as the stored
-    /// rows, which attention reads through the map without building the targets.
-    pub fn append(&mut self, new: &NewEntries, rope: &Rope) -> (CachedHeads, CachedHeads) {
-        let len = self.len;
-        let keys = match (&self.key_map, self.key_space) {
-            (Some(map), Some(KeySpace::PreRope)) => {
-                let stored = self
-                    .keys
-                    .append(&map.stored_part(new.keys_unrotated), len, 2);
+    /// rows, which attention reads through the map without building the heads.
+    pub fn append(&mut self, new: &NewEntries, rope: &Rope) -> CachedKv {
+        let len = self.held;
+        let keys = match (self.keys.layout.map.clone(), self.key_space) {
+            (Some(map), KeySpace::PreRope) => {
+                let rows = self.keys.append(new.keys_unrotated, len);
                 let positions = self.positions.append(new.positions, len, 1);
-                CachedHeads::Whole(rope.apply_at(&map.rebuild(&stored), &positions))
+                CachedHeads::Whole(rope.apply_at(&read_all_heads(map.as_ref(), &rows), &positions))
             }
-            (Some(map), _) => CachedHeads::stored(&mut self.keys, map, new.keys, len),
-            (None, _) => CachedHeads::Whole(self.keys.append(new.keys, len, 2)),
+            (Some(map), KeySpace::PostRope) => CachedHeads::Stored {
+                rows: self.keys.append(new.keys, len).unsqueeze(1),
+                map,
+            },
+            (None, _) => CachedHeads::Whole(self.keys.append(new.keys, len)),
         };
-        let values = match &self.value_map {
-            Some(map) => CachedHeads::stored(&mut self.values, map, new.values, len),
-            None => CachedHeads::Whole(self.values.append(new.values, len, 2)),
+        let values = match self.values.layout.map.clone() {
+            Some(map) => CachedHeads::Stored {
+                rows: self.values.append(new.values, len).unsqueeze(1),
+                map,
+            },
+            None => CachedHeads::Whole(self.values.append(new.values, len)),
         };
-        self.len += new.keys.size()[2];
-        (keys, values)
+        let added = new.keys.size()[2];
+        self.held += added;
+        self.seen += added;
+        let held_columns = self.eviction.map(|eviction| {
+            let columns = self.track_columns(new, added, eviction);
+            (columns.to_device(new.keys.device()), eviction)
+        });
+        CachedKv {
+            keys,
+            values,
+            held_columns,
+        }
     }
 
-    /// Bytes of the filled positions (stored keys, values and positions).
+    /// Records the new entries' columns and sink flags; returns the held columns (this call's
+    /// reads) and then drops what no later query reads.
+    fn track_columns(&mut self, new: &NewEntries, added: i64, eviction: Eviction) -> Tensor {
+        let sink = new.positions.lt(eviction.sinks);
+        let sink = match new.valid {
+            Some(valid) => sink.logical_and(valid),
+            None => sink,
+        };
+        let sink = Vec::<bool>::try_from(sink.any_dim(0, false).to_device(tch::Device::Cpu))
+            .expect("a bool vector");
+        self.columns.extend(self.seen - added..self.seen);
+        self.sinks.extend(sink);
+        let read = Tensor::from_slice(&self.columns);
+        let oldest_kept = self.seen - eviction.window;
+        let kept: Vec<i64> = (0..self.columns.len())
+            .filter(|&i| self.sinks[i] || self.columns[i] >= oldest_kept)
+            .map(|i| i as i64)
+            .collect();
+        if (kept.len() as i64) < self.held {
+            let index = Tensor::from_slice(&kept).to_device(new.keys.device());
+            self.keys.plain.keep(&index, self.held);
+            self.values.plain.keep(&index, self.held);
+            self.columns = kept.iter().map(|&i| self.columns[i as usize]).collect();
+            self.sinks = kept.iter().map(|&i| self.sinks[i as usize]).collect();
+            self.held = kept.len() as i64;
+        }
+        read
+    }
+
+    /// Bytes of the held entries (stored keys, values, their codes and scales, and positions).
     pub fn bytes(&self) -> i64 {
-        self.keys.bytes(self.len) + self.values.bytes(self.len) + self.positions.bytes(self.len)
+        self.keys.bytes(self.held) + self.values.bytes(self.held) + self.positions.bytes(self.held)
     }
 
     /// Bytes of this layer's map parameters (shared by every sequence and position).
     pub fn map_bytes(&self) -> i64 {
-        [&self.key_map, &self.value_map]
+        [&self.keys.layout.map, &self.values.layout.map]
             .iter()
             .filter_map(|m| m.as_ref().map(|m| m.bytes()))
             .sum()
@@ -195,7 +371,14 @@ impl KvCache {
         }
     }
 
-    /// Positions held (the same in every layer once a step has finished).
+    /// An empty cache laid out layer by layer.
+    pub fn with_layout(layouts: &[LayerLayout]) -> Self {
+        KvCache {
+            layers: layouts.iter().cloned().map(LayerCache::new).collect(),
+        }
+    }
+
+    /// Positions seen (the same in every layer once a step has finished).
     pub fn len(&self) -> i64 {
         self.layers.first().map_or(0, LayerCache::len)
     }
@@ -204,7 +387,7 @@ impl KvCache {
         self.len() == 0
     }
 
-    /// Bytes held by all layers' filled positions.
+    /// Bytes held by all layers' entries.
     pub fn bytes(&self) -> i64 {
         self.layers.iter().map(LayerCache::bytes).sum()
     }
@@ -228,6 +411,7 @@ pub fn element_bytes(kind: Kind) -> i64 {
 mod tests {
     use super::*;
     use crate::config::rope_scaling::RopeScaling;
+    use crate::model::head_map::HeadMap;
     use tch::Device;
 
     /// Appends `keys`/`values` `[2, 3, 40, 4]` in uneven steps; checks every read against `expect`.
@@ -244,17 +428,18 @@ mod tests {
                 .unsqueeze(0)
                 .repeat([2, 1]);
             let unrotated = keys.narrow(2, at, step);
-            let (k, v) = cache.append(
+            let read = cache.append(
                 &NewEntries {
                     keys_unrotated: &unrotated,
                     keys: &rope.apply_at(&unrotated, &positions),
                     values: &values.narrow(2, at, step),
                     positions: &positions,
+                    valid: None,
                 },
                 rope,
             );
             at += step;
-            check(at, &k.all_heads(), &v.all_heads());
+            check(at, &read.keys.all_heads(), &read.values.all_heads());
         }
     }
 
@@ -300,7 +485,16 @@ mod tests {
             ))
         };
         for space in [KeySpace::PreRope, KeySpace::PostRope] {
-            let mut cache = LayerCache::compressed(Some(copy_map()), Some(copy_map()), space);
+            let mapped = || KindLayout {
+                map: Some(copy_map() as Rc<dyn RowMap>),
+                quant: None,
+            };
+            let mut cache = LayerCache::new(LayerLayout {
+                keys: mapped(),
+                values: mapped(),
+                key_space: space,
+                eviction: None,
+            });
             append_in_steps(&mut cache, &all_k, &all_v, &rope, |at, k, v| {
                 let err = f64::try_from((k - rotated.narrow(2, 0, at)).abs().max()).unwrap();
                 assert!(err < 1e-6, "{space:?}: keys differ by {err}");

@@ -1,6 +1,7 @@
 //! Reports a reader opens: markdown, figures and the tables behind them, rendered from plain rows.
 
 pub mod align_report;
+pub mod kv_pareto_report;
 pub mod markdown;
 pub mod plot;
 pub mod predict_report;

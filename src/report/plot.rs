@@ -164,6 +164,8 @@ pub struct ScatterPoint {
     pub y: f64,
     /// Points of one group share a colour and a legend entry; `None` is drawn unlabelled.
     pub group: Option<String>,
+    /// Text drawn beside the point (which variant it is, where a group holds several).
+    pub label: Option<String>,
 }
 
 /// Points, optionally in groups, optionally with the y = x line.
@@ -646,6 +648,13 @@ fn draw_scatter<DB: DrawingBackend>(
         .label(group)
         .legend(move |(lx, ly)| Circle::new((lx + 10, ly), 4, color.filled()));
     }
+    let labels = chart.points.iter().filter(finite).filter_map(|p| {
+        p.label.as_ref().map(|label| {
+            EmptyElement::at((p.x, p.y))
+                + Text::new(label.clone(), (6, -14), ("sans-serif", 13).into_font())
+        })
+    });
+    ctx.draw_series(labels).map_err(plot_error)?;
     if chart.identity_line || !groups.is_empty() {
         ctx.configure_series_labels()
             .position(series_anchor(chart.legend))
@@ -889,21 +898,25 @@ mod tests {
                 x: 0.0,
                 y: 0.5,
                 group: Some("b".into()),
+                label: None,
             },
             ScatterPoint {
                 x: 1.0,
                 y: 0.2,
                 group: Some("a".into()),
+                label: None,
             },
             ScatterPoint {
                 x: 0.4,
                 y: 2.0,
                 group: Some("b".into()),
+                label: None,
             },
             ScatterPoint {
                 x: 0.3,
                 y: 0.3,
                 group: None,
+                label: None,
             },
         ];
         assert_eq!(chart.groups(), vec!["b".to_string(), "a".to_string()]);
@@ -977,6 +990,7 @@ mod tests {
                 x: i as f64 / 50.0,
                 y: (i as f64 / 50.0).powi(2),
                 group: Some(if i % 2 == 0 { "even" } else { "odd" }.into()),
+                label: None,
             })
             .collect();
         let files = write_scatter(&scatter, &dir.path().join("scatter")).unwrap();

@@ -331,6 +331,7 @@ pub fn write_figures(
                         short_label(&label),
                         r.kind.name().to_uppercase()
                     )),
+                    label: None,
                 }),
         );
     }

@@ -12,6 +12,7 @@ use crate::infer::compressed_kv::CompressedKv;
 use crate::infer::eval_task::{EvalTask, TaskManifest, TaskSummary};
 use crate::infer::gsm8k_task::{Gsm8kManifest, Gsm8kSummary};
 use crate::infer::kv_calibration::CalibrationRecord;
+use crate::infer::kv_variant::KvVariantManifest;
 use crate::infer::mode_speed::SpeedRow;
 use crate::infer::multiple_choice_task::MultipleChoiceManifest;
 use crate::infer::reference_heads::{CompressionOptions, KindPlan, KvMode};
@@ -68,6 +69,11 @@ pub struct ValidateManifest<'a> {
     pub decode_tokens: usize,
     pub act: Option<PathBuf>,
     pub kv_compression: Option<KvManifest>,
+    /// `--kv` variants, and the calibration the fitted ones were planned on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kv_variants: Vec<KvVariantManifest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_calibration: Option<CalibrationRecord>,
     pub device: String,
     pub peak_rss_bytes: Option<u64>,
     pub seconds: f64,
@@ -322,15 +328,25 @@ pub fn bpb_markdown(rows: &[BpbRow]) -> String {
             r.stride.to_string(),
             format!("{:.4}", r.bits_per_byte),
             signed_or_dash(r.delta_vs_baseline),
+            interval_or_dash(r.delta_low_95, r.delta_high_95),
         ]
     });
     format!(
-        "\n## Bits per byte on held-out text\n\nΣ −log₂ p over every text token ÷ UTF-8 bytes; documents joined by a separator token (context only), windows of `window` tokens every `stride`, each token scored once.\n\n{}",
+        "\n## Bits per byte on held-out text\n\nΣ −log₂ p over every text token ÷ UTF-8 bytes; documents joined by a separator token (context only), windows of `window` tokens every `stride`, each token scored once. The paired interval of Δ takes documents as the units (ratio estimator, t quantile).\n\n{}",
         table(
-            &["text", "mode", "documents", "tokens", "bytes", "window", "stride", "bits per byte", "Δ vs baseline"],
+            &["text", "mode", "documents", "tokens", "bytes", "window", "stride", "bits per byte", "Δ vs baseline", "paired 95% interval of Δ"],
             cells
         )
     )
+}
+
+/// `[low, high]` signed to four places, or "—" where there is none.
+pub fn interval_or_dash(low: f64, high: f64) -> String {
+    if low.is_finite() && high.is_finite() {
+        format!("[{low:+.4}, {high:+.4}]")
+    } else {
+        NOT_MEASURED.to_string()
+    }
 }
 
 /// A signed difference to four places, or "—" where there is none (the baseline against itself).

@@ -18,9 +18,11 @@ use crate::infer::bpb_task::{BpbTask, BpbText, BPB_TASK};
 use crate::infer::compressed_kv::CalibrationText;
 use crate::infer::eval_task::EvalTask;
 use crate::infer::gsm8k_task::Gsm8kTask;
+use crate::infer::kv_spec::KvSpec;
 use crate::infer::mode_speed::decode_prompts;
 use crate::infer::multiple_choice_task::MultipleChoiceTask;
 use crate::infer::reference_heads::{CompressionOptions, KvMode};
+use crate::model::head_map::KeySpace;
 use crate::output::atomic::check_output_dir;
 use crate::output::default_out_dir;
 
@@ -41,17 +43,28 @@ pub struct ValidateSettings {
     pub batch_tokens: usize,
     pub decode_tokens: usize,
     pub act: Option<PathBuf>,
+    /// `--kv-compress`: reference heads, one mode per `--kv-mode`.
     pub compression: Option<CompressionSettings>,
+    /// `--kv`, in the order given.
+    pub kv_variants: Vec<KvSpec>,
+    /// Reference-head options for `refs:` variants (their fraction comes from the spec).
+    pub reference_options: CompressionOptions,
+    pub calibration: CalibrationSettings,
     pub max_new_tokens: Option<usize>,
 }
 
-/// `--kv-compress` and its calibration.
+/// `--kv-compress` and the kinds it runs.
 pub struct CompressionSettings {
     pub options: CompressionOptions,
     pub modes: Vec<KvMode>,
-    pub calibration_text: String,
-    pub calibration_tokens: usize,
-    pub calibration_seq_len: usize,
+}
+
+/// The calibration text the fitted KV codes (reference heads, low rank) are planned on.
+pub struct CalibrationSettings {
+    pub text: String,
+    pub tokens: usize,
+    pub seq_len: usize,
+    pub key_space: KeySpace,
 }
 
 /// The `bpb` task's flags; window and stride resolve against the model's positions.
@@ -85,25 +98,28 @@ impl ValidateSettings {
         for task in &multiple_choice {
             check_eval_task(task, &args.variant, &OWN_TASKS)?;
         }
+        let reference_options = CompressionOptions {
+            fraction: 0.0,
+            min_refs: args.kv_min_refs,
+            max_refs: args.kv_max_refs,
+            key_space: args.kv_keys,
+        };
+        reference_options.check()?;
         let compression = match args.kv_compress {
             Some(fraction) => {
                 let options = CompressionOptions {
                     fraction,
-                    min_refs: args.kv_min_refs,
-                    max_refs: args.kv_max_refs,
-                    key_space: args.kv_keys,
+                    ..reference_options.clone()
                 };
                 options.check()?;
                 Some(CompressionSettings {
                     options,
                     modes: args.kv_mode.clone(),
-                    calibration_text: args.kv_calibration_text.clone(),
-                    calibration_tokens: args.kv_calibration_tokens,
-                    calibration_seq_len: args.kv_calibration_seq_len,
                 })
             }
             None => None,
         };
+        let kv_variants = KvSpec::parse_list(&args.kv)?;
         let bpb = args
             .tasks
             .iter()
@@ -128,6 +144,14 @@ impl ValidateSettings {
             decode_tokens: args.decode_tokens,
             act: args.act.clone(),
             compression,
+            kv_variants,
+            reference_options,
+            calibration: CalibrationSettings {
+                text: args.kv_calibration_text.clone(),
+                tokens: args.kv_calibration_tokens,
+                seq_len: args.kv_calibration_seq_len,
+                key_space: args.kv_keys,
+            },
             max_new_tokens: args.max_new_tokens,
         })
     }
@@ -185,14 +209,21 @@ impl ValidateSettings {
     }
 }
 
-impl CompressionSettings {
+impl ValidateSettings {
+    /// Whether some mode's KV code is fitted on calibration text.
+    pub fn needs_calibration(&self) -> bool {
+        self.compression.is_some() || self.kv_variants.iter().any(KvSpec::needs_calibration)
+    }
+}
+
+impl CalibrationSettings {
     /// The calibration text and token set; `separator` is the model's EOS.
-    pub fn calibration(&self, seed: u64, separator: Option<i64>) -> CalibrationText {
+    pub fn text(&self, seed: u64, separator: Option<i64>) -> CalibrationText {
         CalibrationText {
-            text: TextSource::parse(&self.calibration_text),
+            text: TextSource::parse(&self.text),
             token_set: TokenSetOptions {
-                tokens: self.calibration_tokens,
-                seq_len: self.calibration_seq_len,
+                tokens: self.tokens,
+                seq_len: self.seq_len,
                 fit_fraction: DEFAULT_FIT_FRACTION,
                 seed,
                 separator,

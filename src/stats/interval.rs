@@ -1,4 +1,4 @@
-//! Confidence intervals for accuracies.
+//! Confidence intervals for accuracies and for paired differences of per-byte rates.
 
 /// z for a two-sided 95% normal interval.
 pub const Z_95: f64 = 1.959_963_984_540_054;
@@ -50,9 +50,46 @@ pub fn paired_interval_of(pairs: impl IntoIterator<Item = (bool, bool)>, z: f64)
     paired_difference_interval(gained, lost, items, z)
 }
 
+/// A 95% interval for the difference of two per-byte rates (bits per byte) measured on the same
+/// documents: `differences[d]` is document d's bits under the new mode minus the baseline's,
+/// `bytes[d]` its bytes. The difference is the ratio Σ differences / Σ bytes; documents are the
+/// independent units, so its standard error is the ratio estimator's (delta method:
+/// √(n/(n−1) · Σ (differences − ratio · bytes)²) / Σ bytes), with a Student t quantile on n − 1
+/// degrees of freedom. `(NaN, NaN)` with fewer than two documents or no bytes.
+pub fn paired_ratio_interval(differences: &[f64], bytes: &[f64]) -> (f64, f64) {
+    let n = differences.len();
+    let total_bytes: f64 = bytes.iter().sum();
+    if n < 2 || n != bytes.len() || total_bytes <= 0.0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let ratio = differences.iter().sum::<f64>() / total_bytes;
+    let squares: f64 = differences
+        .iter()
+        .zip(bytes)
+        .map(|(d, b)| (d - ratio * b).powi(2))
+        .sum();
+    let nf = n as f64;
+    let standard_error = (nf / (nf - 1.0) * squares).sqrt() / total_bytes;
+    let t = crate::stats::multiplicity::student_t_quantile(0.975, nf - 1.0);
+    (ratio - t * standard_error, ratio + t * standard_error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With one byte per document the ratio is the mean difference and the interval the one-sample
+    /// t interval: 2.5 ± t(0.975, 3) · sd/√4 for differences 1, 2, 3, 4 (t = 3.1824).
+    #[test]
+    fn a_paired_ratio_with_equal_bytes_is_the_t_interval_of_the_mean() {
+        let (low, high) = paired_ratio_interval(&[1.0, 2.0, 3.0, 4.0], &[1.0; 4]);
+        let half = 3.182_446 * (5.0_f64 / 3.0).sqrt() / 2.0;
+        assert!((low - (2.5 - half)).abs() < 1e-4 && (high - (2.5 + half)).abs() < 1e-4);
+        // Scaling every document's bytes scales the ratio and its interval alike.
+        let (l2, h2) = paired_ratio_interval(&[1.0, 2.0, 3.0, 4.0], &[2.0; 4]);
+        assert!((l2 - low / 2.0).abs() < 1e-9 && (h2 - high / 2.0).abs() < 1e-9);
+        assert!(paired_ratio_interval(&[1.0], &[1.0]).0.is_nan());
+    }
 
     #[test]
     fn matches_hand_computed_values() {

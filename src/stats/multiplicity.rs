@@ -64,10 +64,18 @@ pub fn normal_quantile(p: f64) -> f64 {
     }
 }
 
-/// Student-t quantile with ν degrees of freedom, by the Cornish–Fisher expansion in 1/ν about the
-/// normal quantile (Abramowitz & Stegun 26.7.5, four terms). Checked against the integrated density
-/// for ν ≥ 15 (tests below); the callers need ν ≥ 15.
+/// Fewest degrees of freedom the Cornish–Fisher expansion is used for; below, the quantile is
+/// found on the distribution function itself.
+const EXPANSION_MIN_DEGREES: f64 = 15.0;
+
+/// Student-t quantile with ν degrees of freedom. For ν ≥ 15 by the Cornish–Fisher expansion in
+/// 1/ν about the normal quantile (Abramowitz & Stegun 26.7.5, four terms; checked against the
+/// integrated density, tests below); for 1 ≤ ν < 15, where the expansion drifts, by bisection on
+/// the distribution function ([`t_quantile_by_bisection`]). NaN for ν < 1.
 pub fn student_t_quantile(p: f64, degrees_of_freedom: f64) -> f64 {
+    if degrees_of_freedom < EXPANSION_MIN_DEGREES {
+        return t_quantile_by_bisection(p, degrees_of_freedom);
+    }
     let z = normal_quantile(p);
     if !z.is_finite() || degrees_of_freedom.is_infinite() {
         return z;
@@ -79,6 +87,43 @@ pub fn student_t_quantile(p: f64, degrees_of_freedom: f64) -> f64 {
     let g3 = (((3.0 * z2 + 19.0) * z2 + 17.0) * z2 - 15.0) * z / 384.0;
     let g4 = ((((79.0 * z2 + 776.0) * z2 + 1482.0) * z2 - 1920.0) * z2 - 945.0) * z / 92160.0;
     z + g1 / nu + g2 / nu.powi(2) + g3 / nu.powi(3) + g4 / nu.powi(4)
+}
+
+/// The t quantile from its distribution function: with t = √ν·tan θ the density becomes
+/// ∝ cos^(ν−1) θ on (−π/2, π/2), a bounded integrand for ν ≥ 1, so P(0 < T < √ν·tan θ) is a ratio
+/// of two Simpson integrals and θ is found by bisection.
+fn t_quantile_by_bisection(p: f64, nu: f64) -> f64 {
+    if nu.is_nan() || nu < 1.0 || !(0.0..=1.0).contains(&p) {
+        return f64::NAN;
+    }
+    if p == 0.0 || p == 1.0 {
+        return if p == 0.0 {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        };
+    }
+    let integral = |theta: f64| {
+        let steps = 2000;
+        let h = theta / steps as f64;
+        let f = |phi: f64| phi.cos().powf(nu - 1.0);
+        let mut sum = f(0.0) + f(theta);
+        for i in 1..steps {
+            sum += f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
+        }
+        sum * h / 3.0
+    };
+    let target = 2.0 * (p - 0.5).abs() * integral(std::f64::consts::FRAC_PI_2);
+    let (mut low, mut high) = (0.0, std::f64::consts::FRAC_PI_2);
+    for _ in 0..60 {
+        let mid = 0.5 * (low + high);
+        if integral(mid) < target {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    (p - 0.5).signum() * nu.sqrt() * (0.5 * (low + high)).tan()
 }
 
 /// The two-sided Bonferroni critical value for `tests` tests at family-wise level `alpha`: the
@@ -175,6 +220,22 @@ mod tests {
                 );
             }
         }
+        // Few degrees of freedom (bisection): t(0.975; 1) = 12.7062, t(0.975; 3) = 3.182446,
+        // t(0.995; 5) = 4.032143, t(0.975; 14) = 2.144787, and the lower tail by symmetry.
+        for (p, nu, t) in [
+            (0.975, 1.0, 12.706_205),
+            (0.975, 3.0, 3.182_446),
+            (0.995, 5.0, 4.032_143),
+            (0.975, 14.0, 2.144_787),
+            (0.025, 3.0, -3.182_446),
+        ] {
+            let q = student_t_quantile(p, nu);
+            assert!(
+                (q - t).abs() < 1e-5 * t.abs(),
+                "t({p}; {nu}) = {q}, table {t}"
+            );
+        }
+        assert!(student_t_quantile(0.975, 0.5).is_nan());
         // ν → ∞ is the normal quantile.
         assert_eq!(
             student_t_quantile(0.975, f64::INFINITY),

@@ -165,27 +165,10 @@ fn real_arc_easy_request_file_reads_570_items_of_four_choices_mostly() {
 
 #[test]
 fn validate_writes_a_report_with_intervals_on_a_few_smollm2_items() {
-    let Some(model_path) = data_file(smollm2_gguf()) else {
+    let Some((ok, stdout, stderr, out)) = crate::common::validate_smollm2(&[]) else {
         return;
     };
-    let out = tempfile::tempdir().unwrap();
     let out_dir = out.path().join("v");
-    let spec = format!("gguf:{}", model_path.display());
-    let (ok, stdout, stderr) = crate::common::cli(&[
-        "--device",
-        "cpu",
-        "--quiet",
-        "validate",
-        &spec,
-        "--tasks",
-        "arc_easy",
-        "--limit",
-        "3",
-        "--decode-tokens",
-        "2",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("| arc_easy | rc_0shot | baseline | acc |"),

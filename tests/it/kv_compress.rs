@@ -16,6 +16,7 @@ use ckpt_scan::model::forward::HiddenBudget;
 use ckpt_scan::model::head_map::{HeadMap, KeySpace};
 use ckpt_scan::model::kv_cache::KvCache;
 use ckpt_scan::model::resident::ResidentModel;
+use ckpt_scan::model::row_map::{read_all_heads, RowMap};
 use ckpt_scan::model::weights::LoadOptions;
 use ckpt_scan::source::init::{InitScheme, InitSource};
 use ckpt_scan::source::WeightSource;
@@ -23,9 +24,9 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-const PROMPTS: [&[i64]; 2] = [&[5, 9, 13, 21, 40, 7, 7, 33, 3, 17], &[12, 3, 44]];
+pub(crate) const PROMPTS: [&[i64]; 2] = [&[5, 9, 13, 21, 40, 7, 7, 33, 3, 17], &[12, 3, 44]];
 
-fn source(architecture: Architecture) -> InitSource {
+pub(crate) fn source(architecture: Architecture) -> InitSource {
     InitSource::new(tiny_config(architecture), 11, InitScheme::Hf, "init:tiny")
 }
 
@@ -53,7 +54,7 @@ fn options(fraction: f64, key_space: KeySpace) -> CompressionOptions {
 }
 
 /// 12 random sequences of 24 tokens: 9 fit, 3 held out.
-fn calibration_batches(vocab: i64) -> Vec<(Tensor, Split)> {
+pub(crate) fn calibration_batches(vocab: i64) -> Vec<(Tensor, Split)> {
     tch::manual_seed(5);
     let tokens = Tensor::randint(vocab, [12, 24], (Kind::Int64, Device::Cpu));
     vec![
@@ -62,7 +63,7 @@ fn calibration_batches(vocab: i64) -> Vec<(Tensor, Split)> {
     ]
 }
 
-fn record() -> CalibrationRecord {
+pub(crate) fn record() -> CalibrationRecord {
     CalibrationRecord {
         text: "random".into(),
         tokens: 288,
@@ -107,7 +108,7 @@ fn no_targets_is_the_plain_cache_bit_for_bit() {
         let compressed = fitted_plan(&source, KvMode::Kv, 0.0, KeySpace::PreRope);
         assert_eq!(compressed.dropped_fraction(), 0.0);
         let (plain, plain_cache) = step_logits(&model, KvCache::new(2));
-        let (same, cache) = step_logits(&model, compressed.cache());
+        let (same, cache) = step_logits(&model, compressed.layout().cache());
         for (a, b) in plain.iter().zip(&same) {
             assert!(a.equal(b), "{architecture:?}: p = 0 must not change a bit");
         }
@@ -185,7 +186,7 @@ fn maps_that_copy_a_reference_exactly_reproduce_the_baseline_logits() {
         let (plain, plain_cache) = step_logits(&model, KvCache::new(2));
         for key_space in [KeySpace::PreRope, KeySpace::PostRope] {
             let compressed = copy_plan(&model, key_space);
-            let (rebuilt, cache) = step_logits(&model, compressed.cache());
+            let (rebuilt, cache) = step_logits(&model, compressed.layout().cache());
             let worst = plain
                 .iter()
                 .zip(&rebuilt)
@@ -278,7 +279,10 @@ fn fitted_maps_score_as_an_independent_least_squares_fit() {
         );
         // The assembled map rebuilds the same held-out vectors as the lstsq solution.
         let map = keys.maps[row.layer as usize].as_ref().unwrap();
-        let rebuilt = map.rebuild(&map.stored_part(&k.narrow(0, 9, 3).to_kind(Kind::Float)));
+        let rebuilt = read_all_heads(
+            map.as_ref(),
+            &map.encode(&k.narrow(0, 9, 3).to_kind(Kind::Float)),
+        );
         let rebuilt_target = rebuilt
             .select(1, row.target as i64)
             .reshape([-1, 8])
@@ -320,7 +324,7 @@ fn shared_prefix_rows_score_as_separate_sequences_with_a_compressed_cache() {
     let model = ResidentModel::load(&source, &LoadOptions::cpu_f32()).unwrap();
     for key_space in [KeySpace::PreRope, KeySpace::PostRope] {
         let compressed = fitted_plan(&source, KvMode::Kv, 0.5, key_space);
-        let worst = crate::common::shared_vs_separate_logprobs(&model, Some(&compressed));
+        let worst = crate::common::shared_vs_separate_logprobs(&model, Some(&compressed.layout()));
         eprintln!("{key_space:?}: shared prefix vs separate max |Δ logprob| {worst:e}");
         assert!(worst <= 1e-5, "{key_space:?}: {worst:e}");
     }

@@ -17,6 +17,7 @@ mod harness;
 mod hub;
 mod init;
 mod kv_compress;
+mod kv_variants;
 mod module_graph;
 mod predict;
 mod predict_earlier;

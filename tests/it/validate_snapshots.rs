@@ -22,6 +22,7 @@ use ckpt_scan::infer::eval_task::{EvalTask, ModeRun, TaskManifest, TaskSummary};
 use ckpt_scan::infer::gsm8k_task::{GenerationRow, Gsm8kSummary};
 use ckpt_scan::infer::harness::Accuracy;
 use ckpt_scan::infer::kv_calibration::CalibrationRecord;
+use ckpt_scan::infer::kv_variant::KvLayout;
 use ckpt_scan::infer::mode::{Mode, ModeKind};
 use ckpt_scan::infer::mode_speed::SpeedRow;
 use ckpt_scan::infer::multiple_choice_task::ChoiceRow;
@@ -91,6 +92,8 @@ fn validate_manifest_line(source: &Provenance, limit: Option<usize>) -> String {
         decode_tokens: 32,
         act: None,
         kv_compression: None,
+        kv_variants: Vec::new(),
+        kv_calibration: None,
         device: "cpu".into(),
         peak_rss_bytes: None,
         seconds: 1.5,
@@ -268,10 +271,9 @@ fn kv_all_reached() -> CompressedKv {
     let options = compression_options(0.25, 2);
     let keys = || kind_plan(HeadKind::K, [&[1], &[3]], 2, &[0.8125, 0.75]);
     let values = kind_plan(HeadKind::V, [&[2], &[0]], 2, &[0.5, 0.625]);
-    CompressedKv {
-        record: calibration_record(),
-        options: options.clone(),
-        plans: vec![
+    compressed_kv(
+        options.clone(),
+        vec![
             (
                 KvMode::K,
                 compression_plan(KvMode::K, &options, Some(keys()), None),
@@ -281,7 +283,7 @@ fn kv_all_reached() -> CompressedKv {
                 compression_plan(KvMode::Kv, &options, Some(keys()), Some(values)),
             ),
         ],
-    }
+    )
 }
 
 /// Modes k and kv asked to rebuild half of the heads (4 per kind) while every layer keeps 3 of
@@ -290,10 +292,9 @@ fn kv_fewer_than_asked() -> CompressedKv {
     let options = compression_options(0.5, 3);
     let keys = || kind_plan(HeadKind::K, [&[1], &[3]], 4, &[0.8125, 0.6875]);
     let values = kind_plan(HeadKind::V, [&[], &[0]], 4, &[0.4375]);
-    CompressedKv {
-        record: calibration_record(),
-        options: options.clone(),
-        plans: vec![
+    compressed_kv(
+        options.clone(),
+        vec![
             (
                 KvMode::K,
                 compression_plan(KvMode::K, &options, Some(keys()), None),
@@ -303,14 +304,27 @@ fn kv_fewer_than_asked() -> CompressedKv {
                 compression_plan(KvMode::Kv, &options, Some(keys()), Some(values)),
             ),
         ],
+    )
+}
+
+fn compressed_kv(
+    options: CompressionOptions,
+    plans: Vec<(KvMode, CompressionPlan)>,
+) -> CompressedKv {
+    CompressedKv {
+        record: calibration_record(),
+        options,
+        layouts: plans.iter().map(|(_, p)| p.layout()).collect(),
+        plans,
     }
 }
 
-fn mode(kind: ModeKind, kv: Option<&CompressionPlan>) -> Mode<'_> {
+fn mode(kind: ModeKind, kv: Option<&KvLayout>) -> Mode<'_> {
     Mode {
         kind,
         edit: None,
         kv,
+        spec: None,
     }
 }
 
@@ -320,7 +334,8 @@ fn kv_modes(kv: &CompressedKv) -> Vec<Mode<'_>> {
         .chain(
             kv.plans
                 .iter()
-                .map(|(m, plan)| mode(ModeKind::CompressedKv(*m), Some(plan))),
+                .zip(&kv.layouts)
+                .map(|((m, _), layout)| mode(ModeKind::CompressedKv(*m), Some(layout))),
         )
         .collect()
 }
@@ -340,7 +355,7 @@ fn scoring_speed(modes: &[Mode]) -> Vec<SpeedRow> {
 fn decoded_speed(modes: &[Mode]) -> Vec<SpeedRow> {
     let mut rows: Vec<SpeedRow> = Vec::new();
     for (i, (m, mut row)) in modes.iter().zip(scoring_speed(modes)).enumerate() {
-        let dropped = m.kv.map_or(0.0, |p| p.dropped_fraction());
+        let dropped = m.kv.map_or(0.0, |l| 1.0 - 1.0 / l.claimed_compression);
         row.prefill_tokens = 256;
         row.prefill_tokens_per_second = 2048.0 - 128.0 * i as f64;
         row.decode_tokens = 128;
@@ -400,6 +415,8 @@ fn bpb_row(mode: &str, bits_per_byte: f64, delta_vs_baseline: f64) -> BpbRow {
         bits: bits_per_byte * 65_536.0,
         bits_per_byte,
         delta_vs_baseline,
+        delta_low_95: delta_vs_baseline - 0.0078125,
+        delta_high_95: delta_vs_baseline + 0.0078125,
         forward_tokens_per_second: 3072.0,
     }
 }
@@ -650,4 +667,89 @@ fn validate_csvs() {
     })
     .join("\n");
     insta::assert_snapshot!("validate_csvs", csvs);
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV Pareto section
+
+/// The Pareto rows, section and figures `validate` builds for the fixed kv-k / kv-kv modes plus a
+/// `--kv` eviction variant, on sequences of known lengths: bytes are the layouts' closed forms at
+/// 16 bits per entry (plain: 2 layers × 2 kinds × 32 values × 2 bytes = 256 per token).
+#[test]
+fn validate_kv_pareto() {
+    use ckpt_scan::infer::kv_pareto::{pareto_rows, ParetoInputs};
+    use ckpt_scan::infer::kv_spec::KvSpec;
+    use ckpt_scan::infer::kv_variant::KvVariant;
+    use ckpt_scan::report::kv_pareto_report::{pareto_charts, pareto_section};
+    use std::collections::BTreeMap;
+
+    let config = tiny_config(Architecture::Olmo2);
+    let kv = kv_all_reached();
+    let evict = KvVariant::build(
+        &KvSpec::parse("evict:2+6").unwrap(),
+        &config,
+        None,
+        &compression_options(0.0, 1),
+    )
+    .unwrap();
+    let mut modes = kv_modes(&kv);
+    modes.push(Mode {
+        kind: ModeKind::KvVariant,
+        edit: None,
+        kv: Some(&evict.layout),
+        spec: Some(evict.name()),
+    });
+    let mut accuracy = accuracy_rows();
+    accuracy.push(paired_accuracy(
+        TASK,
+        VARIANT,
+        "evict:2+6",
+        "acc",
+        [20, 2, 6, 12],
+    ));
+    let mut bpb = bpb_rows();
+    bpb.push(bpb_row("evict:2+6", 1.125, 0.1875));
+    let speed = decoded_speed(&modes);
+    let layouts: Vec<(&str, Option<&KvLayout>)> = modes.iter().map(|m| (m.name(), m.kv)).collect();
+    let mut lengths = BTreeMap::new();
+    for mode in ["baseline", "kv-k", "kv-kv", "evict:2+6"] {
+        lengths.insert((TASK.to_string(), mode.to_string()), vec![4, 12]);
+        lengths.insert((GSM8K_TASK.to_string(), mode.to_string()), vec![20]);
+        lengths.insert((BPB_TASK.to_string(), mode.to_string()), vec![16, 16]);
+    }
+    let rows = pareto_rows(&ParetoInputs {
+        accuracy: &accuracy,
+        bpb: &bpb,
+        speed: &speed,
+        layouts: &layouts,
+        sequence_lengths: &lengths,
+        config: &config,
+    });
+    // Eviction holds min(n, 8) of n positions: (4 + 8) / 16 of plain on TASK, 8 / 16 on bpb.
+    let evict_task = rows
+        .iter()
+        .find(|r| r.task == TASK && r.mode == "evict:2+6")
+        .unwrap();
+    assert_eq!(evict_task.kv_bytes_per_token, 256.0 * 12.0 / 16.0);
+    assert_eq!(evict_task.compresses, "keys and values");
+    let evict_bpb = rows
+        .iter()
+        .find(|r| r.task == BPB_TASK && r.mode == "evict:2+6")
+        .unwrap();
+    assert_eq!(evict_bpb.kv_fraction_of_plain, 0.5);
+    let charts = pareto_charts(&rows);
+    let names: Vec<&str> = charts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            format!("pareto-{TASK}"),
+            format!("pareto-{GSM8K_TASK}"),
+            format!("pareto-{BPB_TASK}")
+        ]
+    );
+    assert_eq!(charts[0].1.points.len(), 4, "acc only, one point per mode");
+    insta::assert_snapshot!(
+        "validate_kv_pareto",
+        pareto_section(&rows, &["pareto-arc_easy.png".into()])
+    );
 }

@@ -199,7 +199,7 @@ pub fn shared_prefix_groups() -> Vec<ckpt_scan::infer::harness::SharedPrefix> {
 /// continuation) sequences, in one batch and in batches of one row; returns the worst |Δ logprob|.
 pub fn shared_vs_separate_logprobs(
     model: &ckpt_scan::model::resident::ResidentModel,
-    kv: Option<&ckpt_scan::infer::reference_heads::CompressionPlan>,
+    kv: Option<&ckpt_scan::infer::kv_variant::KvLayout>,
 ) -> f64 {
     use ckpt_scan::infer::harness::{continuation_logprobs, target_logprobs, ScoringRequest};
     let groups = shared_prefix_groups();
@@ -334,4 +334,32 @@ pub fn grid_row(
         checks: String::new(),
         failures: String::new(),
     }
+}
+
+/// `validate` on a few SmolLM2 items (`--tasks arc_easy --limit 3 --decode-tokens 2`, then
+/// `extra`), written to a temporary folder: `(ok, stdout, stderr, folder holding out/v)`, or `None`
+/// when the model is not fetched.
+pub fn validate_smollm2(extra: &[&str]) -> Option<(bool, String, String, tempfile::TempDir)> {
+    let model_path = data_file(ckpt_scan::data::paths::smollm2_gguf())?;
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().join("v");
+    let spec = format!("gguf:{}", model_path.display());
+    let mut args = vec![
+        "--device",
+        "cpu",
+        "--quiet",
+        "validate",
+        &spec,
+        "--tasks",
+        "arc_easy",
+        "--limit",
+        "3",
+        "--decode-tokens",
+        "2",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let (ok, stdout, stderr) = cli(&args);
+    Some((ok, stdout, stderr, out))
 }
