@@ -40,6 +40,10 @@ pub enum Architecture {
     /// rotary, GELU MLP with biases, parallel residual (`source/gpt_neox_names.rs` maps its
     /// tensor names).
     GptNeox,
+    /// Gemma-3 (text): four RMSNorms per layer around each sub-layer, norm gains stored as
+    /// `weight − 1`, per-head QK-norm, GeGLU, embedding scaled by √hidden, scores scaled by
+    /// `query_pre_attn_scalar^−½`, local (windowed) and global layers with their own RoPE bases.
+    Gemma3,
 }
 
 /// Where a block's norms sit.
@@ -49,6 +53,10 @@ pub enum NormPlacement {
     Pre,
     /// Norm each sub-layer's output before it joins the residual stream (OLMo-2).
     Post,
+    /// Both: norm the residual stream before each sub-layer and its output after (Gemma-3's
+    /// `input_layernorm`, `post_attention_layernorm`, `pre_feedforward_layernorm`,
+    /// `post_feedforward_layernorm`).
+    Sandwich,
 }
 
 /// Which normalisation a block uses.
@@ -67,6 +75,8 @@ pub enum MlpKind {
     SwiGlu,
     /// `down(gelu(up x + b) ) + b` with exact GELU (`mlp.up_proj`, `down_proj`, with biases).
     Gelu,
+    /// `down(gelu_tanh(gate x) · up x)`, no biases (Gemma's `gelu_pytorch_tanh`).
+    GeGlu,
 }
 
 /// The norm applied to queries and keys before RoPE.
@@ -89,6 +99,7 @@ impl Architecture {
             Architecture::Mistral => "MistralForCausalLM",
             Architecture::Olmo3 => "Olmo3ForCausalLM",
             Architecture::GptNeox => "GPTNeoXForCausalLM",
+            Architecture::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
@@ -102,6 +113,7 @@ impl Architecture {
             Architecture::Mistral => "mistral",
             Architecture::Olmo3 => "olmo3",
             Architecture::GptNeox => "gpt_neox",
+            Architecture::Gemma3 => "gemma3_text",
         }
     }
 
@@ -113,13 +125,14 @@ impl Architecture {
             | Architecture::Qwen3
             | Architecture::Mistral
             | Architecture::GptNeox => NormPlacement::Pre,
+            Architecture::Gemma3 => NormPlacement::Sandwich,
         }
     }
 
     pub fn qk_norm(self) -> QkNorm {
         match self {
             Architecture::Olmo2 | Architecture::Olmo3 => QkNorm::WholeVector,
-            Architecture::Qwen3 => QkNorm::PerHead,
+            Architecture::Qwen3 | Architecture::Gemma3 => QkNorm::PerHead,
             Architecture::Llama
             | Architecture::Qwen2
             | Architecture::Mistral
@@ -149,19 +162,37 @@ impl Architecture {
     pub fn mlp_kind(self) -> MlpKind {
         match self {
             Architecture::GptNeox => MlpKind::Gelu,
+            Architecture::Gemma3 => MlpKind::GeGlu,
             _ => MlpKind::SwiGlu,
         }
+    }
+
+    /// What an RMSNorm adds to its stored weight before multiplying: Gemma stores the gain as
+    /// `weight − 1` (`x · (1 + weight)`, weights initialised to zero); others store it whole.
+    pub fn norm_weight_offset(self) -> f64 {
+        match self {
+            Architecture::Gemma3 => 1.0,
+            _ => 0.0,
+        }
+    }
+
+    /// Whether the token embedding is multiplied by √hidden_size (Gemma).
+    pub fn scales_embedding(self) -> bool {
+        self == Architecture::Gemma3
     }
 
     /// Whether RMSNorm multiplies by its weight before casting back to the input dtype (OLMo's
     /// norms) or after (Llama's); equal in f32, different in bf16.
     pub fn norm_multiplies_before_cast(self) -> bool {
-        matches!(self, Architecture::Olmo2 | Architecture::Olmo3)
+        matches!(
+            self,
+            Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Gemma3
+        )
     }
 
     /// Whether tied input and output embeddings are the class default when config.json is silent.
     fn ties_by_default(self) -> bool {
-        self == Architecture::Llama
+        matches!(self, Architecture::Llama | Architecture::Gemma3)
     }
 }
 
@@ -209,6 +240,9 @@ pub struct ModelConfig {
     /// `x + attn(ln₁ x) + mlp(ln₂ x)` instead of one sub-layer after the other (GPT-NeoX).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub parallel_residual: bool,
+    /// Scores are `q·k · query_pre_attn_scalar^−½` instead of `q·k / √head_dim` (Gemma).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<f64>,
     pub tie_word_embeddings: bool,
     pub pad_token_id: Option<i64>,
     pub bos_token_id: Option<i64>,
@@ -260,7 +294,8 @@ impl ModelConfig {
         };
         let max_position_embeddings = opt_int("max_position_embeddings").unwrap_or(2048);
         // OLMo-3 may give RoPE per layer type; the config's own fields are the full layers'.
-        let full_rope_json = attention_window::full_layer_rope_json(value);
+        let full_rope_json = attention_window::full_layer_rope_json(value)
+            .or_else(|| attention_window::with_default_full_theta(value, architecture));
         let rope = RopeParameters::from_json(
             full_rope_json.as_ref().unwrap_or(value),
             max_position_embeddings,
@@ -294,6 +329,13 @@ impl ModelConfig {
                 .map(|n| (head_dim as f64 * n.partial_rotary_factor) as i64)
                 .filter(|&r| r != head_dim),
             parallel_residual: neox.as_ref().is_some_and(|n| n.parallel_residual),
+            // transformers' Gemma3TextConfig default.
+            query_pre_attn_scalar: (architecture == Architecture::Gemma3).then(|| {
+                value
+                    .get("query_pre_attn_scalar")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(256.0)
+            }),
             tie_word_embeddings: value
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
@@ -375,6 +417,9 @@ impl ModelConfig {
         if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
+        if self.query_pre_attn_scalar.is_some_and(|s| !positive(s)) {
+            return bad("query_pre_attn_scalar must be positive".into());
+        }
         if let Some(window) = &self.sliding_window {
             if window.size <= 0 || window.layers.len() as i64 != self.num_hidden_layers {
                 return bad(format!(
@@ -402,9 +447,10 @@ impl ModelConfig {
         let attention = q.checked_mul(h)?.checked_mul(2)?;
         let attention = attention.checked_add(kv.checked_mul(h)?.checked_mul(2)?)?;
         let mlp = self.intermediate_size.checked_mul(h)?.checked_mul(3)?;
-        // Norms: at most four vectors of width ≤ max(q, hidden) per layer (OLMo-2's QK-norm and
-        // its two post-norms; Llama's two pre-norms); an upper bound is enough for a size check.
-        let norms = q.max(h).checked_mul(4)?;
+        // Norms: at most six vectors of width ≤ max(q, hidden) per layer (OLMo-2's QK-norm and
+        // its two post-norms; Gemma's four and its QK-norm); an upper bound is enough for a size
+        // check.
+        let norms = q.max(h).checked_mul(6)?;
         let layer = attention.checked_add(mlp)?.checked_add(norms)?;
         let layers = layer.checked_mul(self.num_hidden_layers)?;
         let embedding = self.vocab_size.checked_mul(h)?;
@@ -417,6 +463,13 @@ impl ModelConfig {
     /// The dimensions RoPE rotates in each head: all of them but for GPT-NeoX's partial rotary.
     pub fn rotary_dims(&self) -> i64 {
         self.rotary_dim.unwrap_or(self.head_dim)
+    }
+
+    /// The factor on `q·k` before softmax: `query_pre_attn_scalar^−½` (Gemma), else `head_dim^−½`.
+    pub fn attention_scale(&self) -> f64 {
+        self.query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .powf(-0.5)
     }
 
     /// Query heads that share one KV head (GQA group size).
@@ -460,6 +513,10 @@ impl ModelConfig {
             json["attention_bias"] = true.into();
             json["hidden_act"] = "gelu".into();
         }
+        if self.architecture == Architecture::Gemma3 {
+            json["hidden_activation"] = GEMMA_ACTIVATION.into();
+            json["query_pre_attn_scalar"] = self.query_pre_attn_scalar.into();
+        }
         attention_window::to_hf_json(
             self.sliding_window.as_ref(),
             self.architecture,
@@ -499,16 +556,34 @@ fn refuse_unsupported_fields(
     architecture: Architecture,
     path: &Path,
 ) -> SourceResult<()> {
-    for (field, what) in [("attention_bias", "attention_bias = true")] {
+    let refuse = |what: String| {
+        Err(SourceError::malformed(
+            path,
+            format!("{what} is not supported for {}", architecture.hf_class()),
+        ))
+    };
+    for field in ["attention_bias", "use_bidirectional_attention"] {
         if value.get(field).and_then(Value::as_bool) == Some(true) {
-            return Err(SourceError::malformed(
-                path,
-                format!("{what} is not supported for {}", architecture.hf_class()),
-            ));
+            return refuse(format!("{field} = true"));
+        }
+    }
+    // Gemma-2's soft-capping (Gemma-3 sets both to null); a cap not applied would change every logit.
+    for field in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if let Some(cap) = value.get(field).filter(|v| !v.is_null()) {
+            return refuse(format!("{field} = {cap}"));
+        }
+    }
+    if architecture == Architecture::Gemma3 {
+        match value.get("hidden_activation").and_then(Value::as_str) {
+            None | Some(GEMMA_ACTIVATION) => {}
+            Some(other) => return refuse(format!("hidden_activation {other:?}")),
         }
     }
     Ok(())
 }
+
+/// The one activation Gemma-3's MLP is built for here (`MlpKind::GeGlu`).
+const GEMMA_ACTIVATION: &str = "gelu_pytorch_tanh";
 
 fn detect_architecture(value: &Value, path: &Path) -> SourceResult<Architecture> {
     let class = value
@@ -525,6 +600,7 @@ fn detect_architecture(value: &Value, path: &Path) -> SourceResult<Architecture>
         (Some("MistralForCausalLM"), _) | (None, Some("mistral")) => Ok(Architecture::Mistral),
         (Some("Olmo3ForCausalLM"), _) | (None, Some("olmo3")) => Ok(Architecture::Olmo3),
         (Some("GPTNeoXForCausalLM"), _) | (None, Some("gpt_neox")) => Ok(Architecture::GptNeox),
+        (Some("Gemma3ForCausalLM"), _) | (None, Some("gemma3_text")) => Ok(Architecture::Gemma3),
         (class, model_type) => Err(SourceError::UnsupportedArchitecture {
             path: path.to_path_buf(),
             architecture: class.or(model_type).unwrap_or("<none given>").to_string(),
@@ -557,6 +633,7 @@ pub fn olmo2_preset(name: &str) -> Option<ModelConfig> {
         sliding_window: None,
         rotary_dim: None,
         parallel_residual: false,
+        query_pre_attn_scalar: None,
         tie_word_embeddings: false,
         pad_token_id: Some(100_277),
         bos_token_id: None,
@@ -600,10 +677,38 @@ mod tests {
     #[test]
     fn unknown_architecture_is_named_in_the_error() {
         let mut v = olmo_json();
-        v["architectures"] = serde_json::json!(["Gemma3ForCausalLM"]);
+        v["architectures"] = serde_json::json!(["Gemma2ForCausalLM"]);
         let e = ModelConfig::from_json(&v, Path::new("x/config.json")).unwrap_err();
-        assert!(e.to_string().contains("Gemma3ForCausalLM"), "{e}");
+        assert!(e.to_string().contains("Gemma2ForCausalLM"), "{e}");
         assert!(e.to_string().contains("x/config.json"), "{e}");
+    }
+
+    /// What Gemma-2 and variants would need and the forward does not build is refused by name.
+    #[test]
+    fn gemma_fields_the_forward_does_not_build_are_refused_in_one_line() {
+        let mut base = olmo_json();
+        base["architectures"] = serde_json::json!(["Gemma3ForCausalLM"]);
+        base["model_type"] = serde_json::json!("gemma3_text");
+        let ok = ModelConfig::from_json(&base, Path::new("g/config.json")).unwrap();
+        assert_eq!(ok.architecture, Architecture::Gemma3);
+        assert_eq!(ok.architecture.norm_placement(), NormPlacement::Sandwich);
+        assert_eq!(ok.architecture.mlp_kind(), MlpKind::GeGlu);
+        assert_eq!(ok.architecture.norm_weight_offset(), 1.0);
+        for (field, value) in [
+            ("final_logit_softcapping", serde_json::json!(30.0)),
+            ("attn_logit_softcapping", serde_json::json!(50.0)),
+            ("use_bidirectional_attention", serde_json::json!(true)),
+            ("hidden_activation", serde_json::json!("gelu")),
+            ("query_pre_attn_scalar", serde_json::json!(0)),
+        ] {
+            let mut v = base.clone();
+            v[field] = value;
+            let e = ModelConfig::from_json(&v, Path::new("g/config.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains("g/config.json"), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 
     #[test]

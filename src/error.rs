@@ -27,7 +27,7 @@ pub enum SourceError {
         dtype: String,
         path: PathBuf,
     },
-    #[error("{path}: unsupported architecture {architecture:?} (supported: Olmo2ForCausalLM, Olmo3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, GPTNeoXForCausalLM)")]
+    #[error("{path}: unsupported architecture {architecture:?} (supported: Olmo2ForCausalLM, Olmo3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, GPTNeoXForCausalLM, Gemma3ForCausalLM)")]
     UnsupportedArchitecture { path: PathBuf, architecture: String },
     #[error("{path}: unsupported RoPE type {rope_type:?} (supported: {supported})")]
     UnsupportedRopeType {

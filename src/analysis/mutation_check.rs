@@ -45,6 +45,7 @@ pub fn mutation_model_config() -> ModelConfig {
         sliding_window: None,
         rotary_dim: None,
         parallel_residual: false,
+        query_pre_attn_scalar: None,
         rope_scaling: Default::default(),
         tie_word_embeddings: false,
         pad_token_id: Some(1),

@@ -9,6 +9,9 @@
 //! - OLMo-3: `sliding_window` defaults to 4096 and `layer_types` to three windowed layers then one
 //!   full; its windowed layers may have their own RoPE (`rope_parameters.sliding_attention`), and a
 //!   flat v4 `rope_scaling` applies to the full layers only.
+//! - Gemma-3: `sliding_window` defaults to 4096 and `layer_types` to five windowed layers then one
+//!   full (`sliding_window_pattern`, default 6); the windowed ("local") layers use
+//!   `rope_local_base_freq` (default 10⁴) without scaling unless `rope_parameters` is per type.
 
 use std::path::Path;
 
@@ -55,7 +58,9 @@ impl SlidingWindow {
     ) -> SourceResult<Option<Self>> {
         let bad = |message: String| SourceError::malformed(path, message);
         let size = match value.get("sliding_window") {
-            None if architecture == Architecture::Olmo3 => Some(4096),
+            None if matches!(architecture, Architecture::Olmo3 | Architecture::Gemma3) => {
+                Some(4096)
+            }
             None | Some(Value::Null) => None,
             Some(v) => match v.as_i64() {
                 Some(s) if s > 0 => Some(s),
@@ -87,13 +92,25 @@ impl SlidingWindow {
                 Some(types) => types,
                 None => (0..layers).map(|i| (i + 1) % 4 != 0).collect(),
             },
+            Architecture::Gemma3 => match layer_types(value, layers, path)? {
+                Some(types) => types,
+                None => {
+                    let pattern = value
+                        .get("sliding_window_pattern")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(6)
+                        .max(1) as usize;
+                    (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+                }
+            },
         };
         let Some(size) = size else { return Ok(None) };
         if !windowed.contains(&true) {
             return Ok(None);
         }
         let rope = match architecture {
-            Architecture::Olmo3 => sliding_rope(value, path)?,
+            Architecture::Olmo3 => sliding_rope(value, "rope_theta", path)?,
+            Architecture::Gemma3 => sliding_rope(value, "rope_local_base_freq", path)?,
             _ => full.clone(),
         };
         Ok(Some(SlidingWindow {
@@ -133,10 +150,11 @@ fn layer_types(value: &Value, layers: usize, path: &Path) -> SourceResult<Option
         .map(Some)
 }
 
-/// The RoPE of OLMo-3's windowed layers: `rope_parameters.sliding_attention` when the parameters
-/// are given per layer type; otherwise plain RoPE at the config's base (transformers'
-/// `Olmo3Config.convert_rope_params_to_dict` puts a flat `rope_scaling` on the full layers only).
-fn sliding_rope(value: &Value, path: &Path) -> SourceResult<RopeParameters> {
+/// The RoPE of OLMo-3's and Gemma-3's windowed layers: `rope_parameters.sliding_attention` when
+/// the parameters are given per layer type; otherwise plain RoPE at the flat `base_field`
+/// (`rope_theta` for OLMo-3, `rope_local_base_freq` for Gemma-3, default 10⁴). transformers'
+/// `convert_rope_params_to_dict` of both puts a flat `rope_scaling` on the full layers only.
+fn sliding_rope(value: &Value, base_field: &str, path: &Path) -> SourceResult<RopeParameters> {
     let max_positions = value
         .get("max_position_embeddings")
         .and_then(Value::as_i64)
@@ -151,18 +169,43 @@ fn sliding_rope(value: &Value, path: &Path) -> SourceResult<RopeParameters> {
             }
             None => {
                 // Only the base carries over from flat parameters.
-                let theta = value
+                let nested_theta = value
                     .get("rope_parameters")
                     .and_then(|p| p.get("rope_theta"))
-                    .cloned();
+                    .filter(|_| base_field == "rope_theta");
+                let theta = nested_theta.or(value.get(base_field)).cloned();
                 object.remove("rope_parameters");
-                if let Some(theta) = theta {
-                    object.insert("rope_theta".into(), theta);
-                }
+                object.insert(
+                    "rope_theta".into(),
+                    theta.unwrap_or(DEFAULT_SLIDING_THETA.into()),
+                );
             }
         }
     }
     RopeParameters::from_json(&flat, max_positions, path)
+}
+
+/// The windowed layers' RoPE base when the config gives none (both families' class default).
+const DEFAULT_SLIDING_THETA: f64 = 10_000.0;
+
+/// Gemma-3's global layers' RoPE base when the config gives none (`Gemma3TextConfig`).
+const GEMMA_DEFAULT_THETA: f64 = 1_000_000.0;
+
+/// `config.json` with Gemma-3's default base for the full layers filled in when it names none
+/// (other families default to 10⁴, [`RopeParameters::from_json`]); `None`: nothing to fill.
+pub fn with_default_full_theta(value: &Value, architecture: Architecture) -> Option<Value> {
+    let named = value.get("rope_theta").is_some()
+        || value
+            .get("rope_parameters")
+            .is_some_and(|p| p.get("rope_theta").is_some() || p.get(FULL).is_some());
+    if architecture != Architecture::Gemma3 || named {
+        return None;
+    }
+    let mut filled = value.clone();
+    filled
+        .as_object_mut()?
+        .insert("rope_theta".into(), GEMMA_DEFAULT_THETA.into());
+    Some(filled)
 }
 
 /// `rope_parameters[layer_type]` when the parameters are given per layer type.
@@ -200,8 +243,8 @@ pub fn to_hf_json(
             .collect()
     };
     match (window, architecture) {
-        (None, Architecture::Olmo3) => {
-            // OLMo-3's defaults would window three layers in four.
+        (None, Architecture::Olmo3 | Architecture::Gemma3) => {
+            // OLMo-3's and Gemma-3's defaults would window most layers.
             json["sliding_window"] = Value::Null;
             json["layer_types"] = types(&vec![false; num_layers.max(0) as usize]);
         }
@@ -213,7 +256,7 @@ pub fn to_hf_json(
                     json["use_sliding_window"] = true.into();
                     json["layer_types"] = types(&w.layers);
                 }
-                Architecture::Olmo3 => {
+                Architecture::Olmo3 | Architecture::Gemma3 => {
                     json["layer_types"] = types(&w.layers);
                     let params = |theta: f64, scaling: &RopeScaling| {
                         scaling.to_hf_json(theta).unwrap_or_else(
@@ -260,6 +303,60 @@ mod tests {
         (0..c.num_hidden_layers)
             .filter(|&l| c.attention_window(l).is_some())
             .collect()
+    }
+
+    /// google/gemma-3-270m's config.json as released (v4 spelling: flat bases, no layer_types).
+    fn gemma_270m() -> Value {
+        serde_json::json!({
+            "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+            "vocab_size": 262144, "hidden_size": 640, "intermediate_size": 2048,
+            "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1,
+            "head_dim": 256, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0, "rope_scaling": null, "sliding_window": 512,
+            "query_pre_attn_scalar": 256, "max_position_embeddings": 32768,
+            "hidden_activation": "gelu_pytorch_tanh", "attn_logit_softcapping": null,
+            "final_logit_softcapping": null, "use_bidirectional_attention": false,
+            "attention_bias": false, "_sliding_window_pattern": 6
+        })
+    }
+
+    #[test]
+    fn gemma3_local_layers_are_five_in_six_with_their_own_base() {
+        let c = read(&gemma_270m()).unwrap();
+        assert_eq!(c.architecture, Architecture::Gemma3);
+        let full: Vec<i64> = (0..18)
+            .filter(|&l| c.attention_window(l).is_none())
+            .collect();
+        assert_eq!(full, [5, 11, 17]);
+        assert_eq!(c.attention_window(0), Some(512));
+        assert_eq!(c.layer_rope(0).0, 10_000.0);
+        assert_eq!(c.layer_rope(5).0, 1_000_000.0);
+        assert!(c.tie_word_embeddings, "Gemma ties by default");
+        assert_eq!(c.attention_scale(), 256f64.powf(-0.5));
+        // Written back as transformers v5 spells it (per-type RoPE, layer_types), read the same.
+        assert_eq!(read(&c.to_hf_json()).unwrap(), c);
+        // Class defaults when the config is silent: window 4096, bases 10⁶ and 10⁴, scalar 256.
+        let mut bare = gemma_270m();
+        for key in [
+            "rope_theta",
+            "rope_local_base_freq",
+            "sliding_window",
+            "query_pre_attn_scalar",
+        ] {
+            bare.as_object_mut().unwrap().remove(key);
+        }
+        let d = read(&bare).unwrap();
+        assert_eq!(d.attention_window(0), Some(4096));
+        assert_eq!(
+            (d.layer_rope(0).0, d.layer_rope(5).0),
+            (10_000.0, 1_000_000.0)
+        );
+        assert_eq!(d.query_pre_attn_scalar, Some(256.0));
+        // A pattern of 2 and explicit layer_types are honoured.
+        let mut two = gemma_270m();
+        two["sliding_window_pattern"] = 2.into();
+        let t = read(&two).unwrap();
+        assert_eq!(windowed(&t), (0..18).step_by(2).collect::<Vec<_>>());
     }
 
     #[test]

@@ -9,13 +9,14 @@ use serde_json::{json, Value};
 use crate::config::{olmo2_preset, ModelConfig, OLMO2_PRESETS};
 
 /// Presets of the other families, by name.
-pub const FAMILY_PRESETS: [&str; 6] = [
+pub const FAMILY_PRESETS: [&str; 7] = [
     "llama-3.1-8b",
     "mistral-7b",
     "qwen3-0.6b",
     "qwen3-32b",
     "pythia-160m",
     "pythia-1b",
+    "gemma3-270m",
 ];
 
 /// Every preset name `init:` accepts.
@@ -40,7 +41,7 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
 
 /// The `config.json` fields of a family preset (meta-llama/Llama-3.1-8B,
 /// mistralai/Mistral-7B-v0.1, Qwen/Qwen3-0.6B, Qwen/Qwen3-32B, EleutherAI/pythia-160m and
-/// pythia-1b; the `-deduped` models have the same configs).
+/// pythia-1b, google/gemma-3-270m; the `-deduped` models have the same configs).
 fn family_fields(name: &str) -> Option<Value> {
     Some(match name {
         "llama-3.1-8b" => json!({
@@ -63,6 +64,15 @@ fn family_fields(name: &str) -> Option<Value> {
         "qwen3-32b" => qwen3(5120, 25600, 64, 64, false),
         "pythia-160m" => pythia(768, 12, 12),
         "pythia-1b" => pythia(2048, 16, 8),
+        "gemma3-270m" => json!({
+            "architectures": ["Gemma3ForCausalLM"], "vocab_size": 262144, "hidden_size": 640,
+            "intermediate_size": 2048, "num_hidden_layers": 18, "num_attention_heads": 4,
+            "num_key_value_heads": 1, "head_dim": 256, "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "sliding_window": 512,
+            "query_pre_attn_scalar": 256, "max_position_embeddings": 32768,
+            "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": true,
+            "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 1
+        }),
         _ => return None,
     })
 }
@@ -108,6 +118,8 @@ mod tests {
                 2 * h,
             ),
             Architecture::Qwen3 => (2 * q * h + 2 * kv * h + 3 * i * h + 2 * h + 2 * d, h),
+            // Four norms per layer and the per-head QK-norm.
+            Architecture::Gemma3 => (2 * q * h + 2 * kv * h + 3 * i * h + 4 * h + 2 * d, h),
             _ => (2 * q * h + 2 * kv * h + 3 * i * h + 2 * h, h),
         };
         let heads = if c.tie_word_embeddings { 1 } else { 2 };
@@ -123,6 +135,7 @@ mod tests {
             ("qwen3-32b", Architecture::Qwen3, 32_762_123_264),
             ("pythia-160m", Architecture::GptNeox, 162_322_944),
             ("pythia-1b", Architecture::GptNeox, 1_011_781_632),
+            ("gemma3-270m", Architecture::Gemma3, 268_098_176),
         ] {
             let c = preset(name).unwrap();
             assert_eq!(c.architecture, architecture, "{name}");
@@ -134,6 +147,11 @@ mod tests {
             Some(4096)
         );
         assert_eq!(preset("qwen3-0.6b").unwrap().sliding_window, None);
+        let gemma = preset("gemma3-270m").unwrap();
+        assert_eq!(
+            (gemma.attention_window(0), gemma.attention_window(5)),
+            (Some(512), None)
+        );
         assert!(preset("gpt-5").is_none());
         assert_eq!(
             preset_names().len(),

@@ -268,7 +268,7 @@ fn make_batches(model: &ResidentModel, requests: &[Request], batch_tokens: usize
                 &Tensor::from_slice(&valid).view(shape).to_device(device),
                 width as i64,
             ),
-            residual: Tensor::embedding(&model.embed_tokens, &ids, -1, false, false),
+            residual: model.embed(&ids),
         });
         at += rows;
     }

@@ -137,7 +137,8 @@ impl KvVariant {
             low_rank: Vec::new(),
         };
         match spec.method {
-            KvMethod::Quant => {}
+            // Only reference heads have a claim (the paper's accounting); the others show a dash.
+            KvMethod::Quant => variant.layout.claimed_compression = f64::NAN,
             KvMethod::Evict(eviction) => {
                 for layer in &mut variant.layout.layers {
                     layer.eviction = Some(eviction);

@@ -35,6 +35,8 @@ pub struct Attention {
     pub num_attention_heads: i64,
     pub num_key_value_heads: i64,
     pub head_dim: i64,
+    /// The factor on `q·k` (`head_dim^−½`, Gemma's `query_pre_attn_scalar^−½`).
+    pub score_scale: f64,
     /// Sliding window (keys a query sees, itself included); `None`: full causal attention.
     pub window: Option<i64>,
 }
@@ -123,6 +125,7 @@ impl Attention {
             num_attention_heads: config.num_attention_heads,
             num_key_value_heads: config.num_key_value_heads,
             head_dim: config.head_dim,
+            score_scale: config.attention_scale(),
             window: config.attention_window(layer),
         })
     }
@@ -226,13 +229,17 @@ impl Attention {
             });
         let visible = held_visible.as_ref().or(visible);
         let (out, probabilities) = if wants_attention || edit.is_some() {
-            let mut p = probabilities_of(&scores_of(&q, &keys, group), visible);
+            let mut p = probabilities_of(&scores_of(&q, &keys, group, self.score_scale), visible);
             if let (Some(edit), Some(visibility)) = (edit, visibility) {
                 p = edit.edit_probabilities(ctx.layer, &p, visibility);
             }
             (mix_values(&p, &values, group), Some(p))
         } else {
-            (fused_attention(&q, &keys, &values, group, visible), None)
+            let scale = self.score_scale;
+            (
+                fused_attention(&q, &keys, &values, group, scale, visible),
+                None,
+            )
         };
         for point in points {
             let (queries, keys) = match point {
@@ -268,27 +275,27 @@ pub fn repeat_kv(x: &Tensor, group: i64) -> Tensor {
 /// `[batch, 1, queries, keys]`, or `None` for plain causal attention over the same tokens. Mapped
 /// heads are read from the stored rows as in [`scores_of`] and [`mix_values`]: the kernel's keys and
 /// values are the rows themselves (shared by every query head, wider than a head) and its queries
-/// are mapped into their space.
+/// are mapped into their space. `scale` multiplies `q·k`.
 fn fused_attention(
     q: &Tensor,
     keys: &CachedHeads,
     values: &CachedHeads,
     group: i64,
+    scale: f64,
     visible: Option<&Tensor>,
 ) -> Tensor {
-    let (b, nq, _, d) = q.size4().expect("per-head tensors are 4-D");
+    let (b, nq, _, _) = q.size4().expect("per-head tensors are 4-D");
     let shared = |rows: &Tensor| {
         let size = rows.size();
         rows.expand([b, nq, size[2], size[3]], false)
     };
-    let (query, key, scale) = match keys {
-        CachedHeads::Whole(k) => (q.shallow_clone(), repeat_kv(k, group), None),
-        // The mapped queries are wider than a head; the scale stays a head's 1/√d.
-        CachedHeads::Stored { rows, map } => (
-            q.matmul(&query_read(map.as_ref(), group, q)),
-            shared(rows),
-            Some((d as f64).powf(-0.5)),
-        ),
+    // Always explicit: the kernel's default is 1/√(its query width), and mapped queries are wider
+    // than a head.
+    let (query, key) = match keys {
+        CachedHeads::Whole(k) => (q.shallow_clone(), repeat_kv(k, group)),
+        CachedHeads::Stored { rows, map } => {
+            (q.matmul(&query_read(map.as_ref(), group, q)), shared(rows))
+        }
     };
     let value = match values {
         CachedHeads::Whole(v) => repeat_kv(v, group),
@@ -301,7 +308,7 @@ fn fused_attention(
         visible,
         0.0,
         visible.is_none(),
-        scale,
+        Some(scale),
         false,
     );
     match values {
@@ -330,7 +337,8 @@ fn value_read(map: &dyn RowMap, group: i64, like: &Tensor) -> (Tensor, Tensor) {
     )
 }
 
-/// Causal attention written out, returning `(output, probabilities)`; softmax in f32 as HF's eager path.
+/// Causal attention written out at `head_dim^−½`, returning `(output, probabilities)`; softmax in
+/// f32 as HF's eager path.
 pub fn eager_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: i64) -> (Tensor, Tensor) {
     let probabilities = attention_probabilities(q, k, group, None);
     (probabilities.matmul(&repeat_kv(v, group)), probabilities)
@@ -344,25 +352,25 @@ pub fn attention_probabilities(
     group: i64,
     visible: Option<&Tensor>,
 ) -> Tensor {
+    let scale = (q.size()[3] as f64).powf(-0.5);
     probabilities_of(
-        &scores_of(q, &CachedHeads::Whole(k.shallow_clone()), group),
+        &scores_of(q, &CachedHeads::Whole(k.shallow_clone()), group, scale),
         visible,
     )
 }
 
-/// Scaled scores `q·kᵀ/√d` `[batch, num_attention_heads, queries, keys]`. From stored rows, each
+/// Scores `scale · q·kᵀ` `[batch, num_attention_heads, queries, keys]`. From stored rows, each
 /// query is first mapped into the rows' space (`q · readᵀ`), so a target key is never built:
 /// `q·(rows·R + b) = (q·Rᵀ)·rows + q·b`, and the `q·b` term is the same for every key of a query,
 /// which softmax ignores.
-fn scores_of(q: &Tensor, keys: &CachedHeads, group: i64) -> Tensor {
-    let d = q.size()[3];
+fn scores_of(q: &Tensor, keys: &CachedHeads, group: i64, scale: f64) -> Tensor {
     let raw = match keys {
         CachedHeads::Whole(k) => q.matmul(&repeat_kv(k, group).transpose(-2, -1)),
         CachedHeads::Stored { rows, map } => q
             .matmul(&query_read(map.as_ref(), group, q))
             .matmul(&rows.transpose(-2, -1)),
     };
-    raw * (d as f64).powf(-0.5)
+    raw * scale
 }
 
 /// Softmax over keys (in f32) of masked scores, in the scores' kind.
@@ -434,8 +442,10 @@ mod tests {
                             .view([1, 1, 1, len]),
                     ),
             );
-        let p_mapped = probabilities_of(&scores_of(&q, &keys, 2), Some(&visible));
-        let p_whole = probabilities_of(&scores_of(&q, &whole(&keys), 2), Some(&visible));
+        // Not 1/√d (Gemma's scale differs): the mapped path must use the scale it is given.
+        let scale = 0.3;
+        let p_mapped = probabilities_of(&scores_of(&q, &keys, 2, scale), Some(&visible));
+        let p_whole = probabilities_of(&scores_of(&q, &whole(&keys), 2, scale), Some(&visible));
         let err = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
         assert!(err(&p_mapped, &p_whole) < 1e-5, "probabilities");
         let out_mapped = mix_values(&p_whole, &values, 2);
@@ -447,7 +457,7 @@ mod tests {
             (&keys, &whole(&values)),
             (&whole(&keys), &values),
         ] {
-            let fused = fused_attention(&q, k, v, 2, Some(&visible));
+            let fused = fused_attention(&q, k, v, 2, scale, Some(&visible));
             assert!(err(&fused, &out_whole) < 1e-5, "fused");
         }
         // In bf16 (CUDA's default kind) the maps are read in the cache's kind: same result, rounded.
@@ -463,12 +473,13 @@ mod tests {
             &bf16(&keys),
             &bf16(&values),
             2,
+            scale,
             Some(&visible),
         );
         assert_eq!(half.kind(), Kind::BFloat16);
-        let scale = f64::try_from(out_whole.abs().max()).unwrap();
+        let size = f64::try_from(out_whole.abs().max()).unwrap();
         assert!(
-            err(&half.to_kind(Kind::Float), &out_whole) < 0.05 * scale,
+            err(&half.to_kind(Kind::Float), &out_whole) < 0.05 * size,
             "bf16"
         );
         // The map is really used: the rebuilt head differs from both stored ones.
@@ -489,6 +500,7 @@ mod tests {
             &CachedHeads::Whole(k.shallow_clone()),
             &CachedHeads::Whole(v.shallow_clone()),
             2,
+            8f64.powf(-0.5),
             None,
         );
         let diff = f64::try_from((&out - fused).abs().max()).unwrap();

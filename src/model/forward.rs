@@ -88,7 +88,7 @@ pub fn forward_streamed(
     )?;
     let embedded: Vec<Tensor> = batches
         .iter()
-        .map(|ids| Tensor::embedding(&embed, &ids.to_device(options.device), -1, false, false))
+        .map(|ids| embed_tokens(&embed, &ids.to_device(options.device), &config))
         .collect();
     let mut hidden = HiddenStore::new(
         embedded,
@@ -174,4 +174,18 @@ fn check_token_ids(batches: &[Tensor], config: &ModelConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The token embedding `[batch, seq, hidden]` of `ids`, times √hidden_size where the family scales
+/// it (Gemma: the factor is cast to the table's kind first, as transformers does, so bf16 runs
+/// multiply by the rounded factor).
+pub fn embed_tokens(table: &Tensor, ids: &Tensor, config: &ModelConfig) -> Tensor {
+    let embedded = Tensor::embedding(table, ids, -1, false, false);
+    if !config.architecture.scales_embedding() {
+        return embedded;
+    }
+    let factor = Tensor::from((config.hidden_size as f32).sqrt())
+        .to_kind(table.kind())
+        .to_device(table.device());
+    embedded * factor
 }

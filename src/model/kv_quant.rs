@@ -215,10 +215,14 @@ impl QuantBuffer {
     fn read(&self, b: i64, width: i64, kind: Kind) -> Tensor {
         let f = self.format;
         let units = self.units;
-        let full = |buffer: &GrowingBuffer| buffer.filled(units).map(|t| t.to_kind(Kind::Float));
-        let decoded = match (full(&self.packed), full(&self.scales), full(&self.minimums)) {
+        let float = |buffer: &GrowingBuffer| buffer.filled(units).map(|t| t.to_kind(Kind::Float));
+        let decoded = match (
+            self.packed.filled(units),
+            float(&self.scales),
+            float(&self.minimums),
+        ) {
             (Some(packed), Some(scales), Some(minimums)) => {
-                let codes = unpack(&packed.to_kind(Kind::Uint8), &f);
+                let codes = unpack(&packed, &f);
                 Some(match f.axis {
                     GroupAxis::PerToken => {
                         let grouped = codes.view([b, units, width / f.group, f.group]);

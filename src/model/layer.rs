@@ -1,5 +1,5 @@
-//! One decoder block, in the two norm placements ckpt-scan supports (pre-norm: Llama, Qwen2,
-//! Qwen3; post-norm: OLMo-2).
+//! One decoder block, in the three norm placements ckpt-scan supports (pre-norm: Llama, Qwen2,
+//! Qwen3; post-norm: OLMo-2; both, "sandwich": Gemma-3).
 //!
 //! The checkpoints' norm names mean different things: in OLMo-2 `post_attention_layernorm` normalises
 //! the attention *output* before the residual add; in Llama it normalises the residual stream
@@ -21,10 +21,12 @@ pub struct DecoderLayer {
     pub parallel_residual: bool,
     pub self_attn: Attention,
     pub mlp: Mlp,
-    /// Pre-norm only.
+    /// Pre-norm and sandwich.
     pub input_layernorm: Option<Norm>,
     pub post_attention_layernorm: Norm,
-    /// Post-norm only.
+    /// Sandwich only: the residual stream's norm before the MLP.
+    pub pre_feedforward_layernorm: Option<Norm>,
+    /// Post-norm and sandwich.
     pub post_feedforward_layernorm: Option<Norm>,
 }
 
@@ -45,13 +47,17 @@ impl DecoderLayer {
         let mlp = Mlp::load(&mut w, config)?;
         let post_attention_layernorm = w.block_norm("post_attention_layernorm", config)?;
         let placement = config.architecture.norm_placement();
-        let (input_layernorm, post_feedforward_layernorm) = match placement {
-            NormPlacement::Post => (
-                None,
-                Some(w.block_norm("post_feedforward_layernorm", config)?),
-            ),
-            NormPlacement::Pre => (Some(w.block_norm("input_layernorm", config)?), None),
-        };
+        let mut norm = |stem: &str| w.block_norm(stem, config).map(Some);
+        let (input_layernorm, pre_feedforward_layernorm, post_feedforward_layernorm) =
+            match placement {
+                NormPlacement::Post => (None, None, norm("post_feedforward_layernorm")?),
+                NormPlacement::Pre => (norm("input_layernorm")?, None, None),
+                NormPlacement::Sandwich => (
+                    norm("input_layernorm")?,
+                    norm("pre_feedforward_layernorm")?,
+                    norm("post_feedforward_layernorm")?,
+                ),
+            };
         Ok(DecoderLayer {
             placement,
             parallel_residual: config.parallel_residual,
@@ -59,6 +65,7 @@ impl DecoderLayer {
             mlp,
             input_layernorm,
             post_attention_layernorm,
+            pre_feedforward_layernorm,
             post_feedforward_layernorm,
         })
     }
@@ -98,6 +105,21 @@ impl DecoderLayer {
                 let ff = self.mlp.forward(&self.post_attention_layernorm.forward(&h));
                 Ok(&h + ff)
             }
+            NormPlacement::Sandwich => {
+                let normed = sandwich_norm(&self.input_layernorm).forward(x);
+                ctx.sink
+                    .attention_input(ctx.layer, ctx.batch_index, &normed)?;
+                let attn = self.self_attn.forward(&normed, step, ctx)?;
+                let h = x + self.post_attention_layernorm.forward(&attn);
+                let ff = self
+                    .mlp
+                    .forward(&sandwich_norm(&self.pre_feedforward_layernorm).forward(&h));
+                Ok(&h + sandwich_norm(&self.post_feedforward_layernorm).forward(&ff))
+            }
         }
     }
+}
+
+fn sandwich_norm(norm: &Option<Norm>) -> &Norm {
+    norm.as_ref().expect("a sandwich layer has all four norms")
 }

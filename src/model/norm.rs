@@ -9,9 +9,13 @@ use crate::config::Architecture;
 /// f32. With a bias, LayerNorm (`torch.nn.LayerNorm`, GPT-NeoX): `weight * (x − mean) / sd + bias`.
 ///
 /// OLMo-2 multiplies by the weight *before* casting back to the input dtype (transformers
-/// PR #38131); Llama casts first. The two orders agree in f32 and differ in bf16.
+/// PR #38131); Llama casts first. The two orders agree in f32 and differ in bf16. Gemma stores
+/// `gain − 1` and multiplies by `1 + weight` in f32 ([`Norm::weight_offset`]).
 pub struct Norm {
+    /// As the checkpoint stores it.
     pub weight: Tensor,
+    /// Added to `weight` (in f32) before multiplying: 1 for Gemma, else 0.
+    pub weight_offset: f64,
     /// LayerNorm's bias; `None`: RMSNorm.
     pub bias: Option<Tensor>,
     pub eps: f64,
@@ -22,6 +26,7 @@ impl Norm {
     pub fn new(weight: Tensor, eps: f64, architecture: Architecture) -> Self {
         Norm {
             weight,
+            weight_offset: architecture.norm_weight_offset(),
             bias: None,
             eps,
             multiply_before_cast: architecture.norm_multiplies_before_cast(),
@@ -32,6 +37,7 @@ impl Norm {
     pub fn layer(weight: Tensor, bias: Tensor, eps: f64) -> Self {
         Norm {
             weight,
+            weight_offset: 0.0,
             bias: Some(bias),
             eps,
             multiply_before_cast: false,
@@ -48,7 +54,10 @@ impl Norm {
         let x32 = x.to_kind(Kind::Float);
         let variance = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
         let normed = x32 * (variance + self.eps).rsqrt();
-        if self.multiply_before_cast {
+        if self.weight_offset != 0.0 {
+            // Gemma: `(x̂ · (1 + w.float())).type_as(x)`.
+            ((self.weight.to_kind(Kind::Float) + self.weight_offset) * normed).to_kind(kind)
+        } else if self.multiply_before_cast {
             (self.weight.to_kind(Kind::Float) * normed).to_kind(kind)
         } else {
             self.weight.to_kind(kind) * normed.to_kind(kind)

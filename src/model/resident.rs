@@ -8,6 +8,7 @@ use crate::capture::NoCapture;
 use crate::config::ModelConfig;
 use crate::model::attention::{AttentionStep, CaptureContext};
 use crate::model::attention_edit::AttentionEdit;
+use crate::model::forward::embed_tokens;
 use crate::model::kv_cache::KvCache;
 use crate::model::layer::DecoderLayer;
 use crate::model::mask::Visibility;
@@ -169,18 +170,17 @@ impl ResidentModel {
             .to_kind(Kind::Float)
     }
 
+    /// The residual stream's start `[batch, seq, hidden]` for `ids` on the model's device.
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        embed_tokens(&self.embed_tokens, ids, &self.config)
+    }
+
     /// Embedding, layers and final norm.
     fn forward_hidden(&self, ids: &Tensor, state: &mut ForwardState) -> Result<Tensor> {
         let seq = ids.size()[1];
         let past = state.cache.as_ref().map_or(0, |c| c.len());
         let rope = ModelRope::for_config(&self.config, past + seq, self.options.device);
-        let mut x = Tensor::embedding(
-            &self.embed_tokens,
-            &ids.to_device(self.options.device),
-            -1,
-            false,
-            false,
-        );
+        let mut x = self.embed(&ids.to_device(self.options.device));
         let mut sink = NoCapture;
         let mut caches = state.cache.as_deref_mut().map(|c| c.layers.iter_mut());
         for (i, layer) in self.layers.iter().enumerate() {

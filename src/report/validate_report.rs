@@ -183,7 +183,10 @@ pub fn report_markdown(
                 s.kv_bytes_vs_baseline,
                 format!("{:.3}", s.kv_bytes_vs_baseline),
             ),
-            format!("{:.2}×", s.claimed_compression),
+            or_dash(
+                s.claimed_compression,
+                format!("{:.2}×", s.claimed_compression),
+            ),
             or_dash(
                 s.measured_compression,
                 format!("{:.2}×", s.measured_compression),

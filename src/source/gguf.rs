@@ -257,6 +257,7 @@ pub fn config_from_metadata(file: &GgufFile) -> SourceResult<ModelConfig> {
         sliding_window: None,
         rotary_dim: None,
         parallel_residual: false,
+        query_pre_attn_scalar: None,
         // llama.cpp's converter drops lm_head when it equals the embedding.
         tie_word_embeddings: file.tensor("output.weight").is_none(),
         pad_token_id: token_id("padding_token_id"),

@@ -112,9 +112,12 @@ impl WeightSource for InitSource {
             )?);
         }
         if shape.len() == 1 {
-            // Every other 1-D tensor of these models is a norm weight, initialised to one.
-            return Ok(Tensor::f_ones(
+            // Every other 1-D tensor of these models is a norm weight: a gain of one, which Gemma
+            // stores as zero (`1 + weight`).
+            let stored = 1.0 - self.config.architecture.norm_weight_offset();
+            return Ok(Tensor::f_full(
                 shape.as_slice(),
+                stored,
                 (Kind::Float, Device::Cpu),
             )?);
         }

@@ -110,7 +110,7 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<i64>)> {
         push("self_attn.o_proj.weight", vec![h, q]);
         let arch = config.architecture;
         match arch.mlp_kind() {
-            MlpKind::SwiGlu => push("mlp.gate_proj.weight", vec![i, h]),
+            MlpKind::SwiGlu | MlpKind::GeGlu => push("mlp.gate_proj.weight", vec![i, h]),
             MlpKind::Gelu => {
                 push("mlp.up_proj.bias", vec![i]);
                 push("mlp.down_proj.bias", vec![h]);
@@ -145,6 +145,11 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<i64>)> {
         match arch.norm_placement() {
             NormPlacement::Post => push("post_feedforward_layernorm.weight", vec![h]),
             NormPlacement::Pre => push("input_layernorm.weight", vec![h]),
+            NormPlacement::Sandwich => {
+                push("input_layernorm.weight", vec![h]);
+                push("pre_feedforward_layernorm.weight", vec![h]);
+                push("post_feedforward_layernorm.weight", vec![h]);
+            }
         }
     }
     out.push(("model.norm.weight".to_string(), vec![h]));

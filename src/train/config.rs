@@ -228,6 +228,7 @@ impl TrainConfig {
             sliding_window: None,
             rotary_dim: None,
             parallel_residual: false,
+            query_pre_attn_scalar: None,
             tie_word_embeddings: false,
             pad_token_id: Some(crate::train::tokenizer::PAD_ID),
             bos_token_id: None,

@@ -27,7 +27,7 @@ const CACHED_LOGIT_TOLERANCE: f64 = 1e-5;
 fn tiny(architecture: Architecture) -> ResidentModel {
     // The windowed families get a 4-token window, shorter than every prompt + continuation below.
     let config = match architecture {
-        Architecture::Mistral | Architecture::Olmo3 => {
+        Architecture::Mistral | Architecture::Olmo3 | Architecture::Gemma3 => {
             crate::common::tiny_windowed_config(architecture)
         }
         _ => tiny_config(architecture),
@@ -100,6 +100,7 @@ fn tiny_models_cached_decode_equals_recompute_with_left_padding() {
         Architecture::Mistral,
         Architecture::Olmo3,
         Architecture::GptNeox,
+        Architecture::Gemma3,
     ] {
         let model = tiny(architecture);
         let prompts = vec![
@@ -181,13 +182,13 @@ fn stop_token_ends_one_sequence_and_not_the_others() {
 
 /// At init the Qwen2 and GPT-NeoX biases are zero; the golden fixtures carry non-zero ones (and
 /// Qwen3's per-head norm gains, GPT-NeoX's LayerNorm biases and partial rotary), so the decode
-/// path is checked with all of them in play.
+/// path is checked with all of them in play (and Gemma-3 with its perturbed sandwich norms).
 #[test]
 fn golden_biased_models_cached_decode_equals_recompute() {
     let Some(dir) = crate::common::golden_dir() else {
         return;
     };
-    for folder in ["qwen2", "qwen3", "gpt-neox"] {
+    for folder in ["qwen2", "qwen3", "gpt-neox", "gemma3"] {
         let source = open_source(dir.join(folder).to_str().unwrap()).unwrap();
         let model = ResidentModel::load(source.as_ref(), &LoadOptions::cpu_f32()).unwrap();
         let prompts = vec![vec![5, 9, 13, 21, 40, 7, 7, 33], vec![12, 3]];
@@ -219,6 +220,7 @@ fn windowed_models_cached_decode_equals_recompute() {
         "mistral-window",
         "olmo3-window",
         "qwen2-window",
+        "gemma3-window",
         "llama-peaked",
         "gpt-neox-peaked",
     ] {

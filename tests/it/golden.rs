@@ -1,7 +1,7 @@
 //! ckpt-scan's forward pass against HF transformers (tests/fixtures/make_golden.py): logits,
 //! per-head Q/K/V at every capture point, and attention probabilities, for OLMo-2, Llama-GQA,
-//! Qwen2 and Qwen3, from single-file and sharded safetensors; Mistral, OLMo-3 and Qwen2 with
-//! sliding windows.
+//! Qwen2, Qwen3, GPT-NeoX and Gemma-3, from single-file and sharded safetensors; Mistral, OLMo-3,
+//! Qwen2 and Gemma-3 with sliding windows.
 
 use crate::common::{assert_close, golden_dir, read_golden};
 use ckpt_scan::capture::recorder::Recorder;
@@ -196,6 +196,21 @@ fn olmo3_sliding_and_full_layers_with_their_own_rope_match_transformers() {
 #[test]
 fn qwen2_sliding_window_from_max_window_layers_matches_transformers() {
     check_windowed("qwen2-window");
+}
+
+/// Gemma-3 (text): four norms per layer storing gain − 1 (perturbed), per-head QK-norm, GeGLU,
+/// embedding ×√hidden, scores ×`query_pre_attn_scalar^−½` (24, not head_dim's 16), a 5-token
+/// window on layers 0 and 2 with RoPE base 10⁴, layer 1 full with 10⁶; tied embeddings.
+#[test]
+fn gemma3_matches_transformers() {
+    check_model("gemma3", "gemma3");
+    check_model("gemma3", "gemma3-sharded");
+}
+
+/// Gemma-3 peaked at 96 tokens against a 16-token window on its local layers.
+#[test]
+fn gemma3_local_and_global_layers_match_transformers() {
+    check_windowed("gemma3-window");
 }
 
 /// Peaked attention (Q and K ×8, make_golden.py `SCALED`) at 96 tokens with each RoPE variant

@@ -234,6 +234,16 @@ fn every_r2_equals_a_direct_least_squares_solve_mistral_and_olmo3_windowed() {
     );
 }
 
+/// Gemma-3: sandwich norms storing gain − 1, per-head QK-norm, its own score scale, a window on
+/// layer 0 with its own RoPE base.
+#[test]
+fn every_r2_equals_a_direct_least_squares_solve_gemma3() {
+    check_exactness_of(
+        crate::common::tiny_windowed_config(Architecture::Gemma3),
+        Selection::Topn,
+    );
+}
+
 /// Feeds one synthetic layer straight into the sink: `[batch, heads, seq, d]` per batch.
 fn feed(sink: &mut PredictabilitySink, batches: &[Tensor]) -> Vec<PredictionRow> {
     for (i, b) in batches.iter().enumerate() {

@@ -104,6 +104,8 @@ pub fn tiny_config(
         // GPT-NeoX as Pythia: a quarter of each head rotated, parallel residual.
         rotary_dim: (architecture == Architecture::GptNeox).then_some(2),
         parallel_residual: architecture == Architecture::GptNeox,
+        // Gemma's scale unlike head_dim's, so that using 1/√head_dim shows.
+        query_pre_attn_scalar: (architecture == Architecture::Gemma3).then_some(12.0),
         tie_word_embeddings: architecture == Architecture::Llama,
         pad_token_id: Some(1),
         bos_token_id: None,
@@ -112,7 +114,7 @@ pub fn tiny_config(
 }
 
 /// [`tiny_config`] with a 4-token sliding window: on every layer for Mistral; on layer 0 only,
-/// with its own RoPE base, for OLMo-3 (layer 1 full); Qwen's rule otherwise (layers ≥ 1).
+/// with its own RoPE base, for OLMo-3 and Gemma-3 (layer 1 full); Qwen's rule otherwise (layers ≥ 1).
 pub fn tiny_windowed_config(
     architecture: ckpt_scan::config::Architecture,
 ) -> ckpt_scan::config::ModelConfig {
@@ -121,7 +123,7 @@ pub fn tiny_windowed_config(
     let mut config = tiny_config(architecture);
     let (layers, rope_theta) = match architecture {
         Architecture::Mistral => (vec![true, true], config.rope_theta),
-        Architecture::Olmo3 => (vec![true, false], 1_000.0),
+        Architecture::Olmo3 | Architecture::Gemma3 => (vec![true, false], 1_000.0),
         _ => (vec![false, true], config.rope_theta),
     };
     config.sliding_window = Some(SlidingWindow {
