@@ -694,20 +694,33 @@ mod tests {
         assert_eq!(ok.architecture.norm_placement(), NormPlacement::Sandwich);
         assert_eq!(ok.architecture.mlp_kind(), MlpKind::GeGlu);
         assert_eq!(ok.architecture.norm_weight_offset(), 1.0);
-        for (field, value) in [
-            ("final_logit_softcapping", serde_json::json!(30.0)),
-            ("attn_logit_softcapping", serde_json::json!(50.0)),
-            ("use_bidirectional_attention", serde_json::json!(true)),
-            ("hidden_activation", serde_json::json!("gelu")),
-            ("query_pre_attn_scalar", serde_json::json!(0)),
-        ] {
-            let mut v = base.clone();
-            v[field] = value;
-            let e = ModelConfig::from_json(&v, Path::new("g/config.json"))
+        assert_each_refused_in_one_line(
+            &base,
+            "g/config.json",
+            [
+                ("final_logit_softcapping", serde_json::json!(30.0)),
+                ("attn_logit_softcapping", serde_json::json!(50.0)),
+                ("use_bidirectional_attention", serde_json::json!(true)),
+                ("hidden_activation", serde_json::json!("gelu")),
+                ("query_pre_attn_scalar", serde_json::json!(0)),
+            ],
+        );
+    }
+
+    /// `base` with each `(field, value)` set is refused in one line naming the field and `path`.
+    fn assert_each_refused_in_one_line<const N: usize>(
+        base: &Value,
+        path: &str,
+        cases: [(&str, Value); N],
+    ) {
+        for (field, value) in cases {
+            let mut bad = base.clone();
+            bad[field] = value;
+            let e = ModelConfig::from_json(&bad, Path::new(path))
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains(field) && e.contains("g/config.json"), "{e}");
-            assert!(!e.contains('\n'), "{e}");
+            assert!(e.contains(field) && e.contains(path), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
         }
     }
 
@@ -792,19 +805,15 @@ mod tests {
         let c5 = ModelConfig::from_json(&v5, Path::new("p/config.json")).unwrap();
         assert_eq!(c5.rotary_dims(), 32);
         // What the forward does not build is refused in one line naming the field.
-        for (field, value) in [
-            ("hidden_act", serde_json::json!("gelu_new")),
-            ("attention_bias", serde_json::json!(false)),
-            ("rotary_pct", serde_json::json!(1.5)),
-        ] {
-            let mut bad = pythia.clone();
-            bad[field] = value;
-            let e = ModelConfig::from_json(&bad, Path::new("p/config.json"))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(field) && e.contains("p/config.json"), "{e}");
-            assert_eq!(e.lines().count(), 1, "{e}");
-        }
+        assert_each_refused_in_one_line(
+            &pythia,
+            "p/config.json",
+            [
+                ("hidden_act", serde_json::json!("gelu_new")),
+                ("attention_bias", serde_json::json!(false)),
+                ("rotary_pct", serde_json::json!(1.5)),
+            ],
+        );
     }
 
     #[test]
