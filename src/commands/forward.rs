@@ -5,7 +5,7 @@ use tch::{Kind, Tensor};
 
 use crate::capture::NoCapture;
 use crate::cli::ForwardArgs;
-use crate::data::tokenizer::{decode, encode, tokenizer_for};
+use crate::data::tokenizer::{decode, encode_prompt, tokenizer_for};
 use crate::model::forward::{forward_streamed, OutputHead};
 use crate::model::resident::ResidentModel;
 use crate::printer::Printer;
@@ -30,7 +30,7 @@ pub fn run(args: &ForwardArgs, settings: &Settings) -> Result<()> {
     };
     let source = open_source_with(&args.source, &settings.hub)?;
     let (tokenizer, tokenizer_name) = tokenizer_for(source.as_ref(), args.tokenizer.as_deref())?;
-    let ids = encode(&tokenizer, &args.text)?;
+    let ids = encode_prompt(&tokenizer, &args.text)?;
     if ids.is_empty() {
         anyhow::bail!("--text {:?} encodes to no tokens", args.text);
     }

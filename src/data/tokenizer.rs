@@ -71,6 +71,15 @@ pub fn tokenizer_for(
     ))
 }
 
+/// Token ids of a prompt as the model's own tokenizer call gives them: with the special tokens
+/// its post-processor adds (Gemma's `<bos>`; none for the byte-level BPE tokenizers).
+pub fn encode_prompt(tokenizer: &Tokenizer, text: &str) -> Result<Vec<i64>> {
+    let encoding = tokenizer
+        .encode(text, true)
+        .map_err(|e| anyhow!("tokenizer: {e}"))?;
+    Ok(encoding.get_ids().iter().map(|&i| i as i64).collect())
+}
+
 /// Token ids of `text`, without special tokens added.
 pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<i64>> {
     let encoding = tokenizer

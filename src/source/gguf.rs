@@ -1,18 +1,19 @@
 //! GGUF checkpoints (llama.cpp) as a weight source: the config comes from the `{arch}.*` metadata,
 //! tensors are dequantised to f32 one at a time and handed out under Hugging Face names and layout
-//! (reversed dims, Q/K rows back in rotate-half order), and the tokenizer is rebuilt from
-//! `tokenizer.ggml.*`. Only `general.architecture = llama` is supported.
+//! (reversed dims; Llama's Q/K rows back in rotate-half order; Gemma's norm gains back to
+//! `weight − 1`), and the tokenizer is rebuilt from `tokenizer.ggml.*`. Families: `llama`
+//! (also Mistral), `qwen2`, `qwen3`, `gemma3`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use serde_json::json;
 use tch::Tensor;
 
 use super::gguf_file::{GgufFile, GgufValue};
 use super::gguf_tokenizer::tokenizer_from_gguf;
 use super::names::{hf_name, rope_projection, unpermute_rope_rows, RopeProjection};
 use super::{Provenance, TensorInfo, WeightSource};
-use crate::config::rope_scaling::RopeScaling;
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{SourceError, SourceResult};
 
@@ -36,7 +37,8 @@ impl GgufSource {
         let config = config_from_metadata(&file)?;
         let mut index = BTreeMap::new();
         for (i, tensor) in file.tensors.iter().enumerate() {
-            let name = hf_name(&tensor.name).unwrap_or_else(|| tensor.name.clone());
+            let name =
+                hf_name(&tensor.name, config.architecture).unwrap_or_else(|| tensor.name.clone());
             if let Some(previous) = index.insert(name.clone(), i) {
                 return Err(SourceError::malformed(
                     path,
@@ -117,6 +119,13 @@ impl WeightSource for GgufSource {
             },
             other => other,
         })?;
+        if self.config.architecture.norm_weight_offset() != 0.0 && name.ends_with("norm.weight") {
+            // llama.cpp stores Gemma's whole gain (1 + w); HF layout, and the forward, keep w.
+            return Ok(tensor - self.config.architecture.norm_weight_offset());
+        }
+        if self.config.architecture != Architecture::Llama {
+            return Ok(tensor);
+        }
         let shape = tensor.size();
         let heads = match rope_projection(name) {
             None => return Ok(tensor),
@@ -143,7 +152,31 @@ impl WeightSource for GgufSource {
     }
 }
 
-/// The model config a GGUF file's metadata describes.
+/// The families a GGUF file may declare (`general.architecture`), as ckpt-scan's architectures.
+/// Mistral checkpoints are converted as `llama`.
+const FAMILIES: [(&str, Architecture); 4] = [
+    ("llama", Architecture::Llama),
+    ("qwen2", Architecture::Qwen2),
+    ("qwen3", Architecture::Qwen3),
+    ("gemma3", Architecture::Gemma3),
+];
+
+/// Gemma-3-27B's layer count: llama.cpp scales its scores by (hidden / heads)^−½ (its
+/// `query_pre_attn_scalar`, 168), every other size by head_dim^−½. GGUF stores neither.
+const GEMMA3_27B_LAYERS: i64 = 62;
+
+/// The ckpt-scan architecture of a GGUF `general.architecture` value.
+pub fn family(gguf_architecture: &str) -> Option<Architecture> {
+    FAMILIES
+        .iter()
+        .find(|(name, _)| *name == gguf_architecture)
+        .map(|&(_, a)| a)
+}
+
+/// The model config a GGUF file's metadata describes: the metadata is spelled as the family's
+/// `config.json` (as transformers' GGUF loader does) and read by [`ModelConfig::from_json`], so
+/// every family default (Gemma-3's window pattern and local RoPE base, tied embeddings) is the
+/// one a Hugging Face checkpoint of that family gets.
 pub fn config_from_metadata(file: &GgufFile) -> SourceResult<ModelConfig> {
     let path = file.path();
     let bad = |message: String| SourceError::malformed(path, message);
@@ -151,12 +184,16 @@ pub fn config_from_metadata(file: &GgufFile) -> SourceResult<ModelConfig> {
         .get("general.architecture")
         .and_then(GgufValue::as_str)
         .ok_or_else(|| bad("no general.architecture string in the metadata".into()))?;
-    if arch != "llama" {
-        return Err(SourceError::UnsupportedArchitecture {
+    let architecture = family(arch).ok_or_else(|| {
+        let known: Vec<&str> = FAMILIES.iter().map(|(name, _)| *name).collect();
+        SourceError::UnsupportedArchitecture {
             path: path.to_path_buf(),
-            architecture: format!("{arch} (GGUF general.architecture; only llama is supported)"),
-        });
-    }
+            architecture: format!(
+                "{arch} (GGUF general.architecture; supported: {})",
+                known.join(", ")
+            ),
+        }
+    })?;
     let key = |k: &str| format!("{arch}.{k}");
     let opt_int = |k: &str| -> SourceResult<Option<i64>> {
         match file.get(&key(k)) {
@@ -241,29 +278,37 @@ pub fn config_from_metadata(file: &GgufFile) -> SourceResult<ModelConfig> {
         file.get(&format!("tokenizer.ggml.{k}"))
             .and_then(GgufValue::as_i64)
     };
-    let config = ModelConfig {
-        architecture: Architecture::Llama,
-        vocab_size,
-        hidden_size,
-        intermediate_size: int("feed_forward_length")?,
-        num_hidden_layers: int("block_count")?,
-        num_attention_heads,
-        num_key_value_heads,
-        head_dim,
-        rms_norm_eps,
-        rope_theta: opt_float("rope.freq_base")?.unwrap_or(DEFAULT_ROPE_THETA),
-        rope_scaling: RopeScaling::Default,
-        max_position_embeddings: opt_int("context_length")?.unwrap_or(DEFAULT_CONTEXT_LENGTH),
-        sliding_window: None,
-        rotary_dim: None,
-        parallel_residual: false,
-        query_pre_attn_scalar: None,
+    let num_hidden_layers = int("block_count")?;
+    let mut config = json!({
+        "architectures": [architecture.hf_class()],
+        "model_type": architecture.model_type(),
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": int("feed_forward_length")?,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": num_attention_heads,
+        "num_key_value_heads": num_key_value_heads,
+        "head_dim": head_dim,
+        "rms_norm_eps": rms_norm_eps,
+        "rope_theta": opt_float("rope.freq_base")?.unwrap_or(DEFAULT_ROPE_THETA),
+        "max_position_embeddings": opt_int("context_length")?.unwrap_or(DEFAULT_CONTEXT_LENGTH),
         // llama.cpp's converter drops lm_head when it equals the embedding.
-        tie_word_embeddings: file.tensor("output.weight").is_none(),
-        pad_token_id: token_id("padding_token_id"),
-        bos_token_id: token_id("bos_token_id"),
-        eos_token_id: token_id("eos_token_id"),
-    };
-    config.validate(path)?;
-    Ok(config)
+        "tie_word_embeddings": file.tensor("output.weight").is_none(),
+        "pad_token_id": token_id("padding_token_id"),
+        "bos_token_id": token_id("bos_token_id"),
+        "eos_token_id": token_id("eos_token_id"),
+    });
+    if architecture == Architecture::Gemma3 {
+        let fields = config.as_object_mut().expect("built as an object");
+        if let Some(window) = opt_int("attention.sliding_window")? {
+            fields.insert("sliding_window".into(), window.into());
+        }
+        let scalar = if num_hidden_layers == GEMMA3_27B_LAYERS && num_attention_heads > 0 {
+            hidden_size / num_attention_heads
+        } else {
+            head_dim
+        };
+        fields.insert("query_pre_attn_scalar".into(), scalar.into());
+    }
+    ModelConfig::from_json(&config, path)
 }

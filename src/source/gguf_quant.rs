@@ -125,7 +125,10 @@ impl GgmlType {
                 | GgmlType::Q8_0
                 | GgmlType::Q4_0
                 | GgmlType::Q4_1
+                | GgmlType::Q5_0
+                | GgmlType::Q5_1
                 | GgmlType::Q4K
+                | GgmlType::Q5K
                 | GgmlType::Q6K
         )
     }
@@ -165,7 +168,10 @@ pub fn dequantize_into(ty: GgmlType, blocks: &[u8], out: &mut [f32]) -> Option<(
         GgmlType::Q8_0 => q8_0_block,
         GgmlType::Q4_0 => q4_0_block,
         GgmlType::Q4_1 => q4_1_block,
+        GgmlType::Q5_0 => q5_0_block,
+        GgmlType::Q5_1 => q5_1_block,
         GgmlType::Q4K => q4_k_block,
+        GgmlType::Q5K => q5_k_block,
         GgmlType::Q6K => q6_k_block,
         _ => return None,
     };
@@ -255,6 +261,36 @@ fn q4_1_block(block: &[u8], out: &mut [f32]) {
     }
 }
 
+/// The 32 five-bit values of a Q5_0 / Q5_1 block: low nibbles as in Q4_0, and bit j of the
+/// little-endian `u32 qh` as bit 4 of weight j.
+fn q5_values(qh: &[u8], qs: &[u8]) -> [u8; 32] {
+    let high = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let mut q = [0u8; 32];
+    for j in 0..16 {
+        let bit = |k: usize| (((high >> k) & 1) as u8) << 4;
+        q[j] = (qs[j] & 0x0F) | bit(j);
+        q[j + 16] = (qs[j] >> 4) | bit(j + 16);
+    }
+    q
+}
+
+/// Q5_0, 22 bytes → 32 weights: `f16 d; u32 qh; u8 qs[16]`; `w = d * (q - 16)`.
+fn q5_0_block(block: &[u8], out: &mut [f32]) {
+    let d = f16_at(block, 0);
+    for (o, q) in out.iter_mut().zip(q5_values(&block[2..6], &block[6..22])) {
+        *o = d * f32::from(q as i8 - 16);
+    }
+}
+
+/// Q5_1, 24 bytes → 32 weights: `f16 d; f16 m; u32 qh; u8 qs[16]`; `w = d * q + m`.
+fn q5_1_block(block: &[u8], out: &mut [f32]) {
+    let d = f16_at(block, 0);
+    let m = f16_at(block, 2);
+    for (o, q) in out.iter_mut().zip(q5_values(&block[4..8], &block[8..24])) {
+        *o = d * f32::from(q) + m;
+    }
+}
+
 /// The 8 six-bit sub-block scales and minimums packed into Q4_K's 12 scale bytes.
 ///
 /// Bytes 0–3 hold scales 0–3 (low 6 bits) and the top 2 bits of scales 4–7; bytes 4–7 the same for
@@ -286,6 +322,29 @@ fn q4_k_block(block: &[u8], out: &mut [f32]) {
             let out = &mut out[32 * sub..32 * sub + 32];
             for (o, &q) in out.iter_mut().zip(&qs[32 * chunk..32 * chunk + 32]) {
                 *o = scale * f32::from((q >> shift) & 0x0F) - min;
+            }
+        }
+    }
+}
+
+/// Q5_K, 176 bytes → 256 weights: `f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]`.
+/// Q4_K's layout plus a fifth bit: weight l of sub-block `s` takes bit `s` of `qh[l]`.
+fn q5_k_block(block: &[u8], out: &mut [f32]) {
+    let d = f16_at(block, 0);
+    let dmin = f16_at(block, 2);
+    let (sc, mn) = q4_k_scales_mins(&block[4..16]);
+    let qh = &block[16..48];
+    let qs = &block[48..176];
+    for chunk in 0..4 {
+        for (half, shift) in [(0usize, 0u8), (1, 4)] {
+            let sub = 2 * chunk + half;
+            let scale = d * f32::from(sc[sub]);
+            let min = dmin * f32::from(mn[sub]);
+            let out = &mut out[32 * sub..32 * sub + 32];
+            let low = &qs[32 * chunk..32 * chunk + 32];
+            for ((o, &q), &h) in out.iter_mut().zip(low).zip(qh) {
+                let q = ((q >> shift) & 0x0F) | (((h >> sub) & 1) << 4);
+                *o = scale * f32::from(q) - min;
             }
         }
     }
@@ -382,6 +441,45 @@ mod tests {
     }
 
     #[test]
+    fn q5_0_takes_bit_j_of_qh_as_the_fifth_bit_of_weight_j() {
+        let mut block = f16_bytes(0.5).to_vec();
+        // qh bits 0 and 16 set: weights 0 and 16 get +16.
+        block.extend(0x0001_0001u32.to_le_bytes());
+        block.extend([0x21u8; 16]); // low nibble 1, high nibble 2
+        let w = dequantize(GgmlType::Q5_0, &block).unwrap();
+        assert_eq!((w[0], w[1]), (0.5 * (17.0 - 16.0), 0.5 * (1.0 - 16.0)));
+        assert_eq!((w[16], w[17]), (0.5 * (18.0 - 16.0), 0.5 * (2.0 - 16.0)));
+    }
+
+    #[test]
+    fn q5_1_adds_the_block_minimum_to_five_bit_values() {
+        let mut block = f16_bytes(0.25).to_vec();
+        block.extend(f16_bytes(-1.0));
+        block.extend(0x8000_0000u32.to_le_bytes()); // bit 31: weight 31
+        block.extend([0x00u8; 15].iter().chain([0x30u8].iter()));
+        let w = dequantize(GgmlType::Q5_1, &block).unwrap();
+        assert_eq!(w[0], -1.0);
+        assert_eq!(w[31], 0.25 * 19.0 - 1.0);
+    }
+
+    #[test]
+    fn q5_k_adds_bit_s_of_qh_to_sub_block_s() {
+        let mut block = f16_bytes(1.0).to_vec();
+        block.extend(f16_bytes(0.5));
+        block.extend([1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0]); // scales 1..4, mins 5..8
+        let mut qh = [0u8; 32];
+        qh[0] = 0b0000_0011; // weight 0 of sub-blocks 0 and 1
+        block.extend(qh);
+        let mut qs = [0u8; 128];
+        qs[0] = 0x73;
+        block.extend(qs);
+        let w = dequantize(GgmlType::Q5K, &block).unwrap();
+        assert_eq!(w[0], 1.0 * 19.0 - 0.5 * 5.0);
+        assert_eq!(w[32], 2.0 * 23.0 - 0.5 * 6.0);
+        assert_eq!(w[1], -0.5 * 5.0);
+    }
+
+    #[test]
     fn q4_k_unpacks_six_bit_scales_and_mins() {
         // Scale 4 = low nibble of byte 8 (0x5) | top bits of byte 0 (0b01 → 0x10) = 0x15 = 21.
         // Min 4 = high nibble of byte 8 (0xA) | top bits of byte 4 (0b10 → 0x20) = 0x2A = 42.
@@ -425,7 +523,7 @@ mod tests {
 
     #[test]
     fn unsupported_types_return_none() {
-        assert!(dequantize(GgmlType::Q5K, &[0u8; 176]).is_none());
+        assert!(dequantize(GgmlType::Q3K, &[0u8; 110]).is_none());
         assert!(!GgmlType::Iq2Xxs.is_supported());
     }
 }

@@ -2,16 +2,22 @@
 //! transformers 5.24 does it (`integrations/gguf/gguf_tokenizer_mapping.py`), so token ids equal
 //! `AutoTokenizer.from_pretrained(dir, gguf_file=…)`'s.
 //!
-//! Only `tokenizer.ggml.model = gpt2` (byte-level BPE) is supported; SentencePiece (`llama`) and
-//! other models give an error with a hint to pass a tokenizer.json instead.
+//! Supported: `tokenizer.ggml.model = gpt2` (byte-level BPE), and `llama` (SentencePiece BPE) in
+//! Gemma files, whose merges are rebuilt from the vocabulary as transformers' `gemma_tokenizer`
+//! does. Other models give an error with a hint to pass a tokenizer.json instead.
 
 use std::collections::HashSet;
 
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 use super::gguf_file::{GgufFile, GgufValue};
@@ -77,6 +83,9 @@ fn byte_alphabet() -> [char; 256] {
     table
 }
 
+/// SentencePiece's word-boundary mark, which stands for a space in the vocabulary.
+const SPACE_MARK: char = '\u{2581}';
+
 /// Builds the tokenizer the file describes.
 pub fn tokenizer_from_gguf(file: &GgufFile) -> SourceResult<Tokenizer> {
     let bad = |message: String| SourceError::malformed(file.path(), message);
@@ -84,21 +93,193 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> SourceResult<Tokenizer> {
         .get("tokenizer.ggml.model")
         .and_then(GgufValue::as_str)
         .ok_or_else(|| bad("no tokenizer.ggml.model string in the metadata".into()))?;
-    if model != "gpt2" {
-        return Err(bad(format!(
-            "tokenizer.ggml.model {model:?} is not supported (only gpt2 byte-level BPE)\n\
+    let architecture = file
+        .get("general.architecture")
+        .and_then(GgufValue::as_str)
+        .unwrap_or("");
+    match model {
+        "gpt2" => byte_level_tokenizer(file),
+        "llama" if architecture == "gemma3" => gemma_tokenizer(file),
+        _ => Err(bad(format!(
+            "tokenizer.ggml.model {model:?} is not supported for general.architecture \
+             {architecture:?} (supported: gpt2 byte-level BPE; llama SentencePiece in gemma3 files)\n\
              hint: pass --tokenizer PATH/tokenizer.json"
-        )));
+        ))),
     }
-    let tokens = string_array(file, "tokenizer.ggml.tokens")?;
-    let merges = string_array(file, "tokenizer.ggml.merges")?;
-    let token_types: Vec<i64> = match file.get("tokenizer.ggml.token_type") {
-        None => Vec::new(),
+}
+
+/// `tokenizer.ggml.token_type`, empty when the file has none.
+fn token_types(file: &GgufFile) -> SourceResult<Vec<i64>> {
+    match file.get("tokenizer.ggml.token_type") {
+        None => Ok(Vec::new()),
         Some(v) => v
             .as_array()
             .map(|items| items.iter().map(|t| t.as_i64().unwrap_or(0)).collect())
-            .ok_or_else(|| bad("tokenizer.ggml.token_type is not an array".into()))?,
+            .ok_or_else(|| {
+                SourceError::malformed(file.path(), "tokenizer.ggml.token_type is not an array")
+            }),
+    }
+}
+
+/// Adds the file's control tokens as special tokens and its user-defined tokens (when in the
+/// vocabulary) as plain added tokens, so both stay whole in text. `keep_control` filters the
+/// control tokens (transformers skips mislabelled ones in byte-level vocabularies).
+fn add_marked_tokens(
+    tokenizer: &mut Tokenizer,
+    file: &GgufFile,
+    tokens: &[&str],
+    keep_control: impl Fn(&str) -> bool,
+) -> SourceResult<()> {
+    let bad = |message: String| SourceError::malformed(file.path(), message);
+    let types = token_types(file)?;
+    let of_type = |wanted: i64| {
+        tokens
+            .iter()
+            .zip(&types)
+            .filter(move |(_, &t)| t == wanted)
+            .map(|(token, _)| *token)
     };
+    let control: Vec<AddedToken> = of_type(TOKEN_TYPE_CONTROL)
+        .filter(|t| keep_control(t))
+        .map(|t| AddedToken::from(t.to_string(), true).normalized(false))
+        .collect();
+    tokenizer
+        .add_special_tokens(control)
+        .map_err(|e| bad(format!("adding control tokens: {e}")))?;
+    let known = tokenizer.get_vocab(true);
+    let user_defined: Vec<AddedToken> = of_type(TOKEN_TYPE_USER_DEFINED)
+        .filter(|t| known.contains_key(*t))
+        .map(|t| AddedToken::from(t.to_string(), false).normalized(false))
+        .collect();
+    tokenizer
+        .add_tokens(user_defined)
+        .map_err(|e| bad(format!("adding user-defined tokens: {e}")))?;
+    Ok(())
+}
+
+/// Whether Python's `str.isspace` holds (Rust's `is_whitespace` plus the ASCII separators
+/// U+001C–U+001F, which Python counts).
+fn python_is_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// The merges a vocabulary implies, best first (transformers' `generate_merges` with Gemma's
+/// sort key): every split of every token into two vocabulary tokens, ordered by the token's last
+/// position in the file, then by a longer left part first.
+fn merges_from_vocabulary(vocab: &Vocab) -> Vec<(String, String)> {
+    let mut last_position: Vec<(u32, &str)> = vocab.iter().map(|(t, &i)| (i, t.as_str())).collect();
+    last_position.sort_unstable();
+    let mut merges = Vec::new();
+    for (_, token) in last_position {
+        let cuts: Vec<usize> = token.char_indices().map(|(at, _)| at).skip(1).collect();
+        // Longer left part first; at one length the split is unique, so no further key matters.
+        for &at in cuts.iter().rev() {
+            let (left, right) = token.split_at(at);
+            if vocab.contains_key(left) && vocab.contains_key(right) {
+                merges.push((left.to_string(), right.to_string()));
+            }
+        }
+    }
+    merges
+}
+
+/// Gemma's SentencePiece BPE as transformers 5.24 rebuilds it from a GGUF (`gemma_tokenizer`
+/// with `GemmaTokenizer`'s pipeline): tokens of two or more spaces respelled with `▁`, merges
+/// from the vocabulary order, spaces normalised to `▁`, byte fallback for unknown characters,
+/// and `<bos>` added when the file's `add_bos_token` asks for it.
+fn gemma_tokenizer(file: &GgufFile) -> SourceResult<Tokenizer> {
+    let bad = |message: String| SourceError::malformed(file.path(), message);
+    let tokens = string_array(file, "tokenizer.ggml.tokens")?;
+    let respelled: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            if t.contains(' ') && t.chars().all(python_is_space) {
+                SPACE_MARK.to_string().repeat(t.chars().count())
+            } else {
+                t.to_string()
+            }
+        })
+        .collect();
+    // Later duplicates win, as in transformers' dict comprehension.
+    let vocab: Vocab = respelled
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.clone(), id as u32))
+        .collect();
+    let merges = merges_from_vocabulary(&vocab);
+    let unknown = "<unk>";
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(unknown.to_string())
+        .fuse_unk(true)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| {
+            bad(format!(
+                "tokenizer.ggml.tokens do not form a BPE model: {e}"
+            ))
+        })?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let space = String::from(SPACE_MARK);
+    let replace = |from: &str, to: &str| {
+        Replace::new(from, to).map_err(|e| bad(format!("replace {from:?} → {to:?}: {e}")))
+    };
+    tokenizer
+        .with_normalizer(Some(replace(" ", &space)?))
+        .map_err(|e| bad(format!("space normaliser: {e}")))?;
+    let split = Split::new(
+        SplitPattern::String(" ".into()),
+        SplitDelimiterBehavior::MergedWithPrevious,
+        false,
+    )
+    .map_err(|e| bad(format!("space split: {e}")))?;
+    tokenizer.with_pre_tokenizer(Some(split));
+    tokenizer.with_decoder(Some(DecoderSequence::new(vec![
+        replace(&space, " ")?.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ])));
+    add_marked_tokens(&mut tokenizer, file, &tokens, |_| true)?;
+    // The named special tokens stay whole too (GemmaTokenizer registers them).
+    let named: Vec<AddedToken> = ["unknown", "bos", "eos", "padding"]
+        .iter()
+        .filter_map(|k| file.get(&format!("tokenizer.ggml.{k}_token_id"))?.as_i64())
+        .filter_map(|id| tokens.get(usize::try_from(id).ok()?))
+        .map(|t| AddedToken::from(t.to_string(), true).normalized(false))
+        .collect();
+    tokenizer
+        .add_special_tokens(named)
+        .map_err(|e| bad(format!("adding named special tokens: {e}")))?;
+    let adds_bos = file
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(GgufValue::as_bool)
+        .unwrap_or(true);
+    let bos = file
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(GgufValue::as_i64);
+    if let (true, Some(id)) = (adds_bos, bos) {
+        let token = tokens.get(id as usize).ok_or_else(|| {
+            bad(format!(
+                "tokenizer.ggml.bos_token_id {id} is past the vocabulary"
+            ))
+        })?;
+        let template = TemplateProcessing::builder()
+            .try_single(format!("{token} $A"))
+            .and_then(|b| b.try_pair(format!("{token} $A {token} $B")))
+            .map_err(|e| bad(format!("BOS template: {e}")))?
+            .special_tokens(vec![(token.to_string(), id as u32)])
+            .build()
+            .map_err(|e| bad(format!("BOS template: {e}")))?;
+        tokenizer.with_post_processor(Some(template));
+    }
+    Ok(tokenizer)
+}
+
+/// GPT-2-style byte-level BPE with the file's merges.
+fn byte_level_tokenizer(file: &GgufFile) -> SourceResult<Tokenizer> {
+    let bad = |message: String| SourceError::malformed(file.path(), message);
+    let tokens = string_array(file, "tokenizer.ggml.tokens")?;
+    let merges = string_array(file, "tokenizer.ggml.merges")?;
 
     let alphabet = byte_alphabet();
     let spelled: HashSet<char> = alphabet.iter().copied().collect();
@@ -155,29 +336,8 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> SourceResult<Tokenizer> {
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
 
-    let of_type = |wanted: i64| {
-        tokens
-            .iter()
-            .zip(&token_types)
-            .filter(move |(_, &t)| t == wanted)
-            .map(|(token, _)| *token)
-    };
     // A control token outside the byte alphabet is a llama.cpp mislabel; transformers skips it.
-    let control: Vec<AddedToken> = of_type(TOKEN_TYPE_CONTROL)
-        .filter(|t| in_alphabet(t))
-        .map(|t| AddedToken::from(t.to_string(), true).normalized(false))
-        .collect();
-    tokenizer
-        .add_special_tokens(control)
-        .map_err(|e| bad(format!("adding control tokens: {e}")))?;
-    let known = tokenizer.get_vocab(true);
-    let user_defined: Vec<AddedToken> = of_type(TOKEN_TYPE_USER_DEFINED)
-        .filter(|t| known.contains_key(*t))
-        .map(|t| AddedToken::from(t.to_string(), false).normalized(false))
-        .collect();
-    tokenizer
-        .add_tokens(user_defined)
-        .map_err(|e| bad(format!("adding user-defined tokens: {e}")))?;
+    add_marked_tokens(&mut tokenizer, file, &tokens, in_alphabet)?;
     Ok(tokenizer)
 }
 

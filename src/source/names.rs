@@ -1,10 +1,17 @@
-//! llama.cpp ↔ Hugging Face tensor names for Llama-architecture GGUF files, and the Q/K row order
-//! llama.cpp's converter changes (`convert_hf_to_gguf.py`, `LlamaModel.permute`).
+//! llama.cpp ↔ Hugging Face tensor names for the GGUF families ckpt-scan reads (`llama`, `qwen2`,
+//! `qwen3`, `gemma3`; gguf-py's `TensorNameMap`), and the Q/K row order llama.cpp's converter
+//! changes for Llama (`convert_hf_to_gguf.py`, `LlamaModel.permute`).
+//!
+//! The tables differ only in the norms after attention: a pre-norm block's `ffn_norm` is HF's
+//! `post_attention_layernorm` (the norm before the MLP), while Gemma's sandwich block names its
+//! four norms `attn_norm`, `post_attention_norm`, `ffn_norm`, `post_ffw_norm`.
 //!
 //! Names outside the table (e.g. `rope_freqs.weight`) keep their GGUF spelling, so `inspect`
 //! reports them as unexpected instead of hiding them.
 
 use tch::Tensor;
+
+use crate::config::{Architecture, NormPlacement};
 
 /// Whole-model tensors: (GGUF stem, HF stem).
 const GLOBAL: [(&str, &str); 3] = [
@@ -13,18 +20,41 @@ const GLOBAL: [(&str, &str); 3] = [
     ("output", "lm_head"),
 ];
 
-/// Per-block tensors: (GGUF stem after `blk.N.`, HF stem after `model.layers.N.`).
-const BLOCK: [(&str, &str); 9] = [
+/// Per-block tensors every family shares: (GGUF stem after `blk.N.`, HF stem after
+/// `model.layers.N.`). Qwen3's and Gemma-3's per-head QK-norms are `attn_q_norm` / `attn_k_norm`.
+const BLOCK: [(&str, &str); 10] = [
     ("attn_q", "self_attn.q_proj"),
     ("attn_k", "self_attn.k_proj"),
     ("attn_v", "self_attn.v_proj"),
     ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
     ("ffn_gate", "mlp.gate_proj"),
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),
     ("attn_norm", "input_layernorm"),
-    ("ffn_norm", "post_attention_layernorm"),
 ];
+
+/// The norm before the MLP in a pre-norm block (Llama, Qwen2, Qwen3).
+const PRE_NORMS: [(&str, &str); 1] = [("ffn_norm", "post_attention_layernorm")];
+
+/// Gemma-3's norms after each sub-layer and before the MLP.
+const SANDWICH_NORMS: [(&str, &str); 3] = [
+    ("post_attention_norm", "post_attention_layernorm"),
+    ("ffn_norm", "pre_feedforward_layernorm"),
+    ("post_ffw_norm", "post_feedforward_layernorm"),
+];
+
+/// The per-block (GGUF, HF) stem pairs of one family.
+fn block_table(
+    architecture: Architecture,
+) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    let norms: &[(&str, &str)] = match architecture.norm_placement() {
+        NormPlacement::Sandwich => &SANDWICH_NORMS,
+        NormPlacement::Pre | NormPlacement::Post => &PRE_NORMS,
+    };
+    BLOCK.iter().chain(norms)
+}
 
 /// Splits `stem.weight` / `stem.bias`.
 fn split_suffix(name: &str) -> Option<(&str, &str)> {
@@ -33,31 +63,34 @@ fn split_suffix(name: &str) -> Option<(&str, &str)> {
         .find_map(|suffix| Some((name.strip_suffix(suffix)?.strip_suffix('.')?, suffix)))
 }
 
-/// The Hugging Face name of a GGUF tensor, or `None` when the table has no entry for it.
-pub fn hf_name(gguf: &str) -> Option<String> {
+/// The Hugging Face name of a GGUF tensor of `architecture`, or `None` when the table has no
+/// entry for it.
+pub fn hf_name(gguf: &str, architecture: Architecture) -> Option<String> {
     let (stem, suffix) = split_suffix(gguf)?;
     if let Some(&(_, hf)) = GLOBAL.iter().find(|(g, _)| *g == stem) {
         return Some(format!("{hf}.{suffix}"));
     }
     let (layer, block_stem) = stem.strip_prefix("blk.")?.split_once('.')?;
     let layer: u32 = layer.parse().ok()?;
-    let &(_, hf) = BLOCK.iter().find(|(g, _)| *g == block_stem)?;
+    let &(_, hf) = block_table(architecture).find(|(g, _)| *g == block_stem)?;
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
 }
 
-/// The GGUF name of a Hugging Face tensor, or `None` when the table has no entry for it.
-pub fn gguf_name(hf: &str) -> Option<String> {
+/// The GGUF name of a Hugging Face tensor of `architecture`, or `None` when the table has no
+/// entry for it.
+pub fn gguf_name(hf: &str, architecture: Architecture) -> Option<String> {
     let (stem, suffix) = split_suffix(hf)?;
     if let Some(&(g, _)) = GLOBAL.iter().find(|(_, h)| *h == stem) {
         return Some(format!("{g}.{suffix}"));
     }
     let (layer, block_stem) = stem.strip_prefix("model.layers.")?.split_once('.')?;
     let layer: u32 = layer.parse().ok()?;
-    let &(g, _) = BLOCK.iter().find(|(_, h)| *h == block_stem)?;
+    let &(g, _) = block_table(architecture).find(|(_, h)| *h == block_stem)?;
     Some(format!("blk.{layer}.{g}.{suffix}"))
 }
 
-/// Which of a Llama model's projections llama.cpp stored with permuted rows.
+/// Which of a Llama model's projections llama.cpp stored with permuted rows (only Llama's: the
+/// other families use rotate-half RoPE in llama.cpp too, so their rows are stored as in HF).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeProjection {
     Query,
@@ -142,8 +175,8 @@ mod tests {
                 "model.layers.1.post_attention_layernorm.weight",
             ),
         ] {
-            assert_eq!(hf_name(g).as_deref(), Some(h), "{g}");
-            assert_eq!(gguf_name(h).as_deref(), Some(g), "{h}");
+            assert_eq!(hf_name(g, Architecture::Llama).as_deref(), Some(h), "{g}");
+            assert_eq!(gguf_name(h, Architecture::Llama).as_deref(), Some(g), "{h}");
         }
         for unknown in [
             "rope_freqs.weight",
@@ -151,8 +184,36 @@ mod tests {
             "blk.0.attn_qq.weight",
             "output",
         ] {
-            assert_eq!(hf_name(unknown), None, "{unknown}");
+            assert_eq!(hf_name(unknown, Architecture::Llama), None, "{unknown}");
         }
+    }
+
+    #[test]
+    fn gemma_names_its_four_norms_and_ffn_norm_is_the_pre_feedforward_one() {
+        let gemma = Architecture::Gemma3;
+        for (g, h) in [
+            ("blk.2.attn_norm.weight", "input_layernorm"),
+            (
+                "blk.2.post_attention_norm.weight",
+                "post_attention_layernorm",
+            ),
+            ("blk.2.ffn_norm.weight", "pre_feedforward_layernorm"),
+            ("blk.2.post_ffw_norm.weight", "post_feedforward_layernorm"),
+            ("blk.2.attn_q_norm.weight", "self_attn.q_norm"),
+        ] {
+            let h = format!("model.layers.2.{h}.weight");
+            assert_eq!(hf_name(g, gemma).as_deref(), Some(h.as_str()), "{g}");
+            assert_eq!(gguf_name(&h, gemma).as_deref(), Some(g), "{h}");
+        }
+        // The same GGUF name means the norm after attention in a pre-norm family.
+        assert_eq!(
+            hf_name("blk.2.ffn_norm.weight", Architecture::Qwen3).as_deref(),
+            Some("model.layers.2.post_attention_layernorm.weight")
+        );
+        assert_eq!(
+            hf_name("blk.2.post_ffw_norm.weight", Architecture::Qwen3),
+            None
+        );
     }
 
     #[test]

@@ -107,13 +107,12 @@ pub fn fit_blocks(blocks: &RegressionBlocks) -> Result<Fit, RegressionError> {
     }
     let s_ff = &blocks.scatter_features;
     let (chol, info) = s_ff.linalg_cholesky_ex(false, false);
-    if i64::try_from(info.max()).unwrap_or(1) != 0 || !pivots_are_sound(&chol, s_ff) {
-        return Err(RegressionError::RankDeficient {
-            rows: blocks.rows,
-            features: p,
-        });
-    }
-    let coefficients = blocks.scatter_cross.cholesky_solve(&chol, false);
+    let coefficients =
+        if i64::try_from(info.max()).unwrap_or(1) != 0 || !pivots_are_sound(&chol, s_ff) {
+            min_norm_solve(s_ff, &blocks.scatter_cross)
+        } else {
+            blocks.scatter_cross.cholesky_solve(&chol, false)
+        };
     let intercept =
         &blocks.mean_targets - coefficients.transpose(0, 1).matmul(&blocks.mean_features);
     Ok(Fit {
@@ -122,6 +121,26 @@ pub fn fit_blocks(blocks: &RegressionBlocks) -> Result<Fit, RegressionError> {
         features: Vec::new(),
         targets: Vec::new(),
     })
+}
+
+/// Eigenvalues of the feature scatter below this fraction of the largest count as zero in a
+/// min-norm fit: singular values of the centred features below f32 ε × the largest, the cutoff
+/// scipy's `lstsq` (behind sklearn's `LinearRegression`) applies to f32 data.
+const MIN_NORM_EIGEN_CUTOFF: f64 = (f32::EPSILON as f64) * (f32::EPSILON as f64);
+
+/// The minimum-norm least-squares coefficients when features are linearly dependent (a head whose
+/// QK-norm gain is zero in some dimensions, as in Gemma-3-270M): `S_ff⁺ S_ft` through the
+/// eigendecomposition, dropping the null directions. Predictions equal any exact solution's, so
+/// R² is what lstsq gives, not NaN.
+fn min_norm_solve(s_ff: &Tensor, s_ft: &Tensor) -> Tensor {
+    let (eigenvalues, eigenvectors) = s_ff.linalg_eigh("L");
+    let largest = f64::try_from(eigenvalues.max()).unwrap_or(0.0).max(0.0);
+    let keep = eigenvalues.gt(largest * MIN_NORM_EIGEN_CUTOFF);
+    let inverse = eigenvalues
+        .reciprocal()
+        .where_self(&keep, &eigenvalues.zeros_like());
+    let projected = eigenvectors.transpose(0, 1).matmul(s_ft) * inverse.unsqueeze(1);
+    eigenvectors.matmul(&projected)
 }
 
 /// Relative size below which a Cholesky pivot means a (numerically) dependent feature.
@@ -282,15 +301,47 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_features_are_rank_deficient() {
-        let x = Tensor::randn([100, 2], (Kind::Double, Device::Cpu));
-        let x = Tensor::cat(&[&x, &x.narrow(1, 0, 1)], 1);
-        let mut g = Gram::new(3, Device::Cpu);
-        g.add(&x);
-        assert!(matches!(
-            fit(&g.moments(), &[0, 2], &[1]),
-            Err(RegressionError::RankDeficient { .. })
-        ));
+    fn dependent_features_get_lstsq_min_norm_r2_and_too_few_rows_are_refused() {
+        tch::manual_seed(5);
+        let opts = (Kind::Double, Device::Cpu);
+        let x = Tensor::randn([100, 3], opts);
+        // Columns: 0, 1, a copy of 0, a constant (a zero-gain dimension), then the target 2.
+        let data = Tensor::cat(
+            &[
+                x.narrow(1, 0, 2),
+                x.narrow(1, 0, 1),
+                Tensor::full([100, 1], 0.5, opts),
+                x.narrow(1, 2, 1) + x.narrow(1, 0, 1) * 0.7,
+            ],
+            1,
+        );
+        let (train, test) = (data.narrow(0, 0, 70), data.narrow(0, 70, 30));
+        let mut g_train = Gram::new(5, Device::Cpu);
+        g_train.add(&train);
+        let mut g_test = Gram::new(5, Device::Cpu);
+        g_test.add(&test);
+        let features = [0i64, 1, 2, 3];
+        let f = fit(&g_train.moments(), &features, &[4]).unwrap();
+        let ins = score(&f, &g_train.moments()).unwrap();
+        let out = score(&f, &g_test.moments()).unwrap();
+        let pick = |m: &Tensor, c: &[i64]| m.index_select(1, &Tensor::from_slice(c));
+        let (iu, _, ou, _) = direct(
+            &pick(&train, &features),
+            &pick(&train, &[4]),
+            &pick(&test, &features),
+            &pick(&test, &[4]),
+        );
+        assert!(
+            (ins.r2_uniform() - iu).abs() < 1e-10,
+            "{} vs {iu}",
+            ins.r2_uniform()
+        );
+        assert!(
+            (out.r2_uniform() - ou).abs() < 1e-10,
+            "{} vs {ou}",
+            out.r2_uniform()
+        );
+        assert!(iu > 0.2 && iu < 0.9, "a real, imperfect fit: {iu}");
         let mut few = Gram::new(3, Device::Cpu);
         few.add(&x.narrow(0, 0, 2));
         assert!(matches!(

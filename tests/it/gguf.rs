@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{assert_close, data_file, golden_dir, read_golden};
+use crate::common::{assert_close, assert_mentions, data_file, golden_dir, json_ids, read_golden};
 use ckpt_scan::capture::NoCapture;
 use ckpt_scan::config::ModelConfig;
 use ckpt_scan::data::paths::smollm2_gguf;
@@ -30,7 +30,13 @@ const SMOLLM2_TENSOR_TOLERANCE: f64 = 1e-5;
 const SMOLLM2_LOGIT_TOLERANCE: f64 = 1e-3;
 
 /// Types ckpt-scan dequantises, each with a `gguf/quant-<TYPE>.gguf` fixture.
-const SUPPORTED: [&str; 8] = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"];
+/// Qwen2/Qwen3/Gemma-3 GGUFs through ckpt-scan and through transformers' GGUF loader, both f32
+/// on the CPU (attention peaked ×8, as the windowed golden fixtures).
+const FAMILY_LOGIT_TOLERANCE: f64 = 5e-4;
+
+const SUPPORTED: [&str; 11] = [
+    "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K",
+];
 
 /// One tensor by both read paths (in-place into a tensor, and into a `Vec`), which must agree.
 fn gguf_tensor(file: &GgufFile, name: &str) -> Tensor {
@@ -69,7 +75,7 @@ fn every_supported_type_dequantises_exactly_as_gguf_py() {
 #[test]
 fn unsupported_type_names_tensor_type_and_file() {
     let Some(dir) = golden_dir() else { return };
-    let Some(path) = data_file(dir.join("gguf/quant-Q5_K.gguf")) else {
+    let Some(path) = data_file(dir.join("gguf/quant-Q3_K.gguf")) else {
         return;
     };
     let file = GgufFile::open(&path).unwrap();
@@ -77,14 +83,15 @@ fn unsupported_type_names_tensor_type_and_file() {
         .read_f32(file.tensor("weight").unwrap())
         .unwrap_err()
         .to_string();
-    for needle in [
-        "tensor weight",
-        "Q5_K",
-        "GGML type 13",
-        &path.display().to_string(),
-    ] {
-        assert!(error.contains(needle), "{needle:?} not in: {error}");
-    }
+    assert_mentions(
+        &error,
+        &[
+            "tensor weight",
+            "Q3_K",
+            "GGML type 11",
+            &path.display().to_string(),
+        ],
+    );
 }
 
 #[test]
@@ -100,13 +107,56 @@ fn unsupported_type_through_the_source_names_both_tensor_names() {
         .read("model.layers.0.self_attn.q_proj.weight")
         .unwrap_err()
         .to_string();
-    for needle in [
-        "model.layers.0.self_attn.q_proj.weight (blk.0.attn_q.weight)",
-        "unsupported dtype IQ2_XXS",
-        "iq.gguf",
-    ] {
-        assert!(error.contains(needle), "{needle:?} not in: {error}");
-    }
+    assert_mentions(
+        &error,
+        &[
+            "model.layers.0.self_attn.q_proj.weight (blk.0.attn_q.weight)",
+            "unsupported dtype IQ2_XXS",
+            "iq.gguf",
+        ],
+    );
+}
+
+#[test]
+fn an_unsupported_family_is_refused_with_the_supported_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("neox.gguf");
+    let mut gguf = TinyLlama::new(64);
+    gguf.architecture = "gptneox".into();
+    std::fs::write(&path, gguf.bytes()).unwrap();
+    let error = GgufSource::open(&path, "gguf:neox.gguf")
+        .err()
+        .expect("refused")
+        .to_string();
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert_mentions(
+        &error,
+        &["neox.gguf", "gptneox", "llama, qwen2, qwen3, gemma3"],
+    );
+}
+
+#[test]
+fn a_sentencepiece_tokenizer_outside_gemma_names_itself_and_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spm.gguf");
+    let mut gguf = TinyLlama::new(64);
+    gguf.string("tokenizer.ggml.model", "llama");
+    std::fs::write(&path, gguf.bytes()).unwrap();
+    let source = GgufSource::open(&path, "gguf:spm.gguf").unwrap();
+    let error = source
+        .embedded_tokenizer()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert_mentions(
+        &error,
+        &[
+            "spm.gguf",
+            "tokenizer.ggml.model \"llama\"",
+            "\"llama\"",
+            "--tokenizer",
+        ],
+    );
 }
 
 #[test]
@@ -120,13 +170,14 @@ fn absurd_tensor_count_is_refused_before_allocating() {
     std::fs::write(&path, &bytes).unwrap();
     let spec = format!("gguf:{}", path.display());
     let error = open_source(&spec).err().unwrap().to_string();
-    for needle in [
-        "declares 2305843009213693952 tensors",
-        "bytes left in the file",
-        "absurd.gguf",
-    ] {
-        assert!(error.contains(needle), "{needle:?} not in: {error}");
-    }
+    assert_mentions(
+        &error,
+        &[
+            "declares 2305843009213693952 tensors",
+            "bytes left in the file",
+            "absurd.gguf",
+        ],
+    );
 }
 
 /// llama.cpp's form of Llama 3.1 RoPE scaling (a `rope_freqs.weight` divisor table, no scaling
@@ -142,9 +193,10 @@ fn rope_frequency_factors_are_refused_not_ignored() {
         .err()
         .unwrap()
         .to_string();
-    for needle in ["llama31.gguf", "rope_freqs.weight", "not supported"] {
-        assert!(error.contains(needle), "{needle:?} not in: {error}");
-    }
+    assert_mentions(
+        &error,
+        &["llama31.gguf", "rope_freqs.weight", "not supported"],
+    );
 }
 
 #[test]
@@ -165,29 +217,45 @@ fn truncated_tensor_data_is_reported_with_the_tensor() {
         .err()
         .unwrap()
         .to_string();
-    for needle in [
-        "cut.gguf: truncated",
-        "tensor blk.0.ffn_down.weight (32768 bytes",
-        "past the end of the file",
-    ] {
-        assert!(error.contains(needle), "{needle:?} not in: {error}");
-    }
+    assert_mentions(
+        &error,
+        &[
+            "cut.gguf: truncated",
+            "tensor blk.0.ffn_down.weight (32768 bytes",
+            "past the end of the file",
+        ],
+    );
 }
 
 #[test]
-fn every_llama_tensor_name_round_trips_and_unpermute_inverts_permute() {
-    let config = ModelConfig::from_json(
-        &serde_json::json!({
-            "architectures": ["LlamaForCausalLM"], "vocab_size": 32, "hidden_size": 48,
+fn every_family_tensor_name_round_trips_and_unpermute_inverts_permute() {
+    for (class, extra) in [
+        ("LlamaForCausalLM", serde_json::json!({})),
+        ("Qwen2ForCausalLM", serde_json::json!({})),
+        ("Qwen3ForCausalLM", serde_json::json!({"head_dim": 8})),
+        ("Gemma3ForCausalLM", serde_json::json!({"head_dim": 8})),
+    ] {
+        let mut json = serde_json::json!({
+            "architectures": [class], "vocab_size": 32, "hidden_size": 48,
             "intermediate_size": 64, "num_hidden_layers": 12, "num_attention_heads": 6,
             "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "tie_word_embeddings": false
-        }),
-        Path::new("config.json"),
-    )
-    .unwrap();
-    for (hf, _) in expected_tensors(&config) {
-        let gguf = gguf_name(&hf).unwrap_or_else(|| panic!("{hf} has no GGUF name"));
-        assert_eq!(hf_name(&gguf).as_deref(), Some(hf.as_str()), "{gguf}");
+        });
+        json.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let config = ModelConfig::from_json(&json, Path::new("config.json")).unwrap();
+        let names = expected_tensors(&config);
+        assert!(names.len() > 12 * 9, "{class}: {} tensors", names.len());
+        for (hf, _) in names {
+            let arch = config.architecture;
+            let gguf =
+                gguf_name(&hf, arch).unwrap_or_else(|| panic!("{class}: {hf} has no GGUF name"));
+            assert_eq!(
+                hf_name(&gguf, arch).as_deref(),
+                Some(hf.as_str()),
+                "{class}: {gguf}"
+            );
+        }
     }
     tch::manual_seed(0);
     for heads in [6, 2] {
@@ -249,6 +317,54 @@ fn llama_converted_like_llama_cpp_equals_its_safetensors_and_transformers_logits
     eprintln!("llama-f32.gguf: logits max |diff| {worst:e}");
 }
 
+#[test]
+fn qwen2_qwen3_and_gemma3_ggufs_give_transformers_logits_from_the_same_file() {
+    let Some(dir) = golden_dir() else { return };
+    let Some(golden) = data_file(dir.join("gguf-families-golden.safetensors")) else {
+        return;
+    };
+    let golden = read_golden(&golden);
+    for arch in ["qwen2", "qwen3", "gemma3"] {
+        let path = dir.join(format!("gguf/{arch}-f32.gguf"));
+        let source = open_source(&format!("gguf:{}", path.display())).unwrap();
+        let config = source.config();
+        assert_eq!(
+            config.architecture.model_type().trim_end_matches("_text"),
+            arch
+        );
+        if arch == "gemma3" {
+            // The window, its five-local-one-global pattern and the score scale come from the
+            // family's defaults, as transformers' loader sets them.
+            let window = config.sliding_window.as_ref().expect("Gemma-3 windows");
+            assert_eq!(window.size, 4);
+            assert_eq!(window.layers, [true, true, true, true, true, false, true]);
+            assert_eq!(window.rope_theta, 10_000.0);
+            assert_eq!(config.rope_theta, 1e6);
+            assert_eq!(config.query_pre_attn_scalar, Some(256.0));
+        }
+        let ids = golden[&format!("{arch}.ids")].unsqueeze(0);
+        let logits = forward_streamed(
+            source.as_ref(),
+            &[ids],
+            &mut NoCapture,
+            &LoadOptions::cpu_f32(),
+            OutputHead::Logits,
+            &HiddenBudget::default(),
+            None,
+        )
+        .unwrap()
+        .remove(0);
+        let expected = &golden[&format!("{arch}.logits")];
+        let worst = assert_close(
+            arch,
+            &logits.squeeze_dim(0),
+            expected,
+            FAMILY_LOGIT_TOLERANCE,
+        );
+        eprintln!("{arch}-f32.gguf: logits max |diff| {worst:e}");
+    }
+}
+
 /// SmolLM2's GGUF and transformers' reading of it, or `None` (skip) when either is missing.
 fn smollm2() -> Option<(Box<dyn WeightSource>, PathBuf)> {
     let dir = golden_dir()?;
@@ -265,15 +381,6 @@ fn smollm2_json(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn ids(value: &serde_json::Value) -> Vec<i64> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect()
-}
-
 #[test]
 fn smollm2_embedded_tokenizer_gives_transformers_ids() {
     let Some((source, dir)) = smollm2() else {
@@ -285,7 +392,7 @@ fn smollm2_embedded_tokenizer_gives_transformers_ids() {
     for (prompt, expected) in prompts.iter().zip(golden["ids"].as_array().unwrap()) {
         let prompt = prompt.as_str().unwrap();
         let actual = encode(&tokenizer, prompt).unwrap();
-        assert_eq!(actual, ids(expected), "{prompt:?}");
+        assert_eq!(actual, json_ids(expected), "{prompt:?}");
         assert_eq!(decode(&tokenizer, &actual).unwrap(), prompt);
     }
     assert_eq!(
@@ -345,7 +452,7 @@ fn smollm2_logits_and_greedy_text_match_transformers() {
     let model = ResidentModel::load(source.as_ref(), &LoadOptions::cpu_f32()).unwrap();
     let mut overall: f64 = 0.0;
     for (i, prompt_ids) in json["ids"].as_array().unwrap().iter().enumerate() {
-        let input = Tensor::from_slice(&ids(prompt_ids)).unsqueeze(0);
+        let input = Tensor::from_slice(&json_ids(prompt_ids)).unsqueeze(0);
         let logits = model.logits(&input).unwrap().squeeze_dim(0);
         let name = format!("logits.{i}");
         let worst = assert_close(&name, &logits, &golden[&name], SMOLLM2_LOGIT_TOLERANCE);
@@ -356,7 +463,7 @@ fn smollm2_logits_and_greedy_text_match_transformers() {
 
     let tokenizer = source.embedded_tokenizer().unwrap().unwrap();
     let prompt = encode(&tokenizer, json["greedy_prompt"].as_str().unwrap()).unwrap();
-    let expected = ids(&json["greedy_ids"]);
+    let expected = json_ids(&json["greedy_ids"]);
     let continuation = model
         .greedy(&prompt, expected.len(), source.config().eos_token_id)
         .unwrap();
@@ -371,6 +478,9 @@ fn smollm2_logits_and_greedy_text_match_transformers() {
 /// (F32 embeddings of 16 tokens are always present).
 struct TinyLlama {
     hidden: u64,
+    /// `general.architecture`, and the prefix of the shape keys.
+    architecture: String,
+    strings: Vec<(String, String)>,
     tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
 }
 
@@ -378,6 +488,8 @@ impl TinyLlama {
     fn new(hidden: u64) -> Self {
         let mut gguf = TinyLlama {
             hidden,
+            architecture: "llama".into(),
+            strings: Vec::new(),
             tensors: Vec::new(),
         };
         gguf.tensor(
@@ -387,6 +499,10 @@ impl TinyLlama {
             vec![0; hidden as usize * 16 * 4],
         );
         gguf
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        self.strings.push((key.into(), value.into()));
     }
 
     fn tensor(&mut self, name: &str, dims: &[u64], ggml_type: u32, data: Vec<u8>) {
@@ -399,25 +515,35 @@ impl TinyLlama {
             out.extend((s.len() as u64).to_le_bytes());
             out.extend(s.as_bytes());
         }
+        let arch = &self.architecture;
         let kv_u32 = [
-            ("llama.block_count", 1),
-            ("llama.embedding_length", self.hidden as u32),
-            ("llama.feed_forward_length", 2 * self.hidden as u32),
-            ("llama.attention.head_count", 4),
-            ("llama.attention.head_count_kv", 2),
+            ("block_count", 1),
+            ("embedding_length", self.hidden as u32),
+            ("feed_forward_length", 2 * self.hidden as u32),
+            ("attention.head_count", 4),
+            ("attention.head_count_kv", 2),
         ];
+        let strings: Vec<(String, String)> = [("general.architecture".into(), arch.clone())]
+            .into_iter()
+            .chain(self.strings.iter().cloned())
+            .collect();
         let mut out = b"GGUF".to_vec();
         out.extend(3u32.to_le_bytes());
         out.extend((self.tensors.len() as u64).to_le_bytes());
-        out.extend((kv_u32.len() as u64 + 2).to_le_bytes());
-        string(&mut out, "general.architecture");
-        out.extend(8u32.to_le_bytes());
-        string(&mut out, "llama");
-        string(&mut out, "llama.attention.layer_norm_rms_epsilon");
+        out.extend(((kv_u32.len() + strings.len() + 1) as u64).to_le_bytes());
+        for (key, value) in &strings {
+            string(&mut out, key);
+            out.extend(8u32.to_le_bytes());
+            string(&mut out, value);
+        }
+        string(
+            &mut out,
+            &format!("{arch}.attention.layer_norm_rms_epsilon"),
+        );
         out.extend(6u32.to_le_bytes());
         out.extend(1e-5f32.to_le_bytes());
         for (key, value) in kv_u32 {
-            string(&mut out, key);
+            string(&mut out, &format!("{arch}.{key}"));
             out.extend(4u32.to_le_bytes());
             out.extend(value.to_le_bytes());
         }

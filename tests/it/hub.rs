@@ -748,3 +748,92 @@ fn the_cli_reads_the_hub_settings_from_the_environment() {
         "{stdout}"
     );
 }
+
+/// Pythia's published branches: `step0`, the log-spaced `step1` … `step512`, then every 1000 steps
+/// to `step143000` (154 in all).
+fn pythia_branches() -> Vec<String> {
+    let early = (0..10).map(|i| 1u64 << i);
+    std::iter::once(0)
+        .chain(early)
+        .chain((1..=143).map(|k| k * 1000))
+        .map(|step| format!("step{step}"))
+        .collect()
+}
+
+#[test]
+fn pythia_branches_are_listed_parsed_with_tokens_and_thinned_as_the_manifest_says() {
+    let names = pythia_branches();
+    assert_eq!(names.len(), 154);
+    let repo = HubRepo {
+        branches: names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), format!("{i:040x}")))
+            .collect(),
+        ..Default::default()
+    };
+    let server = HubServer::start(HashMap::from([(
+        "EleutherAI/pythia-160m-deduped".to_string(),
+        repo,
+    )]));
+    let cache = tempfile::tempdir().unwrap();
+    let settings = test_settings(&server, cache.path());
+    let listing = list_refs("EleutherAI/pythia-160m-deduped", &settings).unwrap();
+    let report = refs_report("EleutherAI/pythia-160m-deduped", listing, &settings);
+    assert_eq!(report.branches.len(), 154);
+    // Listed in step order, each with Pythia's 2,097,152 tokens per step.
+    let steps: Vec<Option<u64>> = report.branches.iter().map(|r| r.step).collect();
+    assert_eq!(steps[..4], [Some(0), Some(1), Some(2), Some(4)]);
+    assert_eq!(steps[153], Some(143_000));
+    let last = &report.branches[153];
+    assert_eq!(
+        last.tokens_billions,
+        Some(143_000 * 2_097_152 / 1_000_000_000)
+    );
+
+    let (manifest, _) =
+        ckpt_scan::series::manifest::SeriesManifest::load("checkpoints/pythia-160m-deduped.toml")
+            .unwrap();
+    let sampling = manifest.hub.unwrap().branches.unwrap();
+    let listed: Vec<String> = report.branches.iter().map(|r| r.branch.clone()).collect();
+    let chosen = ckpt_scan::series::sampling::sample_branches(&listed, &sampling);
+    // 16 log-spaced steps, plus step 0 (always kept).
+    assert_eq!(chosen.len(), 17, "{chosen:?}");
+    assert_eq!(chosen[0], ("step0".to_string(), 0));
+    assert_eq!(chosen[16], ("step143000".to_string(), 143_000));
+}
+
+#[test]
+fn every_shipped_series_manifest_parses() {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir("checkpoints").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let (manifest, _) =
+            ckpt_scan::series::manifest::SeriesManifest::load(path.to_str().unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            Some(manifest.name.as_str()),
+            path.file_stem().and_then(|s| s.to_str()),
+            "the name is the file's"
+        );
+        names.push(manifest.name);
+    }
+    for wanted in [
+        "pythia-160m-deduped",
+        "pythia-1b-deduped",
+        "olmo3-7b",
+        "llama-3.1-8b",
+        "falcon3-10b",
+        "qwen3-32b",
+        "olmo2-7b",
+        "gemma3-270m",
+    ] {
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "{wanted} missing: {names:?}"
+        );
+    }
+}

@@ -365,3 +365,20 @@ pub fn validate_smollm2(extra: &[&str]) -> Option<(bool, String, String, tempfil
     let (ok, stdout, stderr) = cli(&args);
     Some((ok, stdout, stderr, out))
 }
+
+/// Token ids from a JSON array of integers (the reference files make_gguf.py writes).
+pub fn json_ids(value: &serde_json::Value) -> Vec<i64> {
+    value
+        .as_array()
+        .expect("an array of token ids")
+        .iter()
+        .map(|v| v.as_i64().expect("an integer token id"))
+        .collect()
+}
+
+/// Asserts that `error` mentions every one of `needles`.
+pub fn assert_mentions(error: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(error.contains(needle), "{needle:?} not in: {error}");
+    }
+}
