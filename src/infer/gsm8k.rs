@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use tokenizers::Tokenizer;
 
 use crate::data::gsm8k::Gsm8kItem;
-use crate::data::tokenizer::{decode, encode};
+use crate::data::tokenizer::{decode, encode_prompt};
 use crate::infer::generate::{generate, GenerationOptions, GenerationStats, StopReason};
 use crate::infer::harness::Accuracy;
 use crate::infer::kv_variant::KvLayout;
@@ -94,7 +94,7 @@ pub fn evaluate_gsm8k(
         let mut prompts = Vec::with_capacity(batch.len());
         let mut cuts = Vec::with_capacity(batch.len());
         for item in batch {
-            let ids = encode(tokenizer, &item.prompt)?;
+            let ids = encode_prompt(tokenizer, &item.prompt)?;
             if ids.is_empty() {
                 bail!("gsm8k doc {}: the prompt encodes to no tokens", item.doc_id);
             }

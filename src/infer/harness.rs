@@ -17,7 +17,7 @@ use tokenizers::Tokenizer;
 
 use crate::config::ModelConfig;
 use crate::data::tasks::McItem;
-use crate::data::tokenizer::encode;
+use crate::data::tokenizer::{encode, encode_prompt};
 use crate::infer::kv_variant::KvLayout;
 use crate::model::attention_edit::AttentionEdit;
 use crate::model::mask::Visibility;
@@ -426,7 +426,8 @@ pub fn requests_of(
     for (item_index, item) in items.iter().enumerate() {
         let mut choices = Vec::with_capacity(item.choices.len());
         for (choice_index, choice) in item.choices.iter().enumerate() {
-            let context = encode(tokenizer, &choice.context)?;
+            // The context as the tokenizer call gives it: Gemma's `<bos>` first, as lm-eval adds it.
+            let context = encode_prompt(tokenizer, &choice.context)?;
             let continuation = encode(tokenizer, &choice.continuation)?;
             if context.is_empty() || continuation.is_empty() {
                 bail!(

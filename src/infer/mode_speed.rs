@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use crate::data::tasks::McItem;
-use crate::data::tokenizer::encode;
+use crate::data::tokenizer::encode_prompt;
 use crate::infer::generate::{generate, GenerationOptions};
 use crate::infer::mode::Mode;
 use crate::model::kv_cache::KvCache;
@@ -76,7 +76,7 @@ pub fn decode_prompts(tokenizer: &Tokenizer, items: &[McItem]) -> Result<Vec<Vec
     items
         .iter()
         .take(DECODE_PROMPTS)
-        .map(|item| encode(tokenizer, &item.choices[item.gold].context))
+        .map(|item| encode_prompt(tokenizer, &item.choices[item.gold].context))
         .collect()
 }
 

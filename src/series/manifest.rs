@@ -204,10 +204,12 @@ impl SeriesManifest {
 }
 
 pub fn parse_scheme(scheme: &str) -> Result<InitScheme> {
-    match scheme {
-        "olmo" => Ok(InitScheme::Olmo),
-        "hf" => Ok(InitScheme::Hf),
-        other => bail!("init scheme {other:?} is not olmo or hf"),
+    match InitScheme::parse(scheme) {
+        Some(s) => Ok(s),
+        None => bail!(
+            "init scheme {scheme:?} is not one of {}",
+            InitScheme::choices()
+        ),
     }
 }
 

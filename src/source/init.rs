@@ -3,7 +3,9 @@
 //!
 //! Schemes (research/olmo2.md §4): `olmo` is what OLMo-2 trained from (every linear weight and the
 //! embedding ~ truncated normal, std 0.02, cut at ±3σ; norms 1). `hf` is transformers'
-//! `_init_weights` (plain normal std 0.02, pad row of the embedding zeroed; norms 1).
+//! `_init_weights` (plain normal std 0.02, pad row of the embedding zeroed; norms 1). `neox` is
+//! what Pythia trained from (GPT-NeoX's `small_init` for every matrix, std √(2 / 5d), and
+//! `wang_init` for the two output projections, std 2 / (L√d); plain normal; norms 1, biases 0).
 
 use std::path::PathBuf;
 
@@ -25,15 +27,46 @@ pub const INIT_STD: f64 = 0.02;
 pub enum InitScheme {
     Olmo,
     Hf,
+    Neox,
 }
 
 impl InitScheme {
+    pub const ALL: [InitScheme; 3] = [InitScheme::Olmo, InitScheme::Hf, InitScheme::Neox];
+
     pub fn name(self) -> &'static str {
         match self {
             InitScheme::Olmo => "olmo",
             InitScheme::Hf => "hf",
+            InitScheme::Neox => "neox",
         }
     }
+
+    /// The scheme called `name`, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// `olmo|hf|neox`, for messages.
+    pub fn choices() -> String {
+        Self::ALL.map(InitScheme::name).join("|")
+    }
+}
+
+/// GPT-NeoX's `small_init` std for width `d` (Nguyen & Salazar 2019): √(2 / 5d).
+pub fn neox_small_init_std(hidden: i64) -> f64 {
+    (2.0 / (5.0 * hidden as f64)).sqrt()
+}
+
+/// GPT-NeoX's `wang_init` std for the output projections of `layers` layers of width `d`
+/// (Wang 2021, as in gpt-neox `init_functions.py`): 2 / (L√d).
+pub fn neox_wang_init_std(hidden: i64, layers: i64) -> f64 {
+    2.0 / (layers as f64 * (hidden as f64).sqrt())
+}
+
+/// Whether `name` is one of the two projections back into the residual stream (attention output
+/// and MLP down projection), which `wang_init` scales by depth.
+fn is_output_projection(name: &str) -> bool {
+    name.ends_with(".self_attn.o_proj.weight") || name.ends_with(".mlp.down_proj.weight")
 }
 
 /// A model at initialisation.
@@ -134,6 +167,15 @@ impl WeightSource for InitSource {
                     }
                 }
                 t
+            }
+            InitScheme::Neox => {
+                let (hidden, layers) = (self.config.hidden_size, self.config.num_hidden_layers);
+                let std = if is_output_projection(name) {
+                    neox_wang_init_std(hidden, layers)
+                } else {
+                    neox_small_init_std(hidden)
+                };
+                try_sample_normal(&shape, self.seed, name, std, f64::INFINITY)?
             }
         };
         Ok(tensor)

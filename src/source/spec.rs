@@ -85,14 +85,18 @@ impl SourceSpec {
                             .parse()
                             .map_err(|_| bad(format!("seed {v:?} is not a non-negative integer")))?
                     }
-                    Some(("scheme", "olmo")) => scheme = InitScheme::Olmo,
-                    Some(("scheme", "hf")) => scheme = InitScheme::Hf,
                     Some(("scheme", v)) => {
-                        return Err(bad(format!("scheme {v:?}: expected olmo or hf")))
+                        scheme = InitScheme::parse(v).ok_or_else(|| {
+                            bad(format!(
+                                "scheme {v:?}: expected one of {}",
+                                InitScheme::choices()
+                            ))
+                        })?
                     }
                     _ => {
                         return Err(bad(format!(
-                            "unknown option {pair:?}: expected seed=N or scheme=olmo|hf"
+                            "unknown option {pair:?}: expected seed=N or scheme={}",
+                            InitScheme::choices()
                         )))
                     }
                 }

@@ -88,6 +88,10 @@ pub fn weight_only_r2(w_target: &Tensor, w_references: &Tensor) -> f64 {
     num / den
 }
 
+/// Eigenvalues of a Gram block below this × its size × its largest are null directions: the f64
+/// Gram of f32 weights carries rounding of about f64 ε relative to the largest eigenvalue.
+const WHITENING_EIGEN_TOLERANCE: f64 = 1e-13;
+
 /// The same quantities from the Gram matrix `G = [W_1 … W_H]ᵀ[W_1 … W_H]` of one layer: after one
 /// `d·n²` product every pairwise and set-wise quantity is a small solve on sub-blocks, instead of a
 /// QR of a `d × k·d_head` matrix per comparison.
@@ -122,23 +126,37 @@ impl ProjectionGram {
             .index_select(1, &self.columns(cols))
     }
 
-    /// Cosines of the principal angles between span(W_A) and span(W_B) (both full column rank):
-    /// the singular values of L_A⁻¹ G_AB L_B⁻ᵀ, with G_AA = L_A L_Aᵀ (Cholesky).
+    /// `B` with `W_heads·B` an orthonormal basis of span(W_heads): `V_r Λ_r^−½` from the
+    /// eigendecomposition of the heads' Gram block, null directions dropped. A set of heads need
+    /// not have full column rank: three Gemma-3-270M heads span 768 columns in 640 dimensions, and
+    /// a zero QK-norm gain folded in leaves a head rank-deficient.
+    fn whitening(&self, heads: &[usize]) -> Tensor {
+        let (eigenvalues, eigenvectors) = self.block(heads, heads).linalg_eigh("L");
+        let largest = f64::try_from(eigenvalues.max()).unwrap_or(0.0).max(0.0);
+        let n = eigenvalues.size()[0];
+        let keep = eigenvalues.gt(largest * WHITENING_EIGEN_TOLERANCE * n as f64);
+        let kept = keep.nonzero().squeeze_dim(1);
+        let values = eigenvalues.index_select(0, &kept);
+        eigenvectors.index_select(1, &kept) * values.rsqrt().unsqueeze(0)
+    }
+
+    /// Cosines of the principal angles between span(W_A) and span(W_B): the singular values of
+    /// `B_Aᵀ G_AB B_B`, with `B` the [`whitening`](Self::whitening) of each side (equal to the
+    /// Cholesky route `L_A⁻¹ G_AB L_B⁻ᵀ` when both have full column rank).
     pub fn cosines(&self, a: &[usize], b: &[usize]) -> Tensor {
-        let l_a = self.block(a, a).linalg_cholesky(false);
-        let l_b = self.block(b, b).linalg_cholesky(false);
-        let left = l_a.linalg_solve_triangular(&self.block(a, b), false, true, false);
-        let m = l_b
-            .linalg_solve_triangular(&left.transpose(0, 1), false, true, false)
-            .transpose(0, 1);
+        let (w_a, w_b) = (self.whitening(a), self.whitening(b));
+        let m = w_a.transpose(0, 1).matmul(&self.block(a, b)).matmul(&w_b);
         singular_values(&m).clamp(0.0, 1.0)
     }
 
-    /// Weight-only R² of `target` from `references`: tr(G_tR G_RR⁻¹ G_Rt) / tr(G_tt).
+    /// Weight-only R² of `target` from `references`: tr(G_tR G_RR⁺ G_Rt) / tr(G_tt), the
+    /// pseudo-inverse through the references' whitening.
     pub fn weight_only_r2(&self, target: usize, references: &[usize]) -> f64 {
-        let g_rr = self.block(references, references);
-        let g_rt = self.block(references, &[target]);
-        let explained = (&g_rt * Tensor::linalg_solve(&g_rr, &g_rt, true)).sum(Kind::Double);
+        let projected = self
+            .whitening(references)
+            .transpose(0, 1)
+            .matmul(&self.block(references, &[target]));
+        let explained = projected.pow_tensor_scalar(2).sum(Kind::Double);
         let total = self.block(&[target], &[target]).trace();
         f64::try_from(explained / total).unwrap_or(f64::NAN)
     }
@@ -223,6 +241,59 @@ mod tests {
         let refs = Tensor::cat(&[&blocks[1], &blocks[3]], 1);
         assert!((g.weight_only_r2(0, &[1, 3]) - weight_only_r2(&blocks[0], &refs)).abs() < 1e-10);
         assert_eq!(g.rank(&[0, 1, 2, 3], f32_rank_tolerance(30, 12)), 12);
+    }
+
+    #[test]
+    fn rank_deficient_heads_and_sets_wider_than_the_model_match_the_basis_route() {
+        tch::manual_seed(6);
+        // d_model 8, head_dim 3: head 0 loses a column (a zero gain), heads 1–3 together are 9
+        // columns in 8 dimensions.
+        let blocks: Vec<Tensor> = (0..4).map(|_| randn(8, 3)).collect();
+        let _ = blocks[0].narrow(1, 2, 1).zero_();
+        let g = ProjectionGram::new(&blocks);
+        let basis = |heads: &[usize]| {
+            let w = Tensor::cat(
+                &heads
+                    .iter()
+                    .map(|&h| blocks[h].shallow_clone())
+                    .collect::<Vec<_>>(),
+                1,
+            );
+            let (u, s, _) = w.to_kind(Kind::Double).svd(true, true);
+            let r = i64::try_from(
+                s.gt(1e-9 * f64::try_from(s.max()).unwrap())
+                    .sum(Kind::Int64),
+            )
+            .unwrap();
+            u.narrow(1, 0, r)
+        };
+        for (a, b) in [
+            (vec![0usize], vec![1usize]),
+            (vec![1, 2, 3], vec![0]),
+            (vec![0, 1], vec![2, 3]),
+        ] {
+            let direct = principal_cosines(&basis(&a), &basis(&b));
+            let via_gram = g.cosines(&a, &b);
+            assert_eq!(via_gram.size(), direct.size(), "{a:?} vs {b:?}");
+            assert!(
+                f64::try_from((via_gram - direct).abs().max()).unwrap() < 1e-9,
+                "{a:?} vs {b:?}"
+            );
+        }
+        let refs = Tensor::cat(
+            &[
+                blocks[1].shallow_clone(),
+                blocks[2].shallow_clone(),
+                blocks[3].shallow_clone(),
+            ],
+            1,
+        );
+        let r2 = g.weight_only_r2(0, &[1, 2, 3]);
+        assert!(
+            (r2 - weight_only_r2(&blocks[0], &refs)).abs() < 1e-9,
+            "{r2}"
+        );
+        assert!((r2 - 1.0).abs() < 1e-9, "8 dimensions spanned: {r2}");
     }
 
     #[test]

