@@ -28,3 +28,34 @@ fn missing_tokenizer_file_names_the_path_and_the_fix() {
         "{e}"
     );
 }
+
+#[test]
+fn random_inits_get_their_familys_packaged_tokenizer_or_a_hint() {
+    use ckpt_scan::config::Architecture;
+    use ckpt_scan::source::init::{InitScheme, InitSource};
+    let Some(_) = crate::common::data_file(ckpt_scan::data::paths::gpt_neox_tokenizer()) else {
+        return;
+    };
+    let init = |architecture| {
+        InitSource::new(
+            crate::common::tiny_config(architecture),
+            0,
+            InitScheme::Hf,
+            "init:tiny",
+        )
+    };
+    let (_, neox) =
+        ckpt_scan::data::tokenizer::tokenizer_for(&init(Architecture::GptNeox), None).unwrap();
+    assert!(
+        neox.ends_with("allenai_eleuther-ai-gpt-neox-20b-pii-special.json"),
+        "{neox}"
+    );
+    let (_, olmo) =
+        ckpt_scan::data::tokenizer::tokenizer_for(&init(Architecture::Olmo3), None).unwrap();
+    assert!(olmo.ends_with("allenai_dolma2.json"), "{olmo}");
+    let error = ckpt_scan::data::tokenizer::tokenizer_for(&init(Architecture::Gemma3), None)
+        .err()
+        .expect("no packaged Gemma tokenizer for an init")
+        .to_string();
+    assert!(error.contains("--tokenizer"), "{error}");
+}
