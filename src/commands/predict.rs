@@ -4,7 +4,7 @@ use anyhow::Result;
 
 use crate::analysis::predictability_pass::run_predictability;
 use crate::cli::PredictArgs;
-use crate::data::token_set::token_set_for;
+use crate::data::token_set::{token_set_for, TOKEN_SET_FILE};
 use crate::output::atomic::write_atomic;
 use crate::output::csv::write_csv;
 use crate::output::manifest::tool_version;
@@ -79,6 +79,10 @@ pub fn run(args: &PredictArgs, settings: &Settings) -> Result<()> {
         seconds: output.seconds,
         activation_store_bytes: output.store_bytes,
     };
+    write_atomic(
+        &out_dir.join(TOKEN_SET_FILE),
+        &output.token_set.to_safetensors()?,
+    )?;
     write_atomic(
         &out_dir.join("manifest.json"),
         serde_json::to_string_pretty(&manifest)?.as_bytes(),

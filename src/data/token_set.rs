@@ -37,6 +37,33 @@ pub struct TokenSet {
     pub hash: String,
 }
 
+/// The file name of a saved token set in an output folder.
+pub const TOKEN_SET_FILE: &str = "tokens.safetensors";
+
+impl TokenSet {
+    /// The token ids as a safetensors file: `input_ids` `[sequences, seq_len]` i64, with
+    /// `fit_sequences` and `hash` in the metadata, so another tool can run on exactly these
+    /// tokens (benches/peer) and a reader can check them against the manifest's hash.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let bytes: Vec<u8> = self
+            .sequences
+            .iter()
+            .flatten()
+            .flat_map(|id| id.to_le_bytes())
+            .collect();
+        let shape = vec![self.sequences.len(), self.seq_len];
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I64, shape, &bytes)?;
+        let metadata = std::collections::HashMap::from([
+            ("fit_sequences".to_string(), self.fit_sequences.to_string()),
+            ("hash".to_string(), self.hash.clone()),
+        ]);
+        Ok(safetensors::serialize(
+            [("input_ids", view)],
+            Some(metadata),
+        )?)
+    }
+}
+
 /// Options for building a token set.
 #[derive(Clone, Debug, Serialize)]
 pub struct TokenSetOptions {

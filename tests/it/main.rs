@@ -21,6 +21,7 @@ mod init;
 mod kv_compress;
 mod kv_variants;
 mod module_graph;
+mod peer;
 mod predict;
 mod predict_earlier;
 mod report_snapshots;
