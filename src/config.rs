@@ -90,6 +90,18 @@ pub enum QkNorm {
 }
 
 impl Architecture {
+    /// Every family, in the order the README lists them.
+    pub const ALL: [Architecture; 8] = [
+        Architecture::Olmo2,
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+        Architecture::Mistral,
+        Architecture::Olmo3,
+        Architecture::GptNeox,
+        Architecture::Gemma3,
+    ];
+
     pub fn hf_class(self) -> &'static str {
         match self {
             Architecture::Olmo2 => "Olmo2ForCausalLM",

@@ -10,17 +10,6 @@ use crate::common::{bin, tiny_config, tiny_windowed_config};
 use ckpt_scan::config::Architecture;
 use ckpt_scan::source::init::{InitScheme, InitSource};
 
-const FAMILIES: [Architecture; 8] = [
-    Architecture::Olmo2,
-    Architecture::Llama,
-    Architecture::Qwen2,
-    Architecture::Qwen3,
-    Architecture::Mistral,
-    Architecture::Olmo3,
-    Architecture::GptNeox,
-    Architecture::Gemma3,
-];
-
 /// Runs the binary with `CKPT_SCAN_DATA` at `data`; panics with stderr on failure.
 fn run(data: &Path, what: &str, args: &[&str]) {
     let out = std::process::Command::new(bin())
@@ -57,7 +46,7 @@ fn predict_align_scan_validate_and_act_search_run_on_every_family() {
     let tokenizer = root.path().join("tokenizer.json");
     std::fs::write(&tokenizer, tokenizer_json()).unwrap();
     let tokenizer = tokenizer.to_str().unwrap();
-    for architecture in FAMILIES {
+    for architecture in Architecture::ALL {
         let name = architecture.model_type();
         let windowed = matches!(
             architecture,

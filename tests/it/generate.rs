@@ -92,16 +92,7 @@ fn check_cached_within(
 
 #[test]
 fn tiny_models_cached_decode_equals_recompute_with_left_padding() {
-    for architecture in [
-        Architecture::Olmo2,
-        Architecture::Llama,
-        Architecture::Qwen2,
-        Architecture::Qwen3,
-        Architecture::Mistral,
-        Architecture::Olmo3,
-        Architecture::GptNeox,
-        Architecture::Gemma3,
-    ] {
+    for architecture in Architecture::ALL {
         let model = tiny(architecture);
         let prompts = vec![
             vec![5, 9, 13, 21, 40, 7, 7, 33],
