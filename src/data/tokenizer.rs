@@ -80,16 +80,17 @@ pub fn tokenizer_for(
 /// Token ids of a prompt as the model's own tokenizer call gives them: with the special tokens
 /// its post-processor adds (Gemma's `<bos>`; none for the byte-level BPE tokenizers).
 pub fn encode_prompt(tokenizer: &Tokenizer, text: &str) -> Result<Vec<i64>> {
-    let encoding = tokenizer
-        .encode(text, true)
-        .map_err(|e| anyhow!("tokenizer: {e}"))?;
-    Ok(encoding.get_ids().iter().map(|&i| i as i64).collect())
+    encode_ids(tokenizer, text, true)
 }
 
 /// Token ids of `text`, without special tokens added.
 pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<i64>> {
+    encode_ids(tokenizer, text, false)
+}
+
+fn encode_ids(tokenizer: &Tokenizer, text: &str, special_tokens: bool) -> Result<Vec<i64>> {
     let encoding = tokenizer
-        .encode(text, false)
+        .encode(text, special_tokens)
         .map_err(|e| anyhow!("tokenizer: {e}"))?;
     Ok(encoding.get_ids().iter().map(|&i| i as i64).collect())
 }

@@ -198,7 +198,7 @@ pub(crate) fn write_request_file(dir: &Path, task: &str, items: usize) {
 }
 
 /// Runs the binary with `CKPT_SCAN_DATA` set; returns (success, stderr).
-fn run_with_data(data: &Path, args: &[&str]) -> (bool, String) {
+pub(crate) fn run_with_data(data: &Path, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(crate::common::bin())
         .args(args)
         .env("CKPT_SCAN_DATA", data)

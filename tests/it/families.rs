@@ -5,24 +5,21 @@
 
 use std::path::Path;
 
-use crate::act_search::{tokenizer_json, write_request_file};
-use crate::common::{bin, tiny_config, tiny_windowed_config};
+use crate::act_search::{run_with_data, tokenizer_json, write_request_file};
+use crate::common::{tiny_config, tiny_windowed_config};
 use ckpt_scan::config::Architecture;
 use ckpt_scan::source::init::{InitScheme, InitSource};
 
-/// Runs the binary with `CKPT_SCAN_DATA` at `data`; panics with stderr on failure.
+/// Runs the binary on the CPU, quietly, with `CKPT_SCAN_DATA` at `data`; panics with stderr on
+/// failure.
 fn run(data: &Path, what: &str, args: &[&str]) {
-    let out = std::process::Command::new(bin())
-        .args(["--device", "cpu", "--quiet"])
-        .args(args)
-        .env("CKPT_SCAN_DATA", data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args: Vec<&str> = ["--device", "cpu", "--quiet"]
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
+    let (ok, stderr) = run_with_data(data, &args);
+    assert!(ok, "{what}: {stderr}");
 }
 
 #[test]

@@ -19,6 +19,16 @@ fn venv_python() -> Option<PathBuf> {
     data_file(venv.join("bin/python"))
 }
 
+/// Runs `command`, panicking with its stderr (labelled `what`) unless it succeeds.
+fn succeed(command: &mut std::process::Command, what: &str) {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn read_rows(path: &std::path::Path) -> Vec<HashMap<String, String>> {
     csv::Reader::from_path(path)
         .unwrap()
@@ -37,32 +47,24 @@ fn predict_equals_the_sklearn_peer_on_the_same_tokens() {
     for model in ["olmo2", "llama", "gemma3"] {
         let out = tempfile::tempdir().unwrap();
         let model_dir = dir.join(model);
-        let status = std::process::Command::new(bin())
-            .args(["--device", "cpu", "--quiet", "predict"])
-            .arg(&model_dir)
-            .args(["--text", "random", "--tokens", "2048", "--seq-len", "32"])
-            .args(["--max-refs", "3", "--out"])
-            .arg(out.path())
-            .output()
-            .unwrap();
-        assert!(
-            status.status.success(),
-            "{model}: {}",
-            String::from_utf8_lossy(&status.stderr)
+        succeed(
+            std::process::Command::new(bin())
+                .args(["--device", "cpu", "--quiet", "predict"])
+                .arg(&model_dir)
+                .args(["--text", "random", "--tokens", "2048", "--seq-len", "32"])
+                .args(["--max-refs", "3", "--out"])
+                .arg(out.path()),
+            model,
         );
         let peer_csv = out.path().join("peer.csv");
-        let run = std::process::Command::new(&python)
-            .arg(&peer)
-            .arg(&model_dir)
-            .arg(out.path().join("tokens.safetensors"))
-            .args(["--max-refs", "3", "--out"])
-            .arg(&peer_csv)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{model} peer: {}",
-            String::from_utf8_lossy(&run.stderr)
+        succeed(
+            std::process::Command::new(&python)
+                .arg(&peer)
+                .arg(&model_dir)
+                .arg(out.path().join("tokens.safetensors"))
+                .args(["--max-refs", "3", "--out"])
+                .arg(&peer_csv),
+            &format!("{model} peer"),
         );
         let tool: HashMap<(String, String, String, String), HashMap<String, String>> =
             read_rows(&out.path().join("predictability.csv"))
