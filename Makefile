@@ -9,7 +9,9 @@ export CKPT_SCAN_CACHE ?= $(HOME)/.cache/ckpt-scan
 CACHE := $(CKPT_SCAN_CACHE)
 GOLDEN := $(CACHE)/golden
 GOLDEN_STAMP := $(GOLDEN)/.stamp-$(shell sha256sum tests/fixtures/make_golden.py tests/fixtures/make_gguf.py tests/fixtures/harness_reference.py scripts/setup-venv.sh | sha256sum | cut -c1-16)
-BIN = $$CARGO_TARGET_DIR/debug/ckpt-scan
+# The demo and the benches run the optimised build (profile.release: opt-level 3, line tables);
+# `make test` stays on the dev profile (benches/README.md, "Build profiles", measures both).
+BIN = $$CARGO_TARGET_DIR/release/ckpt-scan
 
 .PHONY: demo example test venv data fixtures build lint gpu-check clean-cache
 
@@ -53,7 +55,7 @@ $(GOLDEN_STAMP):
 	  && touch $(GOLDEN).tmp/$(notdir $@) && rm -rf $(GOLDEN) && mv $(GOLDEN).tmp $(GOLDEN)
 
 build: venv
-	$(ENV) cargo build --quiet
+	$(ENV) cargo build --release --quiet
 
 gpu-check: build
 	$(ENV) scripts/gpu-check.sh

@@ -19,31 +19,33 @@ use ckpt_scan::stats::selection::{
 };
 use tch::{Device, Kind, Tensor};
 
-fn flag(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect("a number"))
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::{flag, median};
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
-}
-
-/// The Gram route: moments of both splits, single-reference scores, top-k, refits.
-fn gram_route(fit: &Tensor, held: &Tensor, layout: &HeadLayout, max_refs: usize) -> f64 {
+/// The Gram route: moments of both splits, single-reference scores, top-k, refits. Returns the
+/// held-out R² sum and the seconds of each phase, [`PHASES`] in order.
+fn gram_route(
+    fit: &Tensor,
+    held: &Tensor,
+    layout: &HeadLayout,
+    max_refs: usize,
+) -> (f64, Vec<f64>) {
+    let mut clock = Instant::now();
+    let mut phases = Vec::new();
+    let mut lap = |phases: &mut Vec<f64>| {
+        phases.push(clock.elapsed().as_secs_f64());
+        clock = Instant::now();
+    };
     let mut g_fit = Gram::new(fit.size()[1], Device::Cpu);
     g_fit.add(fit);
     let mut g_held = Gram::new(held.size()[1], Device::Cpu);
     g_held.add(held);
-    let (m_fit, m_held) = (g_fit.moments(), g_held.moments());
+    lap(&mut phases);
+    let (m_fit, m_held) = (g_fit.into_moments(), g_held.into_moments());
+    lap(&mut phases);
     let single = single_reference_scores(&m_fit, &m_held, layout);
+    lap(&mut phases);
     let mut total = 0.0;
     for &target in layout.heads() {
         let refs = select_references(
@@ -58,8 +60,17 @@ fn gram_route(fit: &Tensor, held: &Tensor, layout: &HeadLayout, max_refs: usize)
             total += fit_and_score(&m_fit, &m_held, layout, &refs[..k], target).r2_heldout;
         }
     }
-    total
+    lap(&mut phases);
+    (total, phases)
 }
+
+/// What [`gram_route`] times.
+const PHASES: [&str; 4] = [
+    "gram accumulation",
+    "moments",
+    "single-reference fits",
+    "top-k refits",
+];
 
 /// Uniform-average R² of `prediction` against `y`.
 fn r2(y: &Tensor, prediction: &Tensor) -> f64 {
@@ -126,11 +137,11 @@ fn main() {
         return;
     }
     let args: Vec<String> = std::env::args().collect();
-    let tokens = flag(&args, "--tokens", 32_768) as i64;
-    let heads = flag(&args, "--heads", 32);
-    let d = flag(&args, "--head-dim", 128) as i64;
-    let max_refs = flag(&args, "--max-refs", 5);
-    let repeats = flag(&args, "--repeats", 3);
+    let tokens: i64 = flag(&args, "--tokens", 32_768);
+    let heads: usize = flag(&args, "--heads", 32);
+    let d: i64 = flag(&args, "--head-dim", 128);
+    let max_refs: usize = flag(&args, "--max-refs", 5);
+    let repeats: usize = flag(&args, "--repeats", 3);
     let lstsq_repeats = flag(&args, "--lstsq-repeats", repeats);
     let d_model = heads as i64 * d;
     tch::manual_seed(0);
@@ -155,8 +166,15 @@ fn main() {
     for run in 0..repeats.max(lstsq_repeats) {
         if run < repeats {
             let start = Instant::now();
-            gram_total = gram_route(&fit, &held, &layout, max_refs);
+            let phases;
+            (gram_total, phases) = gram_route(&fit, &held, &layout, max_refs);
             gram_s.push(start.elapsed().as_secs_f64());
+            let named: Vec<String> = PHASES
+                .iter()
+                .zip(&phases)
+                .map(|(name, s)| format!("{name} {s:.2} s"))
+                .collect();
+            println!("  gram phases: {}", named.join(", "));
         }
         if run < lstsq_repeats {
             let start = Instant::now();

@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::analysis::torch_threads::single_threaded;
 use crate::capture::HeadKind;
 use crate::model::weights::{load_tensor, LoadOptions};
 use crate::source::WeightSource;
@@ -174,75 +175,81 @@ pub fn align_layer(
     let head_dim = blocks[0].size()[1];
     // One Gram product per layer; every comparison below is a solve on its sub-blocks.
     let gram = ProjectionGram::new(blocks);
-    let mut pairs = Vec::new();
-    // single[source][target]; filled by index, as each pair writes both directions.
-    let mut single = vec![vec![f64::NAN; heads]; heads];
-    #[allow(clippy::needless_range_loop)]
-    for a in 0..heads {
-        for b in (a + 1)..heads {
-            let s = summarize(&gram.cosines(&[a], &[b]));
-            let r2_ab = gram.weight_only_r2(b, &[a]);
-            let r2_ba = gram.weight_only_r2(a, &[b]);
-            single[a][b] = r2_ab;
-            single[b][a] = r2_ba;
-            let angles = &s.angles_degrees;
-            pairs.push(PairRow {
-                checkpoint: checkpoint.to_string(),
-                kind,
-                layer,
-                head_a: a,
-                head_b: b,
-                mean_cos2: s.mean_cos2,
-                grassmann_distance: s.grassmann_distance,
-                min_angle_degrees: angles.iter().copied().fold(f64::INFINITY, f64::min),
-                mean_angle_degrees: angles.iter().sum::<f64>() / angles.len().max(1) as f64,
-                max_angle_degrees: angles.iter().copied().fold(0.0, f64::max),
-                weight_r2_a_to_b: r2_ab,
-                weight_r2_b_to_a: r2_ba,
-            });
-        }
-    }
-    // Reference sets for k = 1..max_refs: the top sources by weight-only single-reference R².
-    let mut weight_r2 = Vec::new();
-    for target in 0..heads {
-        let ranked = ranked_sources(&single, target);
-        for k in 1..=max_refs.min(heads - 1) {
-            let refs = &ranked[..k];
-            weight_r2.push(WeightR2Row {
-                checkpoint: checkpoint.to_string(),
-                kind,
-                layer,
-                target_head: target,
-                k,
-                reference_heads: refs
-                    .iter()
-                    .map(usize::to_string)
-                    .collect::<Vec<_>>()
-                    .join(";"),
-                weight_r2: gram.weight_only_r2(target, refs),
-            });
-        }
-    }
-    // Paper-code variant: each anchor against the span of the partners it predicts best.
-    let partners = options.partners.min(heads - 1);
-    let mut anchor = (0.0, 0.0, 0.0, 0.0, 0usize);
-    if partners > 0 {
-        for (a, predicts) in single.iter().enumerate() {
-            let mut by_target: Vec<usize> = (0..heads).filter(|&t| t != a).collect();
-            by_target.sort_by(|&x, &y| predicts[y].total_cmp(&predicts[x]).then(x.cmp(&y)));
-            let s = summarize(&gram.cosines(&by_target[..partners], &[a]));
-            let n = s.angles_degrees.len().max(1) as f64;
-            anchor.0 += s.angles_degrees.iter().sum::<f64>() / n;
-            anchor.1 += s.angles_degrees.iter().copied().fold(0.0, f64::max);
-            anchor.2 += s.sum_sin2;
-            anchor.3 += s.shared_directions as f64;
-            anchor.4 += 1;
-        }
-    }
-    let anchors = anchor.4.max(1) as f64;
     let tolerance = f32_rank_tolerance(d_model, head_dim * heads as i64);
     let all: Vec<usize> = (0..heads).collect();
-    let rank_sum: i64 = all.iter().map(|&h| gram.rank(&[h], tolerance)).sum();
+    // Threads by operation size: the product above and the joint rank below are large and use
+    // every thread; the thousands of head-sized solves in between run on one, where OpenMP's
+    // spinning made `align init:olmo2-7b` 4× slower with two threads (benches/README.md).
+    let (pairs, weight_r2, anchor, rank_sum) = single_threaded(|| {
+        let mut pairs = Vec::new();
+        // single[source][target]; filled by index, as each pair writes both directions.
+        let mut single = vec![vec![f64::NAN; heads]; heads];
+        #[allow(clippy::needless_range_loop)]
+        for a in 0..heads {
+            for b in (a + 1)..heads {
+                let s = summarize(&gram.cosines(&[a], &[b]));
+                let r2_ab = gram.weight_only_r2(b, &[a]);
+                let r2_ba = gram.weight_only_r2(a, &[b]);
+                single[a][b] = r2_ab;
+                single[b][a] = r2_ba;
+                let angles = &s.angles_degrees;
+                pairs.push(PairRow {
+                    checkpoint: checkpoint.to_string(),
+                    kind,
+                    layer,
+                    head_a: a,
+                    head_b: b,
+                    mean_cos2: s.mean_cos2,
+                    grassmann_distance: s.grassmann_distance,
+                    min_angle_degrees: angles.iter().copied().fold(f64::INFINITY, f64::min),
+                    mean_angle_degrees: angles.iter().sum::<f64>() / angles.len().max(1) as f64,
+                    max_angle_degrees: angles.iter().copied().fold(0.0, f64::max),
+                    weight_r2_a_to_b: r2_ab,
+                    weight_r2_b_to_a: r2_ba,
+                });
+            }
+        }
+        // Reference sets for k = 1..max_refs: the top sources by weight-only single-reference R².
+        let mut weight_r2 = Vec::new();
+        for target in 0..heads {
+            let ranked = ranked_sources(&single, target);
+            for k in 1..=max_refs.min(heads - 1) {
+                let refs = &ranked[..k];
+                weight_r2.push(WeightR2Row {
+                    checkpoint: checkpoint.to_string(),
+                    kind,
+                    layer,
+                    target_head: target,
+                    k,
+                    reference_heads: refs
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join(";"),
+                    weight_r2: gram.weight_only_r2(target, refs),
+                });
+            }
+        }
+        // Paper-code variant: each anchor against the span of the partners it predicts best.
+        let partners = options.partners.min(heads - 1);
+        let mut anchor = (0.0, 0.0, 0.0, 0.0, 0usize);
+        if partners > 0 {
+            for (a, predicts) in single.iter().enumerate() {
+                let mut by_target: Vec<usize> = (0..heads).filter(|&t| t != a).collect();
+                by_target.sort_by(|&x, &y| predicts[y].total_cmp(&predicts[x]).then(x.cmp(&y)));
+                let s = summarize(&gram.cosines(&by_target[..partners], &[a]));
+                let n = s.angles_degrees.len().max(1) as f64;
+                anchor.0 += s.angles_degrees.iter().sum::<f64>() / n;
+                anchor.1 += s.angles_degrees.iter().copied().fold(0.0, f64::max);
+                anchor.2 += s.sum_sin2;
+                anchor.3 += s.shared_directions as f64;
+                anchor.4 += 1;
+            }
+        }
+        let rank_sum: i64 = all.iter().map(|&h| gram.rank(&[h], tolerance)).sum();
+        (pairs, weight_r2, anchor, rank_sum)
+    });
+    let anchors = anchor.4.max(1) as f64;
     let joint_rank = gram.rank(&all, tolerance);
     let mean_pairwise_cos2 =
         pairs.iter().map(|p| p.mean_cos2).sum::<f64>() / pairs.len().max(1) as f64;

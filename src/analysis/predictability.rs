@@ -268,8 +268,8 @@ impl LayerGrams {
     /// The finished layer's [fit, held-out] moments per kind, on the CPU; the Grams are freed.
     pub fn finish(&mut self) -> Vec<(HeadKind, [Moments; 2])> {
         // The many small solves that follow run on the CPU in f64, whatever the compute device.
-        let to_cpu = |g: &Gram| {
-            let m = g.moments();
+        let to_cpu = |g: Gram| {
+            let m = g.into_moments();
             Moments {
                 rows: m.rows,
                 means: m.means.to_device(Device::Cpu),
@@ -278,7 +278,7 @@ impl LayerGrams {
         };
         std::mem::take(&mut self.grams)
             .into_iter()
-            .map(|(kind, [fit, heldout])| (kind, [to_cpu(&fit), to_cpu(&heldout)]))
+            .map(|(kind, [fit, heldout])| (kind, [to_cpu(fit), to_cpu(heldout)]))
             .collect()
     }
 }

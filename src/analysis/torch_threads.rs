@@ -1,4 +1,5 @@
-//! Running libtorch on one thread for the many small LAPACK calls of a Monte Carlo.
+//! Running libtorch on one thread for loops of many small LAPACK calls (a Monte Carlo, `align`'s
+//! head pairs), while the large products around them keep every thread.
 
 /// Runs `f` with libtorch limited to one thread, then restores the previous count. The Monte Carlo
 /// is many small LAPACK calls; with several threads on a loaded 2-core machine OpenMP's spinning

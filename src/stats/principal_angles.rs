@@ -4,6 +4,8 @@
 //! Legend: a head's projection is W ∈ ℝ^{d_model × d_head}, its columns spanning the head's
 //! subspace; Q_A is an orthonormal basis of span(A).
 
+use std::cell::OnceCell;
+
 use tch::{Kind, Tensor};
 
 /// Orthonormal basis `[d, r]` of the column span of `w` `[d, m]` (reduced QR; `w` full column rank).
@@ -99,6 +101,9 @@ pub struct ProjectionGram {
     /// `[n, n]` f64, n = heads·head_dim.
     pub gram: Tensor,
     pub head_dim: i64,
+    /// Each single head's whitening, computed on first use: a layer's pairwise comparisons
+    /// whiten every head H − 1 times otherwise (one eigendecomposition each).
+    single_head_whitening: Vec<OnceCell<Tensor>>,
 }
 
 impl ProjectionGram {
@@ -108,6 +113,7 @@ impl ProjectionGram {
         ProjectionGram {
             gram: w.transpose(0, 1).matmul(&w),
             head_dim: blocks[0].size()[1],
+            single_head_whitening: blocks.iter().map(|_| OnceCell::new()).collect(),
         }
     }
 
@@ -131,6 +137,15 @@ impl ProjectionGram {
     /// not have full column rank: three Gemma-3-270M heads span 768 columns in 640 dimensions, and
     /// a zero QK-norm gain folded in leaves a head rank-deficient.
     fn whitening(&self, heads: &[usize]) -> Tensor {
+        match heads {
+            [head] => self.single_head_whitening[*head]
+                .get_or_init(|| self.compute_whitening(heads))
+                .shallow_clone(),
+            _ => self.compute_whitening(heads),
+        }
+    }
+
+    fn compute_whitening(&self, heads: &[usize]) -> Tensor {
         let (eigenvalues, eigenvectors) = self.block(heads, heads).linalg_eigh("L");
         let largest = f64::try_from(eigenvalues.max()).unwrap_or(0.0).max(0.0);
         let n = eigenvalues.size()[0];

@@ -40,15 +40,61 @@ pub struct Score {
 /// Rows ÷ features below which a fit is refused as numerically meaningless.
 const MIN_ROWS_PER_FIT: i64 = 1;
 
+/// `m[rows][:, cols]`. Heads are runs of consecutive columns, so the block is cut by narrowing to
+/// each run (a view) and copying only the result: an `index_select` of whole rows first would copy
+/// `rows × D` of a 4096² scatter for every fit.
 fn select(m: &Tensor, rows: &[i64], cols: &[i64]) -> Tensor {
-    let device = m.device();
-    let r = Tensor::from_slice(rows).to_device(device);
-    let c = Tensor::from_slice(cols).to_device(device);
-    m.index_select(0, &r).index_select(1, &c)
+    if rows.is_empty() || cols.is_empty() {
+        return Tensor::zeros(
+            [rows.len() as i64, cols.len() as i64],
+            (m.kind(), m.device()),
+        );
+    }
+    let gather = |t: &Tensor, dim: i64, entries: &[i64]| -> Tensor {
+        let runs = consecutive_runs(entries);
+        match runs.as_slice() {
+            [(start, len)] => t.narrow(dim, *start, *len),
+            _ => Tensor::cat(
+                &runs
+                    .iter()
+                    .map(|&(start, len)| t.narrow(dim, start, len))
+                    .collect::<Vec<_>>(),
+                dim,
+            ),
+        }
+    };
+    let row_runs = consecutive_runs(rows);
+    let pieces: Vec<Tensor> = row_runs
+        .iter()
+        .map(|&(start, len)| gather(&m.narrow(0, start, len), 1, cols))
+        .collect();
+    Tensor::cat(&pieces, 0)
+}
+
+/// `entries` as maximal runs `(start, length)` of consecutive values, in order.
+fn consecutive_runs(entries: &[i64]) -> Vec<(i64, i64)> {
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for &e in entries {
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == e => *len += 1,
+            _ => runs.push((e, 1)),
+        }
+    }
+    runs
 }
 
 fn pick(v: &Tensor, entries: &[i64]) -> Tensor {
-    v.index_select(0, &Tensor::from_slice(entries).to_device(v.device()))
+    if entries.is_empty() {
+        return Tensor::zeros([0], (v.kind(), v.device()));
+    }
+    let runs = consecutive_runs(entries);
+    Tensor::cat(
+        &runs
+            .iter()
+            .map(|&(start, len)| v.narrow(0, start, len))
+            .collect::<Vec<_>>(),
+        0,
+    )
 }
 
 /// The parts of one split's moments that a regression of T on F touches: all a fit or a score
@@ -78,7 +124,7 @@ impl RegressionBlocks {
             mean_targets: pick(&gram.means, targets),
             scatter_features: select(scatter, features, features),
             scatter_cross: select(scatter, features, targets),
-            scatter_targets: select(scatter, targets, targets).diagonal(0, 0, 1),
+            scatter_targets: pick(&scatter.diagonal(0, 0, 1), targets),
         }
     }
 
