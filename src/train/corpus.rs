@@ -63,7 +63,7 @@ pub struct Corpus {
 }
 
 /// Builds the corpus from `data_root` (`$CKPT_SCAN_DATA`): at most `bytes_per_source` cleaned
-/// bytes from each source, files taken in a fixed pseudo-random order (sha256 of the path) so a
+/// bytes from each source, files taken in a fixed pseudo-random order ([`file_order_key`]) so a
 /// small budget still spans the whole source; `heldout_percent` of documents (by content hash)
 /// form the held-out split.
 pub fn build(data_root: &Path, bytes_per_source: u64, heldout_percent: u64) -> Result<Corpus> {
@@ -74,7 +74,7 @@ pub fn build(data_root: &Path, bytes_per_source: u64, heldout_percent: u64) -> R
     let (mut train, mut heldout) = (Vec::new(), Vec::new());
     for source in sources(data_root)? {
         let mut files = source.files.clone();
-        files.sort_by_cached_key(|f| Sha256::digest(f.to_string_lossy().as_bytes()).to_vec());
+        files.sort_by_cached_key(|f| file_order_key(data_root, f));
         let mut hasher = Sha256::new();
         let (mut bytes, mut used, mut documents) = (0u64, 0, 0);
         for file in &files {
@@ -241,6 +241,14 @@ fn sources(root: &Path) -> Result<Vec<Source>> {
     ])
 }
 
+/// Where `file` falls in a source's reading order: the sha256 of its path below `data_root`, so
+/// the corpus is the same wherever the data is installed (a fresh CI data folder has a random name;
+/// hashing the whole path once made a 600-byte test corpus's held-out split empty there).
+fn file_order_key(data_root: &Path, file: &Path) -> Vec<u8> {
+    let name = file.strip_prefix(data_root).unwrap_or(file);
+    Sha256::digest(name.to_string_lossy().as_bytes()).to_vec()
+}
+
 fn walk(folder: &Path, each: &mut dyn FnMut(&Path)) -> std::io::Result<()> {
     for entry in std::fs::read_dir(folder)? {
         let path = entry?.path();
@@ -404,6 +412,27 @@ fn benchmark_shingles() -> Result<HashSet<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_order_does_not_depend_on_where_the_data_lives() {
+        let names = [
+            "sotu/data/1790.txt",
+            "sotu/data/1791.txt",
+            "sotu/data/2001.txt",
+            "b/c.txt",
+        ];
+        let order = |root: &str| {
+            let mut files: Vec<PathBuf> = names.iter().map(|n| Path::new(root).join(n)).collect();
+            files.sort_by_cached_key(|f| file_order_key(Path::new(root), f));
+            files
+                .iter()
+                .map(|f| f.strip_prefix(root).unwrap().to_path_buf())
+                .collect::<Vec<_>>()
+        };
+        let home = order("/root/.cache/ckpt-scan/data");
+        assert_eq!(home, order("/tmp/ckpt-scan-ci-data.Xq3Zp1"));
+        assert_eq!(home, order("/tmp/ckpt-scan-ci-data.aB9kLm"));
+    }
 
     #[test]
     fn mail_headers_mime_and_html_are_removed() {
