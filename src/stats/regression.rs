@@ -44,31 +44,35 @@ const MIN_ROWS_PER_FIT: i64 = 1;
 /// each run (a view) and copying only the result: an `index_select` of whole rows first would copy
 /// `rows × D` of a 4096² scatter for every fit.
 fn select(m: &Tensor, rows: &[i64], cols: &[i64]) -> Tensor {
-    if rows.is_empty() || cols.is_empty() {
-        return Tensor::zeros(
-            [rows.len() as i64, cols.len() as i64],
-            (m.kind(), m.device()),
-        );
-    }
-    let gather = |t: &Tensor, dim: i64, entries: &[i64]| -> Tensor {
-        let runs = consecutive_runs(entries);
-        match runs.as_slice() {
-            [(start, len)] => t.narrow(dim, *start, *len),
-            _ => Tensor::cat(
-                &runs
-                    .iter()
-                    .map(|&(start, len)| t.narrow(dim, start, len))
-                    .collect::<Vec<_>>(),
-                dim,
-            ),
-        }
-    };
     let row_runs = consecutive_runs(rows);
+    if row_runs.len() <= 1 {
+        return gather(&gather(m, 0, rows), 1, cols);
+    }
     let pieces: Vec<Tensor> = row_runs
         .iter()
         .map(|&(start, len)| gather(&m.narrow(0, start, len), 1, cols))
         .collect();
     Tensor::cat(&pieces, 0)
+}
+
+fn pick(v: &Tensor, entries: &[i64]) -> Tensor {
+    gather(v, 0, entries)
+}
+
+/// `t`'s `entries` along `dim`: a view for one run of consecutive entries, else one copy.
+fn gather(t: &Tensor, dim: i64, entries: &[i64]) -> Tensor {
+    let runs = consecutive_runs(entries);
+    match runs.as_slice() {
+        [] => t.index_select(dim, &Tensor::zeros([0], (Kind::Int64, t.device()))),
+        [(start, len)] => t.narrow(dim, *start, *len),
+        _ => Tensor::cat(
+            &runs
+                .iter()
+                .map(|&(start, len)| t.narrow(dim, start, len))
+                .collect::<Vec<_>>(),
+            dim,
+        ),
+    }
 }
 
 /// `entries` as maximal runs `(start, length)` of consecutive values, in order.
@@ -81,20 +85,6 @@ fn consecutive_runs(entries: &[i64]) -> Vec<(i64, i64)> {
         }
     }
     runs
-}
-
-fn pick(v: &Tensor, entries: &[i64]) -> Tensor {
-    if entries.is_empty() {
-        return Tensor::zeros([0], (v.kind(), v.device()));
-    }
-    let runs = consecutive_runs(entries);
-    Tensor::cat(
-        &runs
-            .iter()
-            .map(|&(start, len)| v.narrow(0, start, len))
-            .collect::<Vec<_>>(),
-        0,
-    )
 }
 
 /// The parts of one split's moments that a regression of T on F touches: all a fit or a score
